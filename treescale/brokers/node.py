@@ -1,0 +1,551 @@
+"""The node: one ROUTER socket, one event loop, the routing table in the middle.
+
+Each wakeup drains every message that is ready (up to ``DRAIN_LIMIT``), routes whole
+batches, and then sends at most one message per destination: a batch that goes
+entirely to one set of clients is forwarded with its original meta/body/large frames
+(no copy, no re-encode); anything else is regrouped per destination and packed once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import zmq
+
+from treescale import protocol as P
+from treescale.auth import AllowAll, AuthHook, ClientIdentity, Decision, hook_from_config
+from treescale.brokers.sessions import AUTHENTICATING, READY, Session, client_id_of
+from treescale.config import NodeConfig
+from treescale.routing import PatternError, RoutingTable, TargetError
+
+log = logging.getLogger("treescale.node")
+
+DRAIN_LIMIT = 2000
+HOUSEKEEPING_INTERVAL = 1.0
+
+
+class Segment:
+    """Events of one source batch bound for one destination in this round."""
+
+    __slots__ = ("source", "meta", "meta_frame", "body", "large", "indices")
+
+    def __init__(self, source: str, meta: list, meta_frame, body, large: list,
+                 indices: list | None) -> None:
+        self.source = source
+        self.meta = meta
+        self.meta_frame = meta_frame  # forwardable as-is when indices is None
+        self.body = body
+        self.large = large
+        self.indices = indices  # None: the whole batch
+
+
+class Node:
+    """A TreeScale node serving clients on one TCP port."""
+
+    def __init__(self, config: NodeConfig, auth: AuthHook | None = None,
+                 context: zmq.Context | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.ctx = context or zmq.Context.instance()
+        self.table = RoutingTable(config.name, config.groups, config.tags)
+        self.auth = auth or hook_from_config(config.auth_settings())
+        self.sessions: dict[bytes, Session] = {}
+        self.by_client_id: dict[str, bytes] = {}
+        self.started = time.time()
+        self.stats = {"events_in": 0, "events_out": 0, "bytes_in": 0, "no_route": 0,
+                      "dropped": 0, "errors_sent": 0, "batches_in": 0}
+        self._out: dict[bytes, list[Segment]] = {}
+        self._slow_ids: set[bytes] = set()
+        self._stop = threading.Event()
+        self._auth_results: queue.SimpleQueue = queue.SimpleQueue()
+        self._auth_pool: ThreadPoolExecutor | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.sock.setsockopt(zmq.LINGER, 500)
+        self.sock.setsockopt(zmq.SNDHWM, 1000)
+        self.sock.setsockopt(zmq.RCVHWM, 1000)
+        # A hard cap far above max_payload protects memory; the node itself answers
+        # anything between max_payload and this cap with a readable error.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 2 * config.max_payload + (1 << 20))
+        self.endpoint = config.bind_address
+        if config.port == 0:
+            port = self.sock.bind_to_random_port(f"tcp://{config.host}")
+            self.endpoint = f"tcp://{config.host}:{port}"
+        else:
+            self.sock.bind(self.endpoint)
+        self.port = int(self.endpoint.rsplit(":", 1)[1])
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        """Ask the loop to finish (safe from any thread or a signal handler)."""
+        self._stop.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self, on_ready: Callable[[Node], None] | None = None) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+        log.info("node %s listening on %s", self.name, self.endpoint)
+        if on_ready:
+            on_ready(self)
+        try:
+            while not self._stop.is_set():
+                timeout = 1 if self._slow_ids else 250
+                for sock, _ in poller.poll(timeout):
+                    if sock is self.sock:
+                        self._drain()
+                    else:
+                        self._drain_wake()
+                if self._slow_ids:
+                    self._retry_pending()
+                if self._out:
+                    self._flush()
+                now = time.monotonic()
+                if now >= next_housekeeping:
+                    self._housekeeping(now)
+                    next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._auth_pool is not None:
+            self._auth_pool.shutdown(wait=False, cancel_futures=True)
+        self.sock.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        log.info("node %s stopped", self.name)
+
+    # --------------------------------------------------------------------- intake
+
+    def _drain(self) -> None:
+        recv = self.sock.recv_multipart
+        handle = self._handle
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            handle(frames)
+        if self._out:
+            self._flush()
+
+    def _drain_wake(self) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                rid, hello, decision = self._auth_results.get_nowait()
+            except queue.Empty:
+                break
+            self._finish_hello(rid, hello, decision)
+
+    def _handle(self, frames: list) -> None:
+        rid = frames[0].bytes
+        if len(frames) < 2:
+            return  # an empty message carries nothing to answer
+        session = self.sessions.get(rid)
+        if session is not None and session.state == READY:
+            session.last_seen = time.monotonic()
+            # Fast path: a publish batch (header is exactly [PUB]).
+            if frames[1].bytes == P._PUB_HEADER:
+                self._on_publish(session, frames)
+                return
+        try:
+            msg = P.decode(frames[1:], self.config.max_payload)
+        except P.ProtocolError as exc:
+            self._send_error(rid, exc.code, str(exc), exc.ref)
+            return
+        if isinstance(msg, P.Hello):
+            self._on_hello(rid, msg, frames[0])
+            return
+        if session is None or session.state != READY:
+            if isinstance(msg, P.Ping):
+                self._send(rid, P.encode_pong(msg.token))
+            elif not isinstance(msg, P.Bye):
+                self._send_error(
+                    rid, "not_ready",
+                    f"{type(msg).__name__.lower()} before ready: send hello first "
+                    "and wait for ready")
+            return
+        if isinstance(msg, P.Batch):
+            # Reaches here only when the header was not the canonical [PUB].
+            self._route_batch(session, msg.meta, msg.meta_frame, msg.body, msg.large)
+        elif isinstance(msg, P.Subscribe):
+            self._on_subscribe(session, msg.pattern, msg.queue)
+        elif isinstance(msg, P.Unsubscribe):
+            self.table.unsubscribe(rid, msg.pattern, msg.queue)
+        elif isinstance(msg, P.Request):
+            self._on_request(session, msg)
+        elif isinstance(msg, P.Reply):
+            self._on_reply(session, msg)
+        elif isinstance(msg, P.Ping):
+            self._send(rid, P.encode_pong(msg.token))
+        elif isinstance(msg, P.Bye):
+            self._drop_session(rid, "bye")
+        else:
+            self._send_error(rid, "unexpected", f"a client may not send "
+                             f"{type(msg).__name__.lower()} messages")
+
+    # ------------------------------------------------------------------ handshake
+
+    def _on_hello(self, rid: bytes, hello: P.Hello, frame) -> None:
+        if rid in self.sessions:
+            self._drop_session(rid, "re-hello")
+        cid = client_id_of(rid)
+        session = Session(rid, cid, hello.name or f"client-{cid}",
+                          groups=hello.groups, tags=hello.tags, channels=hello.channels,
+                          last_seen=time.monotonic())
+        self.sessions[rid] = session
+        address = ""
+        try:
+            address = frame.get("Peer-Address")
+        except Exception:  # not every transport reports a peer address
+            pass
+        who = ClientIdentity(session.name, hello.groups, hello.tags, hello.channels,
+                             address or "")
+        if not self.auth.blocking:
+            self._finish_hello(rid, hello, self.auth.check(hello.token, who))
+            return
+        if self._auth_pool is None:
+            self._auth_pool = ThreadPoolExecutor(4, thread_name_prefix="auth")
+
+        def work() -> None:
+            decision = self.auth.check(hello.token, who)
+            self._auth_results.put((rid, hello, decision))
+            try:
+                os.write(self._wake_w, b"a")
+            except OSError:
+                pass
+
+        self._auth_pool.submit(work)
+
+    def _finish_hello(self, rid: bytes, hello: P.Hello, decision: Decision) -> None:
+        session = self.sessions.get(rid)
+        if session is None or session.state != AUTHENTICATING:
+            return
+        if not decision.allowed:
+            del self.sessions[rid]
+            code = "token_required" if not hello.token else "bad_token"
+            self._send_error(rid, code, f"authentication failed: {decision.reason}")
+            self._emit("$sys.client.denied", {"node": self.name, "client": session.name,
+                                              "reason": decision.reason})
+            return
+        session.state = READY
+        self.by_client_id[session.client_id] = rid
+        self.table.add_member(rid, hello.groups, hello.tags, hello.channels)
+        self.table.subscribe(rid, f"$inbox.{self.name}.{session.client_id}.*")
+        for pattern, q in hello.subs:
+            self._on_subscribe(session, pattern, q)
+        limits = {"max_payload": self.config.max_payload,
+                  "large_payload": P.LARGE_PAYLOAD,
+                  "client_timeout": self.config.client_timeout}
+        self._send(rid, P.encode_ready(self.name, session.client_id, limits))
+        self._emit("$sys.client.connect", {"node": self.name, "client": session.name,
+                                           "id": session.client_id})
+
+    def _on_subscribe(self, session: Session, pattern: str, q: str | None) -> None:
+        if pattern.startswith("$inbox"):
+            self._send_error(session.routing_id, "bad_pattern",
+                             f"pattern {pattern!r}: inboxes are private", pattern)
+            return
+        try:
+            self.table.subscribe(session.routing_id, pattern, q)
+        except PatternError as exc:
+            self._send_error(session.routing_id, exc.code, str(exc), pattern)
+
+    def _drop_session(self, rid: bytes, reason: str) -> None:
+        session = self.sessions.pop(rid, None)
+        if session is None:
+            return
+        self.by_client_id.pop(session.client_id, None)
+        self.table.remove_member(rid)
+        self._out.pop(rid, None)
+        self._slow_ids.discard(rid)
+        if session.state == READY:
+            self._emit("$sys.client.disconnect", {"node": self.name,
+                                                  "client": session.name,
+                                                  "id": session.client_id,
+                                                  "reason": reason})
+
+    # -------------------------------------------------------------------- routing
+
+    def _on_publish(self, session: Session, frames: list) -> None:
+        large = frames[4:]
+        if len(frames) < 4:
+            self._send_error(session.routing_id, "bad_frame_count",
+                             "pub takes a header, a meta and a body frame "
+                             f"(then one frame per large payload), got {len(frames) - 1}")
+            return
+        try:
+            meta = P.decode_events(frames[2], frames[3], large, self.config.max_payload)
+        except P.ProtocolError as exc:
+            self._send_error(session.routing_id, exc.code, str(exc), exc.ref)
+            return
+        self._route_batch(session, meta, frames[2], frames[3], large)
+
+    def _route_batch(self, session: Session, meta: list, meta_frame, body,
+                     large: list) -> None:
+        """Route every event of a batch and queue segments per destination."""
+        n = len(meta)
+        self.stats["events_in"] += n
+        self.stats["batches_in"] += 1
+        session.events_in += n
+        table = self.table
+        cache = table.cache
+        first = None
+        uniform = True
+        per_event = []
+        errors = None
+        for entry in meta:
+            key = (entry[0], entry[2])
+            route = cache.get(key)
+            if route is None:
+                try:
+                    route = table.lookup(*key)
+                except (PatternError, TargetError) as exc:
+                    errors = errors or {}
+                    errors[str(exc)] = exc.code
+                    per_event.append(())
+                    uniform = False
+                    continue
+            dests = route.everyone if entry[3] == 0 else table.pick(route)
+            if uniform:
+                if first is None:
+                    first = dests
+                elif dests is not first and dests != first:
+                    uniform = False
+            per_event.append(dests)
+        if errors:
+            for message, code in errors.items():
+                self._send_error(session.routing_id, code, message)
+        source = session.name
+        if uniform:
+            if not first:
+                self.stats["no_route"] += n
+                return
+            for dest in first:
+                self._queue(dest, Segment(source, meta, meta_frame, body, large, None))
+            return
+        by_dest: dict[bytes, list[int]] = {}
+        for i, dests in enumerate(per_event):
+            if not dests:
+                self.stats["no_route"] += 1
+                continue
+            for dest in dests:
+                lst = by_dest.get(dest)
+                if lst is None:
+                    by_dest[dest] = [i]
+                else:
+                    lst.append(i)
+        if not by_dest:
+            return
+        payloads = P.split_payloads(meta, body, large)
+        for dest, idx in by_dest.items():
+            sub_meta = [meta[i] for i in idx]
+            self._queue(dest, Segment(source, sub_meta, None,
+                                      [payloads[i] for i in idx], None, idx))
+
+    def _queue(self, dest: bytes, seg: Segment) -> None:
+        segs = self._out.get(dest)
+        if segs is None:
+            self._out[dest] = [seg]
+        else:
+            segs.append(seg)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, {}
+        for dest, segs in out.items():
+            if len(segs) == 1 and segs[0].indices is None:
+                s = segs[0]
+                frames = [P.encode_deliver_header([[s.source, len(s.meta)]]),
+                          s.meta_frame, s.body, *s.large]
+                n = len(s.meta)
+            else:
+                frames, n = _merge(segs)
+            self._deliver(dest, frames, n)
+
+    def _deliver(self, dest: bytes, frames: list, n_events: int) -> None:
+        session = self.sessions.get(dest)
+        if session is None:
+            return
+        if session.pending:
+            self._park(session, frames, n_events)
+            return
+        try:
+            self.sock.send_multipart([dest, *frames], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._park(session, frames, n_events)
+            return
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                self._drop_session(dest, "unreachable")
+                return
+            raise
+        session.events_out += n_events
+        self.stats["events_out"] += n_events
+
+    def _park(self, session: Session, frames: list, n_events: int) -> None:
+        size = sum(len(P._buffer(f)) for f in frames)
+        self._slow_ids.add(session.routing_id)
+        if not session.park(frames, n_events, size, self.config.slow_consumer_bytes,
+                            self.config.slow_consumer_messages):
+            self.stats["dropped"] += n_events
+            if not session.slow:
+                session.slow = True
+                self._emit("$sys.client.slow", {
+                    "node": self.name, "client": session.name, "id": session.client_id,
+                    "pending_bytes": session.pending_bytes,
+                    "pending_messages": len(session.pending)})
+
+    def _retry_pending(self) -> None:
+        for rid in list(self._slow_ids):
+            session = self.sessions.get(rid)
+            if session is None:
+                self._slow_ids.discard(rid)
+                continue
+            while True:
+                item = session.unpark()
+                if item is None:
+                    break
+                try:
+                    self.sock.send_multipart([rid, *item[0]], zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    session.requeue(item)
+                    break
+                except zmq.ZMQError:
+                    self._drop_session(rid, "unreachable")
+                    break
+                session.events_out += item[1]
+                self.stats["events_out"] += item[1]
+            if not session.pending and rid in self.sessions:
+                self._slow_ids.discard(rid)
+                if session.slow:
+                    session.slow = False
+                    lost, session.dropped = session.dropped, 0
+                    self._send_error(
+                        rid, "slow_consumer",
+                        f"{lost} event(s) were dropped for this client because it read "
+                        f"slower than they arrived (buffer limit "
+                        f"{self.config.slow_consumer_bytes} bytes / "
+                        f"{self.config.slow_consumer_messages} messages)", lost)
+
+    # --------------------------------------------------------- request / reply
+
+    def _on_request(self, session: Session, req: P.Request) -> None:
+        reply_to = P.inbox_subject(self.name, session.client_id, req.req_id)
+        try:
+            route = self.table.lookup(req.name, req.target)
+        except (PatternError, TargetError) as exc:
+            self._send_error(session.routing_id, exc.code, str(exc), req.req_id)
+            return
+        dests = route.everyone if req.mode == P.MODE_ALL else self.table.pick(route)
+        if not dests:
+            self._send_error(session.routing_id, "no_responders",
+                             f"no subscriber for request {req.name!r}", req.req_id)
+            return
+        self._queue_single(session.name, req.name, req.payload, req.target, req.mode,
+                           reply_to, req.headers, dests)
+
+    def _on_reply(self, session: Session, rep: P.Reply) -> None:
+        inbox = P.parse_inbox(rep.reply_to)
+        rid = self.by_client_id.get(inbox[1]) if inbox and inbox[0] == self.name else None
+        if rid is None:
+            # The requester is gone (or timed out and left): nothing to deliver to.
+            self.stats["no_route"] += 1
+            return
+        self._queue_single(session.name, rep.reply_to, rep.payload, None, 0, None,
+                           rep.headers, (rid,))
+
+    def _queue_single(self, source: str, name: str, payload, target, mode, reply,
+                      headers, dests) -> None:
+        entry = [name, len(P._buffer(payload)), target, mode, reply, headers]
+        seg = Segment(source, [entry], None, [payload], None, [0])
+        for dest in dests:
+            self._queue(dest, seg)
+
+    # ------------------------------------------------------------ node's own events
+
+    def _emit(self, name: str, data: dict) -> None:
+        """Publish a system event from this node to whoever subscribed."""
+        try:
+            dests = self.table.destinations(name)
+        except (PatternError, TargetError):
+            return
+        if dests:
+            self._queue_single(self.name, name, P.packb(data), None, 0, None, None, dests)
+
+    def _send(self, rid: bytes, frames: list) -> None:
+        try:
+            self.sock.send_multipart([rid, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # a control message to a vanished or stuck peer: nothing to keep
+
+    def _send_error(self, rid: bytes, code: str, message: str, ref=None) -> None:
+        self.stats["errors_sent"] += 1
+        log.debug("error to %s: %s %s", rid.hex(), code, message)
+        self._send(rid, P.encode_error(code, message, ref))
+
+    def _housekeeping(self, now: float) -> None:
+        limit = self.config.client_timeout
+        for rid, session in list(self.sessions.items()):
+            if now - session.last_seen > limit:
+                self._drop_session(rid, "timeout")
+
+
+def _merge(segs: list[Segment]) -> tuple[list, int]:
+    """Pack several segments for one destination into one DELIVER message."""
+    meta: list = []
+    small: list = []
+    large: list = []
+    sources: list = []
+    for s in segs:
+        if s.indices is None:
+            payloads = P.split_payloads(s.meta, s.body, s.large)
+        else:
+            payloads = s.body
+        meta.extend(s.meta)
+        for p in payloads:
+            if len(P._buffer(p)) >= P.LARGE_PAYLOAD:
+                large.append(p)
+            else:
+                small.append(P._buffer(p))
+        if sources and sources[-1][0] == s.source:
+            sources[-1][1] += len(s.meta)
+        else:
+            sources.append([s.source, len(s.meta)])
+    frames = [P.encode_deliver_header(sources), P.packb(meta), b"".join(small), *large]
+    return frames, len(meta)
+
+
+def serve(config: NodeConfig, auth: AuthHook | None = None) -> None:
+    """Run a node in this process until SIGTERM/SIGINT."""
+    node = Node(config, auth if auth is not None else None)
+    node.install_signal_handlers()
+    node.run()
+
+
+__all__ = ["Node", "serve", "AllowAll"]

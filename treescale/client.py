@@ -1,0 +1,814 @@
+"""The Python client: ``Client`` (threads) and ``AsyncClient`` (asyncio).
+
+Both speak the same protocol through ``ClientCore``, which holds everything that is
+not I/O: the subscriptions to restore after a reconnect, pending requests, decoding
+deliveries into ``Event`` objects.
+
+Publishes are batched without the caller asking: ``publish`` appends to a queue and
+the socket side sends whatever has accumulated as one PUB batch the moment it gets to
+run. A lone event goes out at once; a burst goes out as a few large batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import msgpack
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from treescale import protocol as P
+from treescale.routing import split_pattern
+
+log = logging.getLogger("treescale.client")
+
+BATCH_EVENTS = 4096
+BATCH_BYTES = 1 << 20
+MAX_QUEUED = 200_000  # events waiting in the client before publish() blocks
+HEARTBEAT = 2.0  # seconds of silence before the client pings its node
+
+
+class NodeError(Exception):
+    """An error the node sent back (``code`` says which, e.g. ``bad_pattern``)."""
+
+    def __init__(self, code: str, message: str, ref: Any = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+class AuthError(NodeError):
+    """The node refused this client's token."""
+
+
+class NoResponders(NodeError):
+    """A request found no subscriber."""
+
+
+class Event:
+    """One delivered event. ``data`` is bytes; ``reply`` is set on requests."""
+
+    __slots__ = ("name", "data", "headers", "source", "reply", "target")
+
+    def __init__(self, name: str, data: Any, headers: dict | None = None,
+                 source: str = "", reply: str | None = None,
+                 target: str | None = None) -> None:
+        self.name = name
+        self.data = data
+        self.headers = headers or {}
+        self.source = source
+        self.reply = reply
+        self.target = target
+
+    def json(self) -> Any:
+        """The payload decoded as msgpack (the convention for structured data)."""
+        return msgpack.unpackb(self.data, raw=False)
+
+    def __repr__(self) -> str:
+        data = bytes(self.data[:40])
+        return f"Event({self.name!r}, {data!r}{'...' if len(self.data) > 40 else ''}, " \
+               f"source={self.source!r})"
+
+
+def _mode(mode: str | int) -> int:
+    if mode in ("all", P.MODE_ALL):
+        return P.MODE_ALL
+    if mode in ("one", P.MODE_ONE):
+        return P.MODE_ONE
+    raise ValueError(f"mode must be 'all' or 'one', got {mode!r}")
+
+
+def _bytes(data: Any) -> Any:
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, bytes | bytearray | memoryview | zmq.Frame):
+        return data
+    raise TypeError(f"event data must be bytes (or str), got {type(data).__name__}")
+
+
+def decode_batch(frames: list) -> list[Event]:
+    """A DELIVER message (without its header) -> Events, in order."""
+    header = P.decode_header(frames[0])
+    sources = header[1] if len(header) > 1 else []
+    meta = msgpack.unpackb(frames[1], raw=False, strict_map_key=False)
+    body = frames[2]
+    large = frames[3:]
+    events = []
+    offset = 0
+    li = 0
+    src_iter = iter(sources)
+    source, left = "", 0
+    for name, size, target, mode, reply, headers in meta:
+        while left == 0:
+            try:
+                source, left = next(src_iter)
+            except StopIteration:
+                source, left = "", -1
+        left -= 1
+        if size >= P.LARGE_PAYLOAD:
+            data = large[li]
+            li += 1
+        else:
+            data = body[offset:offset + size]
+            offset += size
+        events.append(Event(name, data, headers, source, reply, target))
+    return events
+
+
+class ClientCore:
+    """Protocol state of one client connection (no I/O)."""
+
+    def __init__(self, token: str | None, name: str | None, groups: Iterable[str],
+                 tags: Iterable[str], channels: Iterable[str]) -> None:
+        self.token = token
+        self.name = name or f"py-{os.getpid()}"
+        self.groups = tuple(groups)
+        self.tags = tuple(tags)
+        self.channels = tuple(channels)
+        self.subs: dict[tuple[str, str | None], None] = {}
+        self.ready = False
+        self.node = ""
+        self.client_id = ""
+        self.limits: dict = {}
+        self.req_ids = itertools.count(1)
+        self.ping_ids = itertools.count(1)
+        self.routing_id = os.urandom(8)
+        self.inbox_prefix = ""
+
+    def hello(self) -> list[bytes]:
+        return P.encode_hello(self.name, self.token, self.groups, self.tags,
+                              self.channels, list(self.subs))
+
+    def on_ready(self, msg: P.Ready) -> None:
+        self.ready = True
+        self.node = msg.node
+        self.client_id = msg.client_id
+        self.limits = msg.limits
+        self.inbox_prefix = f"$inbox.{msg.node}.{msg.client_id}."
+
+    def check_size(self, data: Any) -> None:
+        limit = self.limits.get("max_payload")
+        if limit is not None and len(data) > limit:
+            raise ValueError(f"payload of {len(data)} bytes exceeds the node's limit of "
+                             f"{limit} bytes")
+
+    def reply_req_id(self, name: str) -> int | None:
+        if self.inbox_prefix and name.startswith(self.inbox_prefix):
+            try:
+                return int(name[len(self.inbox_prefix):])
+            except ValueError:
+                return None
+        return None
+
+
+def configure_socket(sock: zmq.Socket, core: ClientCore) -> None:
+    sock.setsockopt(zmq.ROUTING_ID, core.routing_id)
+    sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue into a dead connection
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.setsockopt(zmq.RECONNECT_IVL, 50)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    sock.setsockopt(zmq.SNDHWM, 1000)
+    sock.setsockopt(zmq.RCVHWM, 1000)
+
+
+MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+
+def pack_items(items: list) -> Iterator[list]:
+    """Turn queued items (event tuples and command frame lists) into messages,
+    keeping their order: runs of events become PUB batches."""
+    batch: list = []
+    size = 0
+    for item in items:
+        if item.__class__ is tuple:
+            batch.append(item)
+            size += len(item[1])
+            if len(batch) >= BATCH_EVENTS or size >= BATCH_BYTES:
+                yield P.encode_pub(batch)
+                batch, size = [], 0
+        else:
+            if batch:
+                yield P.encode_pub(batch)
+                batch, size = [], 0
+            yield item
+    if batch:
+        yield P.encode_pub(batch)
+
+
+# ============================================================================ sync
+
+
+class Client:
+    """A blocking client; a background thread owns the socket.
+
+    >>> with Client("tcp://127.0.0.1:8888", name="app") as c:
+    ...     c.subscribe("orders.>")
+    ...     c.publish("orders.created", b"42")
+    ...     for ev in c.events(timeout=1):
+    ...         print(ev.name, ev.data)
+    """
+
+    def __init__(self, address: str, token: str | None = None, name: str | None = None,
+                 groups: Iterable[str] = (), tags: Iterable[str] = (),
+                 channels: Iterable[str] = (), timeout: float = 10.0,
+                 on_error: Any = None, context: zmq.Context | None = None) -> None:
+        self.address = address
+        self.core = ClientCore(token, name, groups, tags, channels)
+        self.on_error = on_error
+        self.errors: deque[NodeError] = deque(maxlen=100)
+        self._ctx = context or zmq.Context.instance()
+        self._queue: deque = deque()
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._current: deque = deque()
+        self._waiters: dict[Any, list] = {}  # req_id / ("ping", n) -> [Event, result]
+        self._sleeping = False
+        self._woken = False
+        self._closing = False
+        self._ready = threading.Event()
+        self._room = threading.Event()
+        self._room.set()
+        self._fatal: Exception | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._thread = threading.Thread(target=self._io_loop, name="treescale-client",
+                                        daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self._shutdown()
+            raise TimeoutError(f"no answer from a TreeScale node at {address} within "
+                               f"{timeout:g}s")
+        if self._fatal is not None:
+            self._shutdown()
+            raise self._fatal
+
+    # ------------------------------------------------------------ public surface
+
+    @property
+    def node(self) -> str:
+        return self.core.node
+
+    def publish(self, name: str, data: Any = b"", target: str | None = None,
+                mode: str | int = "all", headers: dict | None = None) -> None:
+        """Queue an event; it leaves with the next batch (at once if the link is idle)."""
+        if data.__class__ is not bytes:
+            data = _bytes(data)
+            if len(data) >= P.LARGE_PAYLOAD:
+                self.core.check_size(data)
+        m = 0 if mode == "all" else _mode(mode)
+        q = self._queue
+        q.append((name, data, target, m, None, headers))
+        if len(q) > MAX_QUEUED:
+            self._wait_for_room()
+        if self._sleeping and not self._woken:
+            self._wake()
+
+    def subscribe(self, pattern: str, queue: str | None = None,
+                  timeout: float = 10.0) -> None:
+        """Subscribe; when this returns, the node routes matching events to us."""
+        split_pattern(pattern)
+        self.core.subs[(pattern, queue)] = None
+        self._command(P.encode_sub(pattern, queue))
+        self.flush(timeout)
+
+    def unsubscribe(self, pattern: str, queue: str | None = None,
+                    timeout: float = 10.0) -> None:
+        self.core.subs.pop((pattern, queue), None)
+        self._command(P.encode_unsub(pattern, queue))
+        self.flush(timeout)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until the node has processed everything sent so far."""
+        token = next(self.core.ping_ids)
+        self._call(("ping", token), P.encode_ping(token), timeout, "flush")
+
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """Received events, in order; stops after ``timeout`` seconds without one."""
+        while True:
+            while self._current:
+                yield self._current.popleft()
+            try:
+                batch = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if batch is None:
+                return
+            self._current.extend(batch)
+
+    def next_event(self, timeout: float | None = None) -> Event | None:
+        for ev in self.events(timeout):
+            return ev
+        return None
+
+    def request(self, name: str, data: Any = b"", timeout: float = 5.0,
+                target: str | None = None, mode: str | int = "one",
+                headers: dict | None = None) -> Event:
+        """Send a request and wait for the first reply (NoResponders if nobody listens)."""
+        data = _bytes(data)
+        self.core.check_size(data)
+        req_id = next(self.core.req_ids)
+        return self._call(req_id, P.encode_request(req_id, name, data, target,
+                                                   _mode(mode), headers),
+                          timeout, f"request {name!r}")
+
+    def reply(self, event: Event, data: Any = b"", headers: dict | None = None) -> None:
+        if not event.reply:
+            raise ValueError(f"event {event.name!r} is not a request (no reply subject)")
+        self._command(P.encode_reply(event.reply, _bytes(data), headers))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued, say goodbye, stop the I/O thread."""
+        if self._closing:
+            return
+        self._closing = True
+        self._command(P.encode_bye())
+        self._thread.join(timeout)
+        self._shutdown()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _wake(self) -> None:
+        self._woken = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _command(self, frames: list) -> None:
+        self._queue.append(frames)
+        self._wake()
+
+    def _call(self, key: Any, frames: list, timeout: float, what: str) -> Any:
+        slot = [threading.Event(), None]
+        self._waiters[key] = slot
+        self._command(frames)
+        if not slot[0].wait(timeout):
+            self._waiters.pop(key, None)
+            raise TimeoutError(f"{what}: no answer within {timeout:g}s")
+        if isinstance(slot[1], Exception):
+            raise slot[1]
+        return slot[1]
+
+    def _wait_for_room(self) -> None:
+        self._room.clear()
+        self._wake()
+        while len(self._queue) > MAX_QUEUED // 2 and not self._closing:
+            self._room.wait(0.5)
+            self._room.clear()
+
+    def _shutdown(self) -> None:
+        self._closing = True
+        self._wake()
+        self._thread.join(2.0)
+        self._inbox.put(None)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _io_loop(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        configure_socket(sock, self.core)
+        monitor = sock.get_monitor_socket(MONITOR_EVENTS)
+        sock.connect(self.address)
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        out: deque = deque()  # encoded messages waiting for socket room
+        last_heard = time.monotonic()
+        bye_sent = False
+        try:
+            while True:
+                core = self.core
+                if core.ready and not out and self._queue:
+                    out.extend(self._take_queued())
+                self._sleeping = not out and not (core.ready and self._queue)
+                if self._sleeping:
+                    timeout = HEARTBEAT * 1000
+                else:
+                    timeout = 0 if core.ready and not out else 50
+                if out and core.ready:
+                    poller.modify(sock, zmq.POLLIN | zmq.POLLOUT)
+                else:
+                    poller.modify(sock, zmq.POLLIN)
+                ready = dict(poller.poll(timeout))
+                self._sleeping = False
+                self._woken = False
+                if self._wake_r in ready:
+                    try:
+                        os.read(self._wake_r, 65536)
+                    except BlockingIOError:
+                        pass
+                if monitor in ready:
+                    self._on_monitor(monitor, sock)
+                if sock in ready and ready[sock] & zmq.POLLIN:
+                    last_heard = time.monotonic()
+                    self._receive(sock)
+                if core.ready:
+                    while out:
+                        try:
+                            sock.send_multipart(out[0], zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        msg = out.popleft()
+                        if msg[0] == _BYE:
+                            bye_sent = True
+                    if len(self._queue) < MAX_QUEUED // 2:
+                        self._room.set()
+                    if self._closing and bye_sent and not out:
+                        break
+                    if time.monotonic() - last_heard > HEARTBEAT and not out:
+                        sock.send_multipart(P.encode_ping(0), zmq.NOBLOCK)
+                        last_heard = time.monotonic()
+                elif self._closing and not self._queue_has_events():
+                    break
+        except zmq.ZMQError as exc:
+            if not self._closing:
+                log.error("client I/O stopped: %s", exc)
+        finally:
+            sock.disable_monitor()
+            monitor.close(0)
+            sock.close()
+            self._inbox.put(None)
+            for slot in list(self._waiters.values()):
+                slot[1] = ConnectionError("client closed")
+                slot[0].set()
+
+    def _queue_has_events(self) -> bool:
+        return any(item.__class__ is tuple for item in self._queue)
+
+    def _take_queued(self) -> Iterator[list]:
+        q = self._queue
+        n = len(q)
+        items = [q.popleft() for _ in range(n)]
+        return pack_items(items)
+
+    def _on_monitor(self, monitor: zmq.Socket, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                msg = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = parse_monitor_message(msg)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                sock.send_multipart(self.core.hello())
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.core.ready = False
+
+    def _receive(self, sock: zmq.Socket) -> None:
+        for _ in range(1000):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._dispatch(frames, sock)
+            except P.ProtocolError as exc:
+                log.warning("bad message from node: %s", exc)
+
+    def _dispatch(self, frames: list, sock: zmq.Socket) -> None:
+        header = P.decode_header(frames[0])
+        kind = header[0]
+        if kind == P.DELIVER:
+            events = decode_batch(frames)
+            if self._waiters:
+                events = [e for e in events if not self._resolve_reply(e)]
+            if events:
+                self._inbox.put(events)
+            return
+        msg = P.decode(frames)
+        if isinstance(msg, P.Ready):
+            self.core.on_ready(msg)
+            self._ready.set()
+        elif isinstance(msg, P.Pong):
+            slot = self._waiters.pop(("ping", msg.token), None)
+            if slot:
+                slot[0].set()
+        elif isinstance(msg, P.Error):
+            self._on_node_error(msg, sock)
+
+    def _resolve_reply(self, ev: Event) -> bool:
+        req_id = self.core.reply_req_id(ev.name)
+        if req_id is None:
+            return False
+        slot = self._waiters.pop(req_id, None)
+        if slot is not None:
+            slot[1] = ev
+            slot[0].set()
+        return True
+
+    def _on_node_error(self, msg: P.Error, sock: zmq.Socket) -> None:
+        err = error_from(msg)
+        if msg.code == "not_ready" and self.core.ready:
+            # The node lost our session (restart, timeout): introduce ourselves again.
+            self.core.ready = False
+            sock.send_multipart(self.core.hello())
+            return
+        if isinstance(err, AuthError) and not self._ready.is_set():
+            self._fatal = err
+            self._ready.set()
+            self._closing = True
+            return
+        slot = self._waiters.pop(msg.ref, None) if msg.ref is not None else None
+        if slot is not None and msg.code in ("no_responders", "bad_target", "bad_pattern",
+                                             "too_large"):
+            slot[1] = err
+            slot[0].set()
+            return
+        self.errors.append(err)
+        if self.on_error is not None:
+            self.on_error(err)
+        else:
+            log.warning("node error: %s", err)
+
+
+_BYE = P.encode_bye()[0]
+
+
+def error_from(msg: P.Error) -> NodeError:
+    if msg.code in ("bad_token", "token_required"):
+        return AuthError(msg.code, msg.message, msg.ref)
+    if msg.code == "no_responders":
+        return NoResponders(msg.code, msg.message, msg.ref)
+    return NodeError(msg.code, msg.message, msg.ref)
+
+
+# =========================================================================== async
+
+
+class AsyncClient:
+    """The asyncio client: the same surface as ``Client`` with ``await``.
+
+    >>> async with AsyncClient("tcp://127.0.0.1:8888") as c:
+    ...     await c.subscribe("orders.>")
+    ...     await c.publish("orders.created", b"42")
+    ...     async for ev in c.events(timeout=1):
+    ...         print(ev.name)
+    """
+
+    def __init__(self, address: str, token: str | None = None, name: str | None = None,
+                 groups: Iterable[str] = (), tags: Iterable[str] = (),
+                 channels: Iterable[str] = (), timeout: float = 10.0,
+                 on_error: Any = None, context: zmq.asyncio.Context | None = None) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.core = ClientCore(token, name, groups, tags, channels)
+        self.on_error = on_error
+        self.errors: deque[NodeError] = deque(maxlen=100)
+        self._ctx = context or zmq.asyncio.Context.instance()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._monitor: zmq.asyncio.Socket | None = None
+        self._queue: list = []
+        self._flush_scheduled = False
+        self._inbox: asyncio.Queue = asyncio.Queue()
+        self._current: deque = deque()
+        self._waiters: dict[Any, asyncio.Future] = {}
+        self._ready: asyncio.Future | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._sending = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def node(self) -> str:
+        return self.core.node
+
+    async def connect(self) -> AsyncClient:
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        sock = self._ctx.socket(zmq.DEALER)
+        configure_socket(sock, self.core)
+        self._monitor = sock.get_monitor_socket(MONITOR_EVENTS)
+        sock.connect(self.address)
+        self._sock = sock
+        self._tasks = [asyncio.create_task(self._reader()),
+                       asyncio.create_task(self._watch_connection()),
+                       asyncio.create_task(self._heartbeat())]
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), self.timeout)
+        except TimeoutError:
+            await self.close()
+            raise TimeoutError(f"no answer from a TreeScale node at {self.address} "
+                               f"within {self.timeout:g}s") from None
+        except AuthError:
+            await self.close()
+            raise
+        return self
+
+    async def __aenter__(self) -> AsyncClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def publish(self, name: str, data: Any = b"", target: str | None = None,
+                      mode: str | int = "all", headers: dict | None = None) -> None:
+        if data.__class__ is not bytes:
+            data = _bytes(data)
+            if len(data) >= P.LARGE_PAYLOAD:
+                self.core.check_size(data)
+        self._queue.append((name, data, target, 0 if mode == "all" else _mode(mode),
+                            None, headers))
+        if len(self._queue) >= BATCH_EVENTS:
+            await self._flush_queue()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._schedule_flush)
+
+    async def subscribe(self, pattern: str, queue: str | None = None) -> None:
+        split_pattern(pattern)
+        self.core.subs[(pattern, queue)] = None
+        await self._send(P.encode_sub(pattern, queue))
+        await self.flush()
+
+    async def unsubscribe(self, pattern: str, queue: str | None = None) -> None:
+        self.core.subs.pop((pattern, queue), None)
+        await self._send(P.encode_unsub(pattern, queue))
+        await self.flush()
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        token = next(self.core.ping_ids)
+        await self._call(("ping", token), P.encode_ping(token), timeout, "flush")
+
+    async def events(self, timeout: float | None = None) -> AsyncIterator[Event]:
+        while True:
+            while self._current:
+                yield self._current.popleft()
+            try:
+                batch = await asyncio.wait_for(self._inbox.get(), timeout)
+            except TimeoutError:
+                return
+            if batch is None:
+                return
+            self._current.extend(batch)
+
+    async def request(self, name: str, data: Any = b"", timeout: float = 5.0,
+                      target: str | None = None, mode: str | int = "one",
+                      headers: dict | None = None) -> Event:
+        data = _bytes(data)
+        self.core.check_size(data)
+        req_id = next(self.core.req_ids)
+        return await self._call(req_id, P.encode_request(req_id, name, data, target,
+                                                         _mode(mode), headers),
+                                timeout, f"request {name!r}")
+
+    async def reply(self, event: Event, data: Any = b"", headers: dict | None = None) -> None:
+        if not event.reply:
+            raise ValueError(f"event {event.name!r} is not a request (no reply subject)")
+        await self._send(P.encode_reply(event.reply, _bytes(data), headers))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._sock is not None and self.core.ready:
+            try:
+                await self._flush_queue()
+                await self._sock.send_multipart(P.encode_bye())
+            except zmq.ZMQError:
+                pass
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._sock is not None:
+            self._sock.disable_monitor()
+            self._sock.close(linger=2000)
+        if self._monitor is not None:
+            self._monitor.close(0)
+        self._inbox.put_nowait(None)
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("client closed"))
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _schedule_flush(self) -> None:
+        self._flush_scheduled = False
+        if self._queue:
+            self._tasks.append(asyncio.ensure_future(self._flush_queue()))
+            self._tasks = [t for t in self._tasks if not t.done()]
+
+    async def _flush_queue(self) -> None:
+        if not self._queue or not self.core.ready:
+            return
+        items, self._queue = self._queue, []
+        for msg in pack_items(items):
+            await self._send(msg)
+
+    async def _send(self, frames: list) -> None:
+        if not self.core.ready and frames[0] not in (_BYE,):
+            # Hold control messages until the node knows us again.
+            await asyncio.wait_for(asyncio.shield(self._ready_now()), self.timeout)
+        async with self._sending:
+            await self._sock.send_multipart(frames, copy=False)
+
+    async def _ready_now(self) -> None:
+        while not self.core.ready:
+            await asyncio.sleep(0.01)
+
+    async def _call(self, key: Any, frames: list, timeout: float, what: str) -> Any:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[key] = fut
+        await self._flush_queue()
+        await self._send(frames)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"{what}: no answer within {timeout:g}s") from None
+        finally:
+            self._waiters.pop(key, None)
+
+    async def _watch_connection(self) -> None:
+        while True:
+            msg = await self._monitor.recv_multipart()
+            event = parse_monitor_message(msg)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                await self._sock.send_multipart(self.core.hello())
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.core.ready = False
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            if self.core.ready:
+                await self._sock.send_multipart(P.encode_ping(0))
+
+    async def _reader(self) -> None:
+        sock = self._sock
+        while True:
+            frames = await sock.recv_multipart()
+            try:
+                self._dispatch(frames)
+            except P.ProtocolError as exc:
+                log.warning("bad message from node: %s", exc)
+
+    def _dispatch(self, frames: list) -> None:
+        header = P.decode_header(frames[0])
+        if header[0] == P.DELIVER:
+            events = decode_batch(frames)
+            if self._waiters:
+                events = [e for e in events if not self._resolve_reply(e)]
+            if events:
+                self._inbox.put_nowait(events)
+            return
+        msg = P.decode(frames)
+        if isinstance(msg, P.Ready):
+            self.core.on_ready(msg)
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(True)
+            if self._queue:
+                self._schedule_flush()
+        elif isinstance(msg, P.Pong):
+            fut = self._waiters.get(("ping", msg.token))
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        elif isinstance(msg, P.Error):
+            err = error_from(msg)
+            if msg.code == "not_ready" and self.core.ready:
+                self.core.ready = False
+                asyncio.ensure_future(self._sock.send_multipart(self.core.hello()))
+                return
+            if isinstance(err, AuthError) and self._ready is not None \
+                    and not self._ready.done():
+                self._ready.set_exception(err)
+                return
+            fut = self._waiters.get(msg.ref) if msg.ref is not None else None
+            if fut is not None and not fut.done() and msg.code in (
+                    "no_responders", "bad_target", "bad_pattern", "too_large"):
+                fut.set_exception(err)
+                return
+            self.errors.append(err)
+            if self.on_error is not None:
+                self.on_error(err)
+            else:
+                log.warning("node error: %s", err)
+
+    def _resolve_reply(self, ev: Event) -> bool:
+        req_id = self.core.reply_req_id(ev.name)
+        if req_id is None:
+            return False
+        fut = self._waiters.get(req_id)
+        if fut is not None and not fut.done():
+            fut.set_result(ev)
+        return True

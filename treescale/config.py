@@ -1,0 +1,161 @@
+"""Node configuration: load from TOML, JSON or YAML and validate.
+
+A file may hold a single ``[node]`` table, or a tree in the seed's format
+(``[tree_node.NAME]`` tables); ``load_node_config(path, name)`` picks the node's table.
+Every problem is reported as one ConfigError line naming the file, node and field.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_PORT = 8888
+DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as one readable line."""
+
+
+@dataclass
+class NodeConfig:
+    name: str = "node"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    groups: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    max_children: int = 10
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    # Outbound buffer per client beyond ZeroMQ's own queue; past it events are dropped
+    # for that client, counted, and announced ($sys.client.slow + an error to it).
+    slow_consumer_bytes: int = 64 * 1024 * 1024
+    slow_consumer_messages: int = 10_000
+    client_timeout: float = 15.0
+    tokens: Any = None
+    auth_command: Any = None
+    auth_url: str | None = None
+    auth_timeout: float = 5.0
+    exec_enabled: bool = False
+    metrics_port: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def bind_address(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+    def auth_settings(self) -> dict:
+        return {k: getattr(self, k) for k in ("tokens", "auth_command", "auth_url",
+                                              "auth_timeout") if getattr(self, k) is not None}
+
+
+# Keys of the seed's tree format mapped onto NodeConfig fields.
+_ALIASES = {"tree_port": "port", "tree_ip": "host", "childs": None, "children": None,
+            "parent": None}
+_FIELD_TYPES = {f.name: f.type for f in fields(NodeConfig)}
+
+
+def read_file(path: str | Path) -> dict:
+    """Parse a TOML, JSON or YAML file into a dict (by extension)."""
+    p = Path(path)
+    try:
+        text = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text.decode())
+        elif p.suffix == ".json":
+            data = json.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"{p}: unknown config format {p.suffix!r} "
+                              "(use .toml, .json, .yaml or .yml)")
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{p}: not valid {p.suffix[1:].upper()}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a table/object")
+    return data
+
+
+def node_config_from_dict(raw: dict, source: str = "<config>",
+                          name: str | None = None) -> NodeConfig:
+    cfg = NodeConfig()
+    for key, value in raw.items():
+        target = _ALIASES.get(key, key)
+        if target is None:
+            continue
+        if target not in _FIELD_TYPES or target == "extra":
+            raise ConfigError(f"{source}: node {name or raw.get('name', '?')}: "
+                              f"unknown key {key!r}")
+        setattr(cfg, target, _coerce(value, target, source, name or raw.get("name")))
+    if name is not None and "name" not in raw:
+        cfg.name = name
+    if not cfg.name or "." in cfg.name or any(c.isspace() for c in cfg.name):
+        raise ConfigError(f"{source}: node name {cfg.name!r} must be non-empty without "
+                          "dots or spaces")
+    return cfg
+
+
+def _coerce(value: Any, key: str, source: str, node: Any) -> Any:
+    kind = _FIELD_TYPES[key]
+    where = f"{source}: node {node or '?'}: {key}"
+    if kind == "int" or kind == "int | None":
+        if value is None and "None" in kind:
+            return None
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)  # the seed writes ports as strings
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if kind == "float":
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if kind == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings")
+        return tuple(value)
+    if kind == "str" or kind == "str | None":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def load_node_config(path: str | Path | None, name: str | None = None) -> NodeConfig:
+    """The config of node ``name`` from ``path`` (a [node] table or a tree file)."""
+    if path is None:
+        return NodeConfig(name=name or "node")
+    raw = read_file(path)
+    if "tree_node" in raw:
+        nodes = raw["tree_node"]
+        if not isinstance(nodes, dict):
+            raise ConfigError(f"{path}: tree_node must be a table of nodes")
+        if name is None:
+            raise ConfigError(f"{path}: holds a tree; say which node with --name")
+        section = nodes.get(name)
+        if section is None:
+            found = next((v for v in nodes.values()
+                          if isinstance(v, dict) and v.get("name") == name), None)
+            if found is None:
+                raise ConfigError(f"{path}: no node named {name!r} "
+                                  f"(nodes: {', '.join(sorted(nodes))})")
+            section = found
+        return node_config_from_dict(section, str(path), name)
+    section = raw.get("node", raw)
+    cfg = node_config_from_dict(section, str(path), section.get("name", name))
+    if name:
+        cfg.name = name
+    return cfg

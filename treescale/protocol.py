@@ -1,0 +1,591 @@
+"""TreeScale wire protocol: ZeroMQ multipart frames <-> typed messages.
+
+Pure: no sockets, no clock. The broker and the clients call these functions on the
+frames they received and hand the frames these functions return to their sockets.
+
+Every message starts with a *header frame*: a msgpack array whose first item is the
+message kind (a small int). Kinds that carry events add frames after the header:
+
+    PUB      [header, meta, body, large...]
+    DELIVER  [header, meta, body, large...]
+    REQUEST  [header, payload]
+    REPLY    [header, payload]
+
+``meta`` is a msgpack array with one entry per event,
+``[name, size, target, mode, reply, headers]``. ``body`` holds the payloads smaller
+than ``LARGE_PAYLOAD`` back to back, in event order. Each payload of ``LARGE_PAYLOAD``
+bytes or more travels as its own frame, in event order, so the broker forwards it
+without copying. The size alone says where a payload lives, so no offsets are sent.
+
+A node never decodes a payload and, when a whole batch goes to the same place,
+forwards the meta and body frames untouched. See docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+LARGE_PAYLOAD = 64 * 1024
+
+# Message kinds. Numbers are part of the wire format: never renumber.
+HELLO = 1
+READY = 2
+SUB = 3
+UNSUB = 4
+PUB = 5
+DELIVER = 6
+REQUEST = 7
+REPLY = 8
+ERROR = 9
+PING = 10
+PONG = 11
+BYE = 12
+# 20-39 are reserved for node-to-node links (interest, snapshots, acks, credits).
+
+KIND_NAMES = {
+    HELLO: "hello", READY: "ready", SUB: "sub", UNSUB: "unsub", PUB: "pub",
+    DELIVER: "deliver", REQUEST: "request", REPLY: "reply", ERROR: "error",
+    PING: "ping", PONG: "pong", BYE: "bye",
+}
+
+MODE_ALL = 0
+MODE_ONE = 1
+MODES = {"all": MODE_ALL, "one": MODE_ONE}
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ProtocolError(Exception):
+    """A frame sequence that is not a valid TreeScale message.
+
+    ``code`` is a stable short string that goes into the ERROR message the sender gets.
+    """
+
+    code = "bad_message"
+
+    def __init__(self, message: str, ref: Any = None) -> None:
+        super().__init__(message)
+        self.ref = ref
+
+
+class FrameCountError(ProtocolError):
+    code = "bad_frame_count"
+
+
+class EncodingError(ProtocolError):
+    """A frame that should be msgpack is not, or has the wrong shape."""
+
+    code = "bad_encoding"
+
+
+class UnknownKind(ProtocolError):
+    code = "unknown_kind"
+
+
+class VersionMismatch(ProtocolError):
+    code = "version"
+
+
+class FieldError(ProtocolError):
+    """A field has the wrong type or an invalid value."""
+
+    code = "bad_field"
+
+
+class PayloadTooLarge(ProtocolError):
+    code = "too_large"
+
+
+# ------------------------------------------------------------------------- messages
+
+
+@dataclass(slots=True)
+class Hello:
+    version: int
+    token: str | None
+    name: str
+    groups: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    subs: tuple[tuple[str, str | None], ...] = ()
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Ready:
+    node: str
+    client_id: str
+    limits: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Subscribe:
+    pattern: str
+    queue: str | None = None
+
+
+@dataclass(slots=True)
+class Unsubscribe:
+    pattern: str
+    queue: str | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """A batch of events: what PUB and DELIVER carry.
+
+    ``meta`` is the decoded event list, ``meta_frame``/``body`` the frames as received
+    (so a node can forward them unchanged), ``large`` the separate payload frames.
+    ``sources`` (DELIVER only) is a list of ``[source, count]`` runs over the events.
+    """
+
+    meta: list
+    meta_frame: Any
+    body: Any
+    large: list
+    sources: list = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Request:
+    req_id: int
+    name: str
+    target: str | None
+    mode: int
+    headers: dict | None
+    payload: Any
+
+
+@dataclass(slots=True)
+class Reply:
+    reply_to: str
+    headers: dict | None
+    payload: Any
+    source: str = ""
+
+
+@dataclass(slots=True)
+class Error:
+    code: str
+    message: str
+    ref: Any = None
+
+
+@dataclass(slots=True)
+class Ping:
+    token: int = 0
+
+
+@dataclass(slots=True)
+class Pong:
+    token: int = 0
+
+
+@dataclass(slots=True)
+class Bye:
+    pass
+
+
+# ------------------------------------------------------------------------- encoding
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def packb(obj: Any) -> bytes:
+    """msgpack with bin/str kept apart (a fresh packer: safe from any thread)."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def encode_hello(
+    name: str,
+    token: str | None = None,
+    groups: Sequence[str] = (),
+    tags: Sequence[str] = (),
+    channels: Sequence[str] = (),
+    subs: Iterable[tuple[str, str | None]] = (),
+    options: dict | None = None,
+    version: int = PROTOCOL_VERSION,
+) -> list[bytes]:
+    return [packb([HELLO, version, token, name, list(groups), list(tags), list(channels),
+                   [list(s) for s in subs], options or {}])]
+
+
+def encode_ready(node: str, client_id: str, limits: dict) -> list[bytes]:
+    return [packb([READY, node, client_id, limits])]
+
+
+def encode_sub(pattern: str, queue: str | None = None) -> list[bytes]:
+    return [packb([SUB, pattern, queue])]
+
+
+def encode_unsub(pattern: str, queue: str | None = None) -> list[bytes]:
+    return [packb([UNSUB, pattern, queue])]
+
+
+def encode_error(code: str, message: str, ref: Any = None) -> list[bytes]:
+    return [packb([ERROR, code, message, ref])]
+
+
+def encode_ping(token: int = 0) -> list[bytes]:
+    return [packb([PING, token])]
+
+
+def encode_pong(token: int = 0) -> list[bytes]:
+    return [packb([PONG, token])]
+
+
+def encode_bye() -> list[bytes]:
+    return [packb([BYE])]
+
+
+_PUB_HEADER = packb([PUB])
+
+
+def encode_events(events: Sequence[Sequence]) -> tuple[bytes, bytes, list]:
+    """Pack events ``(name, data, target, mode, reply, headers)`` into meta, body, large.
+
+    The returned large payloads are the caller's own objects (no copy), so the socket
+    can send them zero-copy.
+    """
+    meta = []
+    small = []
+    large = []
+    for name, data, target, mode, reply, headers in events:
+        size = len(data)
+        meta.append((name, size, target, mode, reply, headers))
+        if size < LARGE_PAYLOAD:
+            small.append(data)
+        else:
+            large.append(data)
+    return _packb(meta), b"".join(small), large
+
+
+def encode_pub(events: Sequence[Sequence]) -> list:
+    """A PUB message carrying ``events`` as one batch."""
+    meta, body, large = encode_events(events)
+    return [_PUB_HEADER, meta, body, *large]
+
+
+def encode_deliver_header(sources: list) -> bytes:
+    return packb([DELIVER, sources])
+
+
+def encode_deliver(sources: list, meta: bytes, body: Any, large: Sequence = ()) -> list:
+    return [encode_deliver_header(sources), meta, body, *large]
+
+
+def encode_request(req_id: int, name: str, payload: Any, target: str | None = None,
+                   mode: int = MODE_ONE, headers: dict | None = None) -> list:
+    return [packb([REQUEST, req_id, name, target, mode, headers]), payload]
+
+
+def encode_reply(reply_to: str, payload: Any, headers: dict | None = None,
+                 source: str = "") -> list:
+    return [packb([REPLY, reply_to, headers, source]), payload]
+
+
+# ------------------------------------------------------------------------- decoding
+
+
+def _buffer(frame: Any) -> Any:
+    """The bytes-like content of a frame (zmq.Frame, bytes or memoryview)."""
+    buf = getattr(frame, "buffer", None)
+    return frame if buf is None else buf
+
+
+def _unpack(frame: Any, what: str) -> Any:
+    try:
+        return msgpack.unpackb(_buffer(frame), raw=False, strict_map_key=False,
+                               use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise EncodingError(f"{what} frame is not valid msgpack: {exc}") from None
+
+
+def _str(value: Any, what: str, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise FieldError(f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _strs(value: Any, what: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise FieldError(f"{what} must be a list of strings")
+    return tuple(value)
+
+
+def _dict(value: Any, what: str) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise FieldError(f"{what} must be a map, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise FieldError(f"{what} must be an integer, got {type(value).__name__}")
+    return value
+
+
+def _fields(header: list, n: int, kind: int) -> list:
+    """Header fields after the kind, padded with None; extra trailing fields are
+    ignored so that newer peers can add fields without breaking older ones."""
+    rest = header[1:n + 1]
+    if len(rest) < n:
+        rest += [None] * (n - len(rest))
+    return rest
+
+
+def _expect_frames(frames: Sequence, kind: int, count: int) -> None:
+    if len(frames) != count:
+        raise FrameCountError(
+            f"{KIND_NAMES[kind]} takes {count} frame(s), got {len(frames)}")
+
+
+def decode_header(frame: Any) -> list:
+    header = _unpack(frame, "header")
+    if not isinstance(header, list) or not header:
+        raise EncodingError("header must be a non-empty msgpack array")
+    if not isinstance(header[0], int) or isinstance(header[0], bool):
+        raise EncodingError("header must start with the message kind (an integer)")
+    return header
+
+
+def decode_events(meta_frame: Any, body: Any, large: Sequence, max_payload: int) -> list:
+    """Check a batch's meta against its frames; return the meta list.
+
+    Validates what a node must trust before forwarding: every entry's shape, names
+    are strings, sizes add up to the body, one large frame per large payload, no
+    payload above ``max_payload``.
+    """
+    meta = _unpack(meta_frame, "meta")
+    if not isinstance(meta, list):
+        raise EncodingError("meta must be a msgpack array of events")
+    small_total = 0
+    n_large = 0
+    try:
+        for entry in meta:
+            name, size, target, mode, reply, headers = entry
+            if size >= LARGE_PAYLOAD:
+                if size > max_payload:
+                    raise PayloadTooLarge(
+                        f"payload of {size} bytes for {name!r} exceeds the limit of "
+                        f"{max_payload} bytes", ref=name)
+                n_large += 1
+            elif size >= 0:
+                small_total += size
+            else:
+                raise FieldError(f"event size must be non-negative, got {size}")
+            if name.__class__ is not str:
+                raise FieldError("event name must be a string")
+            if mode not in (0, 1):
+                raise FieldError(f"event mode must be 0 (all) or 1 (one), got {mode!r}")
+            if target is not None and target.__class__ is not str:
+                raise FieldError("event target must be a string or nil")
+            if reply is not None and reply.__class__ is not str:
+                raise FieldError("event reply subject must be a string or nil")
+            if headers is not None and headers.__class__ is not dict:
+                raise FieldError("event headers must be a map or nil")
+    except ValueError:
+        raise EncodingError("each event must be [name, size, target, mode, reply, "
+                            "headers]") from None
+    except TypeError:
+        raise EncodingError("event size must be a non-negative integer and each "
+                            "event an array") from None
+    if small_total != len(_buffer(body)):
+        raise FieldError(f"body holds {len(_buffer(body))} bytes but the meta declares "
+                         f"{small_total}")
+    if n_large != len(large):
+        raise FrameCountError(f"meta declares {n_large} large payload frame(s), got "
+                              f"{len(large)}")
+    for entry, in_frame in _large_sizes(meta, large):
+        if entry != in_frame:
+            raise FieldError(f"large payload frame holds {in_frame} bytes, meta says "
+                             f"{entry}")
+    return meta
+
+
+def _large_sizes(meta: list, large: Sequence) -> Iterable[tuple[int, int]]:
+    sizes = [e[1] for e in meta if e[1] >= LARGE_PAYLOAD]
+    return zip(sizes, (len(_buffer(f)) for f in large), strict=True)
+
+
+def split_payloads(meta: list, body: Any, large: Sequence) -> list:
+    """The payload of every event of a batch, in order (slices of ``body``)."""
+    buf = _buffer(body)
+    out = []
+    offset = 0
+    li = 0
+    for entry in meta:
+        size = entry[1]
+        if size >= LARGE_PAYLOAD:
+            out.append(large[li])
+            li += 1
+        else:
+            out.append(buf[offset:offset + size])
+            offset += size
+    return out
+
+
+def decode(frames: Sequence, max_payload: int = 64 * 1024 * 1024) -> Any:
+    """Decode one message (frames after any routing id) into a typed message."""
+    if not frames:
+        raise FrameCountError("empty message")
+    header = decode_header(frames[0])
+    kind = header[0]
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise UnknownKind(f"unknown message kind {kind}")
+    return decoder(header, frames, max_payload)
+
+
+def _decode_hello(header: list, frames: Sequence, max_payload: int) -> Hello:
+    _expect_frames(frames, HELLO, 1)
+    version, token, name, groups, tags, channels, subs, options = _fields(header, 8, HELLO)
+    version = _int(version, "protocol version")
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"protocol version {version} is not supported (this node speaks "
+            f"{PROTOCOL_VERSION})")
+    sub_list = []
+    if subs is not None:
+        if not isinstance(subs, list):
+            raise FieldError("hello subscriptions must be a list of [pattern, queue]")
+        for s in subs:
+            if not isinstance(s, list) or len(s) != 2:
+                raise FieldError("hello subscriptions must be a list of [pattern, queue]")
+            sub_list.append((_str(s[0], "pattern"), _str(s[1], "queue", optional=True)))
+    return Hello(
+        version=version,
+        token=_str(token, "token", optional=True),
+        name=_str(name, "client name", optional=True) or "",
+        groups=_strs(groups, "groups"),
+        tags=_strs(tags, "tags"),
+        channels=_strs(channels, "channels"),
+        subs=tuple(sub_list),
+        options=_dict(options, "options") or {},
+    )
+
+
+def _decode_ready(header: list, frames: Sequence, max_payload: int) -> Ready:
+    _expect_frames(frames, READY, 1)
+    node, client_id, limits = _fields(header, 3, READY)
+    return Ready(_str(node, "node"), _str(client_id, "client id"),
+                 _dict(limits, "limits") or {})
+
+
+def _decode_sub(header: list, frames: Sequence, max_payload: int) -> Subscribe:
+    _expect_frames(frames, SUB, 1)
+    pattern, queue = _fields(header, 2, SUB)
+    return Subscribe(_str(pattern, "pattern"), _str(queue, "queue", optional=True))
+
+
+def _decode_unsub(header: list, frames: Sequence, max_payload: int) -> Unsubscribe:
+    _expect_frames(frames, UNSUB, 1)
+    pattern, queue = _fields(header, 2, UNSUB)
+    return Unsubscribe(_str(pattern, "pattern"), _str(queue, "queue", optional=True))
+
+
+def _decode_batch(header: list, frames: Sequence, max_payload: int) -> Batch:
+    if len(frames) < 3:
+        raise FrameCountError(
+            f"{KIND_NAMES[header[0]]} takes a header, a meta and a body frame "
+            f"(then one frame per large payload), got {len(frames)} frame(s)")
+    large = list(frames[3:])
+    meta = decode_events(frames[1], frames[2], large, max_payload)
+    sources = []
+    if header[0] == DELIVER:
+        (sources,) = _fields(header, 1, DELIVER)
+        if not isinstance(sources, list):
+            raise FieldError("deliver sources must be a list of [source, count]")
+    return Batch(meta, frames[1], frames[2], large, sources)
+
+
+def _decode_request(header: list, frames: Sequence, max_payload: int) -> Request:
+    _expect_frames(frames, REQUEST, 2)
+    req_id, name, target, mode, headers = _fields(header, 5, REQUEST)
+    if mode not in (MODE_ALL, MODE_ONE):
+        raise FieldError(f"request mode must be 0 (all) or 1 (one), got {mode!r}")
+    size = len(_buffer(frames[1]))
+    if size > max_payload:
+        raise PayloadTooLarge(f"request payload of {size} bytes exceeds the limit of "
+                              f"{max_payload} bytes", ref=req_id)
+    return Request(_int(req_id, "request id"), _str(name, "request name"),
+                   _str(target, "target", optional=True), mode,
+                   _dict(headers, "headers"), frames[1])
+
+
+def _decode_reply(header: list, frames: Sequence, max_payload: int) -> Reply:
+    _expect_frames(frames, REPLY, 2)
+    reply_to, headers, source = _fields(header, 3, REPLY)
+    size = len(_buffer(frames[1]))
+    if size > max_payload:
+        raise PayloadTooLarge(f"reply payload of {size} bytes exceeds the limit of "
+                              f"{max_payload} bytes", ref=reply_to)
+    return Reply(_str(reply_to, "reply subject"), _dict(headers, "headers"), frames[1],
+                 _str(source, "source", optional=True) or "")
+
+
+def _decode_error(header: list, frames: Sequence, max_payload: int) -> Error:
+    _expect_frames(frames, ERROR, 1)
+    code, message, ref = _fields(header, 3, ERROR)
+    return Error(_str(code, "error code"), _str(message, "error message"), ref)
+
+
+def _decode_ping(header: list, frames: Sequence, max_payload: int) -> Ping:
+    _expect_frames(frames, PING, 1)
+    (token,) = _fields(header, 1, PING)
+    return Ping(token or 0)
+
+
+def _decode_pong(header: list, frames: Sequence, max_payload: int) -> Pong:
+    _expect_frames(frames, PONG, 1)
+    (token,) = _fields(header, 1, PONG)
+    return Pong(token or 0)
+
+
+def _decode_bye(header: list, frames: Sequence, max_payload: int) -> Bye:
+    _expect_frames(frames, BYE, 1)
+    return Bye()
+
+
+_DECODERS = {
+    HELLO: _decode_hello,
+    READY: _decode_ready,
+    SUB: _decode_sub,
+    UNSUB: _decode_unsub,
+    PUB: _decode_batch,
+    DELIVER: _decode_batch,
+    REQUEST: _decode_request,
+    REPLY: _decode_reply,
+    ERROR: _decode_error,
+    PING: _decode_ping,
+    PONG: _decode_pong,
+    BYE: _decode_bye,
+}
+
+
+def inbox_subject(node: str, client_id: str, req_id: int) -> str:
+    """The reply subject of a request: routes back to one client of one node."""
+    return f"$inbox.{node}.{client_id}.{req_id}"
+
+
+def parse_inbox(subject: str) -> tuple[str, str, int] | None:
+    """(node, client_id, req_id) of an inbox subject, or None if it is not one."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != "$inbox":
+        return None
+    try:
+        return parts[1], parts[2], int(parts[3])
+    except ValueError:
+        return None
