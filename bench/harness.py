@@ -194,17 +194,22 @@ def split_hostport(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
+_now = time.monotonic  # module-level binding: Tally.add runs once per message
+
+
 class Tally:
     """What one subscriber received.
 
     Bounded three ways: ``count`` messages, ``timeout`` seconds total, or IDLE_GAP_S of
     silence after the first message (so lossy systems end quickly instead of waiting for
-    the full timeout).
+    the full timeout).  ``add`` is on every system's per-message path, so it stays lean.
     """
+
+    __slots__ = ("count", "deadline", "received", "bytes", "first", "last")
 
     def __init__(self, count: int, timeout: float) -> None:
         self.count = count
-        self.deadline = time.monotonic() + timeout
+        self.deadline = _now() + timeout
         self.received = 0
         self.bytes = 0
         self.first: float | None = None
@@ -212,38 +217,36 @@ class Tally:
 
     def add(self, nbytes: int) -> bool:
         """Record one message; return False once the subscriber should stop."""
-        now = time.monotonic()
+        now = self.last = _now()
         if self.first is None:
             self.first = now
-        self.last = now
         self.received += 1
         self.bytes += nbytes
         return self.received < self.count and now < self.deadline
 
     @property
     def done(self) -> bool:
-        now = time.monotonic()
+        now = _now()
         return (
             self.received >= self.count
             or now >= self.deadline
             or (self.last is not None and now - self.last > IDLE_GAP_S)
         )
 
-    def poll_interval(self) -> float:
-        return max(0.0, min(POLL_S, self.deadline - time.monotonic()))
-
     def report(self) -> dict[str, Any]:
         return {"received": self.received, "first": self.first, "last": self.last, "bytes": self.bytes}
 
 
 def receive_loop(tally: Tally, recv: Callable[[float], int | None]) -> dict[str, Any]:
-    """Drive a blocking receiver: ``recv(timeout)`` returns a payload size or None."""
+    """Drive a blocking receiver: ``recv(timeout)`` returns a payload size or None when
+    nothing arrived within ``timeout`` (POLL_S, so deadlines overshoot by at most that)."""
+    add = tally.add
     while True:
-        n = recv(tally.poll_interval())
+        n = recv(POLL_S)
         if n is None:
             if tally.done:
                 break
-        elif not tally.add(n):
+        elif not add(n):
             break
     return tally.report()
 
@@ -251,7 +254,7 @@ def receive_loop(tally: Tally, recv: Callable[[float], int | None]) -> dict[str,
 def wait_done(done: Any, tally: Tally) -> None:
     """Wait on a threading.Event set by a callback-driven subscriber, honouring the tally's
     deadline and idle gap."""
-    while not done.wait(tally.poll_interval()):
+    while not done.wait(POLL_S):
         if tally.done:
             return
 
@@ -268,10 +271,11 @@ class RoundTrips:
         self._i = 0
 
     def __iter__(self) -> Iterator[int]:
-        for self._i in range(self.total):
+        for i in range(self.total):
             if self.deadline.expired():
                 return
-            yield self._i
+            self._i = i
+            yield i
 
     @staticmethod
     def start() -> float:
@@ -490,11 +494,12 @@ class _Workers:
                 raise WorkerFailed(f"{msg['role']}: {msg['error']}\n{msg['trace']}")
             into.append(msg)
 
-    def join(self, proc: mp.process.BaseProcess, what: str) -> None:
-        proc.join(self.deadline.remaining())
+    def join(self, proc: mp.process.BaseProcess, what: str, grace: float = 10.0) -> None:
+        """Wait for a worker that should be finishing (its peers already reported)."""
+        proc.join(min(grace, self.deadline.remaining()))
         self._check()
         if proc.is_alive():
-            raise WorkerFailed(f"{what} still running at the shape timeout", timeout=True)
+            raise WorkerFailed(f"{what} did not exit after its peers finished", timeout=True)
 
 
 def _run_pubsub(system: System, shape: Shape, address: str, res: Result, deadline: Deadline) -> None:

@@ -18,8 +18,14 @@ import os
 import queue
 import threading
 import time
+from array import array
+from bisect import bisect_right
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from functools import partial
+from itertools import accumulate, chain, repeat
+from operator import itemgetter
+from types import MappingProxyType
 from typing import Any
 
 import msgpack
@@ -56,20 +62,36 @@ class NoResponders(NodeError):
     """A request found no subscriber."""
 
 
-class Event:
-    """One delivered event. ``data`` is bytes; ``reply`` is set on requests."""
+_EMPTY_HEADERS: Mapping = MappingProxyType({})
 
-    __slots__ = ("name", "data", "headers", "source", "reply", "target")
 
-    def __init__(self, name: str, data: Any, headers: dict | None = None,
-                 source: str = "", reply: str | None = None,
-                 target: str | None = None) -> None:
-        self.name = name
-        self.data = data
-        self.headers = headers or {}
-        self.source = source
-        self.reply = reply
-        self.target = target
+class Event(tuple):
+    """One delivered event: ``name``, ``data`` (bytes), ``headers``, ``source``,
+    ``reply`` (set on requests) and ``target``.
+
+    A tuple underneath so that a whole batch of events is built by C code, not by a
+    Python ``__init__`` per event.
+    """
+
+    __slots__ = ()
+    _fields = ("name", "data", "headers", "source", "reply", "target")
+
+    def __new__(cls, name: str, data: Any, headers: Mapping | None = None,
+                source: str = "", reply: str | None = None,
+                target: str | None = None) -> Event:
+        return tuple.__new__(cls, (name, data, headers or None, source, reply, target))
+
+    name = property(itemgetter(0), doc="event name")
+    data = property(itemgetter(1), doc="payload bytes")
+    @property
+    def headers(self) -> Mapping:
+        """Headers (a mapping, maybe empty)."""
+        h = self[2]
+        return _EMPTY_HEADERS if h is None else h
+
+    source = property(itemgetter(3), doc="name of the publishing client or node")
+    reply = property(itemgetter(4), doc="reply subject when this is a request")
+    target = property(itemgetter(5), doc="the target the publisher gave, if any")
 
     def json(self) -> Any:
         """The payload decoded as msgpack (the convention for structured data)."""
@@ -77,8 +99,11 @@ class Event:
 
     def __repr__(self) -> str:
         data = bytes(self.data[:40])
-        return f"Event({self.name!r}, {data!r}{'...' if len(self.data) > 40 else ''}, " \
-               f"source={self.source!r})"
+        more = "..." if len(self.data) > 40 else ""
+        return f"Event({self.name!r}, {data!r}{more}, source={self.source!r})"
+
+
+_make_event = partial(tuple.__new__, Event)
 
 
 def _mode(mode: str | int) -> int:
@@ -97,32 +122,23 @@ def _bytes(data: Any) -> Any:
     raise TypeError(f"event data must be bytes (or str), got {type(data).__name__}")
 
 
-def decode_batch(frames: list) -> list[Event]:
-    """A DELIVER message (without its header) -> Events, in order."""
+def decode_batch(frames: list, max_payload: int = 1 << 62) -> list[Event]:
+    """A DELIVER message -> Events, in order (built in C where it can be)."""
     header = P.decode_header(frames[0])
     sources = header[1] if len(header) > 1 else []
-    meta = msgpack.unpackb(frames[1], raw=False, strict_map_key=False)
-    body = frames[2]
-    large = frames[3:]
-    events = []
-    offset = 0
-    li = 0
-    src_iter = iter(sources)
-    source, left = "", 0
-    for name, size, target, mode, reply, headers in meta:
-        while left == 0:
-            try:
-                source, left = next(src_iter)
-            except StopIteration:
-                source, left = "", -1
-        left -= 1
-        if size >= P.LARGE_PAYLOAD:
-            data = large[li]
-            li += 1
-        else:
-            data = body[offset:offset + size]
-            offset += size
-        events.append(Event(name, data, headers, source, reply, target))
+    view = P.decode_events(frames[1], frames[2], frames[3:], max_payload)
+    n = view.n
+    if len(sources) == 1:
+        source_col: Iterable = repeat(sources[0][0], n)
+    else:
+        source_col = chain.from_iterable(repeat(s, c) for s, c in sources)
+    events = list(map(_make_event, zip(view.name_column(), view.payloads(),
+                                       repeat(None), source_col, repeat(None),
+                                       repeat(None))))
+    if view.extras:
+        for i, (target, _mode, reply, headers) in view.extras.items():
+            e = events[i]
+            events[i] = Event(e[0], e[1], headers, e[3], reply, target)
     return events
 
 
@@ -185,25 +201,108 @@ def configure_socket(sock: zmq.Socket, core: ClientCore) -> None:
 MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 
 
-def pack_items(items: list) -> Iterator[list]:
-    """Turn queued items (event tuples and command frame lists) into messages,
-    keeping their order: runs of events become PUB batches."""
-    batch: list = []
-    size = 0
-    for item in items:
-        if item.__class__ is tuple:
-            batch.append(item)
-            size += len(item[1])
-            if len(batch) >= BATCH_EVENTS or size >= BATCH_BYTES:
-                yield P.encode_pub(batch)
-                batch, size = [], 0
-        else:
-            if batch:
-                yield P.encode_pub(batch)
-                batch, size = [], 0
-            yield item
-    if batch:
-        yield P.encode_pub(batch)
+class _Extended:
+    """Outbox name slot of an event that sets target, mode, reply or headers."""
+
+    __slots__ = ("name", "extra")
+
+    def __init__(self, name: str, extra: tuple) -> None:
+        self.name = name
+        self.extra = extra
+
+
+_COMMAND = object()  # outbox name slot of a control message (its frames in the data slot)
+
+
+class Outbox:
+    """What the application handed over and the socket has not sent yet, in call
+    order, as two columns (names, data) so that packing a batch is C work.
+
+    ``publish`` may run on any thread; ``take`` swaps the columns out under the lock.
+    """
+
+    __slots__ = ("lock", "names", "datas")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.names: list = []
+        self.datas: list = []
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def add(self, name: Any, data: Any) -> None:
+        with self.lock:
+            self.names.append(name)
+            self.datas.append(data)
+
+    def take(self) -> tuple[list, list]:
+        with self.lock:
+            names, datas = self.names, self.datas
+            self.names, self.datas = [], []
+        return names, datas
+
+    def has_events(self) -> bool:
+        return any(n is not _COMMAND for n in self.names)
+
+
+def pack_outbox(names: list, datas: list) -> Iterator[list]:
+    """Messages for what ``Outbox.take`` returned, in order: runs of events become PUB
+    batches (at most BATCH_EVENTS events / about BATCH_BYTES bytes each)."""
+    if set(map(type, names)) == {str}:
+        yield from _pack_run(names, datas, None)
+        return
+    start = 0
+    for i, name in enumerate(names):
+        if name is _COMMAND:
+            if i > start:
+                yield from _pack_mixed(names[start:i], datas[start:i])
+            yield datas[i]
+            start = i + 1
+    if start < len(names):
+        yield from _pack_mixed(names[start:], datas[start:])
+
+
+def _pack_mixed(names: list, datas: list) -> Iterator[list]:
+    extras = {}
+    plain = list(names)
+    for i, name in enumerate(names):
+        if name.__class__ is _Extended:
+            plain[i] = name.name
+            extras[i] = name.extra
+    if not extras:
+        yield from _pack_run(plain, datas, None)
+        return
+    # batches with extras are cut at BATCH_EVENTS only (positions index the batch)
+    for a in range(0, len(plain), BATCH_EVENTS):
+        b = a + BATCH_EVENTS
+        sub = {i - a: ex for i, ex in extras.items() if a <= i < b} or None
+        meta, body, large = P.encode_columns(plain[a:b], datas[a:b], sub)
+        yield [P._PUB_HEADER, meta, body, *large]
+
+
+def _pack_run(names: list, datas: list, extras: dict | None) -> Iterator[list]:
+    sizes = array("I", map(len, datas))
+    n = len(datas)
+    if n <= BATCH_EVENTS and sum(sizes) <= BATCH_BYTES:
+        meta, body, large = P.encode_columns(names, datas, extras, sizes)
+        yield [P._PUB_HEADER, meta, body, *large]
+        return
+    cuts = _cut_points(sizes)
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        meta, body, large = P.encode_columns(names[a:b], datas[a:b], None, sizes[a:b])
+        yield [P._PUB_HEADER, meta, body, *large]
+
+
+def _cut_points(sizes: array) -> list[int]:
+    """Batch boundaries: every BATCH_EVENTS events or BATCH_BYTES bytes."""
+    total = list(accumulate(sizes, initial=0))
+    cuts = [0]
+    while cuts[-1] < len(sizes):
+        a = cuts[-1]
+        by_bytes = bisect_right(total, total[a] + BATCH_BYTES, lo=a + 1) - 1
+        cuts.append(max(a + 1, min(a + BATCH_EVENTS, by_bytes, len(sizes))))
+    return cuts
 
 
 # ============================================================================ sync
@@ -228,7 +327,7 @@ class Client:
         self.on_error = on_error
         self.errors: deque[NodeError] = deque(maxlen=100)
         self._ctx = context or zmq.Context.instance()
-        self._queue: deque = deque()
+        self._outbox = Outbox()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._current: deque = deque()
         self._waiters: dict[Any, list] = {}  # req_id / ("ping", n) -> [Event, result]
@@ -265,10 +364,15 @@ class Client:
             data = _bytes(data)
             if len(data) >= P.LARGE_PAYLOAD:
                 self.core.check_size(data)
-        m = 0 if mode == "all" else _mode(mode)
-        q = self._queue
-        q.append((name, data, target, m, None, headers))
-        if len(q) > MAX_QUEUED:
+        if target is None and headers is None and mode == "all":
+            slot = name
+        else:
+            slot = _Extended(name, (target, _mode(mode), None, headers))
+        box = self._outbox
+        with box.lock:
+            box.names.append(slot)
+            box.datas.append(data)
+        if len(box.names) > MAX_QUEUED:
             self._wait_for_room()
         if self._sleeping and not self._woken:
             self._wake()
@@ -298,12 +402,12 @@ class Client:
             while self._current:
                 yield self._current.popleft()
             try:
-                batch = self._inbox.get(timeout=timeout)
+                item = self._inbox.get(timeout=timeout)
             except queue.Empty:
                 return
-            if batch is None:
+            if item is None:
                 return
-            self._current.extend(batch)
+            self._current.extend(decode_batch(item) if item.__class__ is list else item)
 
     def next_event(self, timeout: float | None = None) -> Event | None:
         for ev in self.events(timeout):
@@ -351,7 +455,7 @@ class Client:
             pass
 
     def _command(self, frames: list) -> None:
-        self._queue.append(frames)
+        self._outbox.add(_COMMAND, frames)
         self._wake()
 
     def _call(self, key: Any, frames: list, timeout: float, what: str) -> Any:
@@ -368,7 +472,7 @@ class Client:
     def _wait_for_room(self) -> None:
         self._room.clear()
         self._wake()
-        while len(self._queue) > MAX_QUEUED // 2 and not self._closing:
+        while len(self._outbox) > MAX_QUEUED // 2 and not self._closing:
             self._room.wait(0.5)
             self._room.clear()
 
@@ -398,9 +502,9 @@ class Client:
         try:
             while True:
                 core = self.core
-                if core.ready and not out and self._queue:
-                    out.extend(self._take_queued())
-                self._sleeping = not out and not (core.ready and self._queue)
+                if core.ready and not out and self._outbox.names:
+                    out.extend(pack_outbox(*self._outbox.take()))
+                self._sleeping = not out and not (core.ready and self._outbox.names)
                 if self._sleeping:
                     timeout = HEARTBEAT * 1000
                 else:
@@ -431,14 +535,14 @@ class Client:
                         msg = out.popleft()
                         if msg[0] == _BYE:
                             bye_sent = True
-                    if len(self._queue) < MAX_QUEUED // 2:
+                    if len(self._outbox) < MAX_QUEUED // 2:
                         self._room.set()
                     if self._closing and bye_sent and not out:
                         break
                     if time.monotonic() - last_heard > HEARTBEAT and not out:
                         sock.send_multipart(P.encode_ping(0), zmq.NOBLOCK)
                         last_heard = time.monotonic()
-                elif self._closing and not self._queue_has_events():
+                elif self._closing and not self._outbox.has_events():
                     break
         except zmq.ZMQError as exc:
             if not self._closing:
@@ -451,15 +555,6 @@ class Client:
             for slot in list(self._waiters.values()):
                 slot[1] = ConnectionError("client closed")
                 slot[0].set()
-
-    def _queue_has_events(self) -> bool:
-        return any(item.__class__ is tuple for item in self._queue)
-
-    def _take_queued(self) -> Iterator[list]:
-        q = self._queue
-        n = len(q)
-        items = [q.popleft() for _ in range(n)]
-        return pack_items(items)
 
     def _on_monitor(self, monitor: zmq.Socket, sock: zmq.Socket) -> None:
         while True:
@@ -488,11 +583,12 @@ class Client:
         header = P.decode_header(frames[0])
         kind = header[0]
         if kind == P.DELIVER:
-            events = decode_batch(frames)
-            if self._waiters:
-                events = [e for e in events if not self._resolve_reply(e)]
+            if not self._waiters:
+                self._inbox.put(frames)  # decoded by the consumer thread
+                return
+            events = [e for e in decode_batch(frames) if not self._resolve_reply(e)]
             if events:
-                self._inbox.put(events)
+                self._inbox.put(tuple(events))
             return
         msg = P.decode(frames)
         if isinstance(msg, P.Ready):
@@ -576,7 +672,7 @@ class AsyncClient:
         self._ctx = context or zmq.asyncio.Context.instance()
         self._sock: zmq.asyncio.Socket | None = None
         self._monitor: zmq.asyncio.Socket | None = None
-        self._queue: list = []
+        self._outbox = Outbox()
         self._flush_scheduled = False
         self._inbox: asyncio.Queue = asyncio.Queue()
         self._current: deque = deque()
@@ -624,9 +720,11 @@ class AsyncClient:
             data = _bytes(data)
             if len(data) >= P.LARGE_PAYLOAD:
                 self.core.check_size(data)
-        self._queue.append((name, data, target, 0 if mode == "all" else _mode(mode),
-                            None, headers))
-        if len(self._queue) >= BATCH_EVENTS:
+        if target is None and headers is None and mode == "all":
+            self._outbox.add(name, data)
+        else:
+            self._outbox.add(_Extended(name, (target, _mode(mode), None, headers)), data)
+        if len(self._outbox) >= BATCH_EVENTS:
             await self._flush_queue()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
@@ -635,12 +733,12 @@ class AsyncClient:
     async def subscribe(self, pattern: str, queue: str | None = None) -> None:
         split_pattern(pattern)
         self.core.subs[(pattern, queue)] = None
-        await self._send(P.encode_sub(pattern, queue))
+        await self._command(P.encode_sub(pattern, queue))
         await self.flush()
 
     async def unsubscribe(self, pattern: str, queue: str | None = None) -> None:
         self.core.subs.pop((pattern, queue), None)
-        await self._send(P.encode_unsub(pattern, queue))
+        await self._command(P.encode_unsub(pattern, queue))
         await self.flush()
 
     async def flush(self, timeout: float = 10.0) -> None:
@@ -672,7 +770,7 @@ class AsyncClient:
     async def reply(self, event: Event, data: Any = b"", headers: dict | None = None) -> None:
         if not event.reply:
             raise ValueError(f"event {event.name!r} is not a request (no reply subject)")
-        await self._send(P.encode_reply(event.reply, _bytes(data), headers))
+        await self._command(P.encode_reply(event.reply, _bytes(data), headers))
 
     async def close(self) -> None:
         if self._closed:
@@ -705,16 +803,20 @@ class AsyncClient:
 
     def _schedule_flush(self) -> None:
         self._flush_scheduled = False
-        if self._queue:
+        if self._outbox.names:
             self._tasks.append(asyncio.ensure_future(self._flush_queue()))
             self._tasks = [t for t in self._tasks if not t.done()]
 
     async def _flush_queue(self) -> None:
-        if not self._queue or not self.core.ready:
+        if not self._outbox.names or not self.core.ready:
             return
-        items, self._queue = self._queue, []
-        for msg in pack_items(items):
+        for msg in pack_outbox(*self._outbox.take()):
             await self._send(msg)
+
+    async def _command(self, frames: list) -> None:
+        """Send a control message after the publishes queued before it."""
+        await self._flush_queue()
+        await self._send(frames)
 
     async def _send(self, frames: list) -> None:
         if not self.core.ready and frames[0] not in (_BYE,):
@@ -730,8 +832,7 @@ class AsyncClient:
     async def _call(self, key: Any, frames: list, timeout: float, what: str) -> Any:
         fut = asyncio.get_running_loop().create_future()
         self._waiters[key] = fut
-        await self._flush_queue()
-        await self._send(frames)
+        await self._command(frames)
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
@@ -777,7 +878,7 @@ class AsyncClient:
             self.core.on_ready(msg)
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(True)
-            if self._queue:
+            if self._outbox.names:
                 self._schedule_flush()
         elif isinstance(msg, P.Pong):
             fut = self._waiters.get(("ping", msg.token))

@@ -23,8 +23,11 @@ forwards the meta and body frames untouched. See docs/PROTOCOL.md.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate, repeat
 from typing import Any
 
 import msgpack
@@ -140,12 +143,12 @@ class Unsubscribe:
 class Batch:
     """A batch of events: what PUB and DELIVER carry.
 
-    ``meta`` is the decoded event list, ``meta_frame``/``body`` the frames as received
+    ``meta`` is the validated BatchView, ``meta_frame``/``body`` the frames as received
     (so a node can forward them unchanged), ``large`` the separate payload frames.
     ``sources`` (DELIVER only) is a list of ``[source, count]`` runs over the events.
     """
 
-    meta: list
+    meta: BatchView
     meta_frame: Any
     body: Any
     large: list
@@ -245,25 +248,80 @@ def encode_bye() -> list[bytes]:
 
 
 _PUB_HEADER = packb([PUB])
+_NO_EXTRA = (None, 0, None, None)
 
 
 def encode_events(events: Sequence[Sequence]) -> tuple[bytes, bytes, list]:
-    """Pack events ``(name, data, target, mode, reply, headers)`` into meta, body, large.
+    """Pack event tuples ``(name, data, target, mode, reply, headers)``; see
+    ``encode_columns``."""
+    if not events:
+        return encode_columns([], [])
+    names, datas, targets, modes, replies, headers = zip(*events, strict=True)
+    extras = {i: (t, m, r, h) for i, t, m, r, h in zip(range(len(datas)), targets, modes,
+                                                      replies, headers, strict=True)
+              if t is not None or m or r is not None or h is not None}
+    return encode_columns(names, datas, extras or None)
 
-    The returned large payloads are the caller's own objects (no copy), so the socket
-    can send them zero-copy.
+
+def encode_columns(names_col: Sequence[str], datas: Sequence, extras: dict | None = None,
+                   sizes: array | None = None) -> tuple[bytes, bytes, list]:
+    """Pack a batch given as columns into meta, body and large payload frames.
+
+    The meta is columnar so that both ends do per-batch work in C, not per-event work
+    in Python: ``[names, index, sizes, large, extras]`` where ``names`` are the distinct
+    event names, ``index`` (uint16 LE per event, nil when there is one name) points
+    into them, ``sizes`` (uint32 LE per event) are the payload sizes, ``large`` lists
+    the events whose payload is a frame of its own, and ``extras`` maps an event's
+    position to ``[target, mode, reply, headers]`` for events that set any of them.
+    Large payloads are returned as the caller's own objects (no copy).
     """
-    meta = []
-    small = []
-    large = []
-    for name, data, target, mode, reply, headers in events:
-        size = len(data)
-        meta.append((name, size, target, mode, reply, headers))
-        if size < LARGE_PAYLOAD:
-            small.append(data)
-        else:
-            large.append(data)
-    return _packb(meta), b"".join(small), large
+    if sizes is None:
+        sizes = array("I", map(len, datas))
+    if not datas:
+        return _packb([[], None, b"", [], None]), b"", []
+    distinct = dict.fromkeys(names_col)
+    if len(distinct) == 1:
+        names = [names_col[0]]
+        index = None
+    else:
+        if len(distinct) > 65535:
+            raise ValueError("a batch holds at most 65535 distinct event names")
+        names = list(distinct)
+        pos = {nm: i for i, nm in enumerate(names)}
+        index = _le(array("H", map(pos.__getitem__, names_col)))
+    large_idx: list = []
+    large: list = []
+    if max(sizes) >= LARGE_PAYLOAD:
+        small = []
+        for i, d in enumerate(datas):
+            if sizes[i] >= LARGE_PAYLOAD:
+                large_idx.append(i)
+                large.append(d)
+            else:
+                small.append(d)
+        body = b"".join(small)
+    else:
+        body = b"".join(datas)
+    return _packb([names, index, _le(sizes), large_idx, extras]), body, large
+
+
+def _le(arr: array) -> bytes:
+    """Array bytes in little-endian order, whatever this machine's order."""
+    if _BIG_ENDIAN:
+        arr = array(arr.typecode, arr)
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def _from_le(typecode: str, data: Any) -> array:
+    arr = array(typecode)
+    arr.frombytes(data)
+    if _BIG_ENDIAN:
+        arr.byteswap()
+    return arr
+
+
+_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def encode_pub(events: Sequence[Sequence]) -> list:
@@ -361,80 +419,141 @@ def decode_header(frame: Any) -> list:
     return header
 
 
-def decode_events(meta_frame: Any, body: Any, large: Sequence, max_payload: int) -> list:
-    """Check a batch's meta against its frames; return the meta list.
+class BatchView:
+    """A validated batch: its columns plus the frames they describe.
 
-    Validates what a node must trust before forwarding: every entry's shape, names
-    are strings, sizes add up to the body, one large frame per large payload, no
-    payload above ``max_payload``.
+    Nothing here is per-event Python work unless a caller asks for single events
+    (``event``) or all payloads (``payloads``); routing a uniform batch touches only
+    the distinct names.
+    """
+
+    __slots__ = ("names", "index", "sizes", "large_idx", "extras", "body", "large", "n")
+
+    def __init__(self, names: list, index: array | None, sizes: array, large_idx: list,
+                 extras: dict | None, body: Any, large: Sequence) -> None:
+        self.names = names
+        self.index = index
+        self.sizes = sizes
+        self.large_idx = large_idx
+        self.extras = extras
+        self.body = body
+        self.large = large
+        self.n = len(sizes)
+
+    def name_column(self) -> Iterable[str]:
+        """The name of every event, in order."""
+        if self.index is None:
+            return repeat(self.names[0], self.n) if self.names else iter(())
+        return map(self.names.__getitem__, self.index)
+
+    def payloads(self) -> list:
+        """The payload of every event, in order (slices of the body, large frames)."""
+        buf = _buffer(self.body)
+        if not self.large_idx:
+            offsets = list(accumulate(self.sizes, initial=0))
+            return list(map(buf.__getitem__, map(slice, offsets, offsets[1:])))
+        out = []
+        offset = 0
+        large = iter(self.large)
+        big = set(self.large_idx)
+        for i, size in enumerate(self.sizes):
+            if i in big:
+                out.append(next(large))
+            else:
+                out.append(buf[offset:offset + size])
+                offset += size
+        return out
+
+    def extra(self, i: int) -> tuple:
+        """(target, mode, reply, headers) of event ``i``."""
+        if self.extras is None:
+            return _NO_EXTRA
+        return self.extras.get(i, _NO_EXTRA)
+
+    def events(self, indices: Iterable[int] | None = None) -> list[tuple]:
+        """Events as ``(name, payload, target, mode, reply, headers)`` tuples."""
+        payloads = self.payloads()
+        names = list(self.name_column())
+        if indices is None:
+            indices = range(self.n)
+        return [(names[i], payloads[i], *self.extra(i)) for i in indices]
+
+
+def decode_events(meta_frame: Any, body: Any, large: Sequence,
+                  max_payload: int) -> BatchView:
+    """Check a batch's meta against its frames (all C-level checks) and view it.
+
+    Validates what a node must trust before forwarding: the columns' shapes and types,
+    that the sizes add up to the body and the large frames, and that no payload is
+    above ``max_payload``.
     """
     meta = _unpack(meta_frame, "meta")
-    if not isinstance(meta, list):
-        raise EncodingError("meta must be a msgpack array of events")
-    small_total = 0
-    n_large = 0
-    try:
-        for entry in meta:
-            name, size, target, mode, reply, headers = entry
-            if size >= LARGE_PAYLOAD:
-                if size > max_payload:
-                    raise PayloadTooLarge(
-                        f"payload of {size} bytes for {name!r} exceeds the limit of "
-                        f"{max_payload} bytes", ref=name)
-                n_large += 1
-            elif size >= 0:
-                small_total += size
-            else:
-                raise FieldError(f"event size must be non-negative, got {size}")
-            if name.__class__ is not str:
-                raise FieldError("event name must be a string")
-            if mode not in (0, 1):
-                raise FieldError(f"event mode must be 0 (all) or 1 (one), got {mode!r}")
-            if target is not None and target.__class__ is not str:
-                raise FieldError("event target must be a string or nil")
-            if reply is not None and reply.__class__ is not str:
-                raise FieldError("event reply subject must be a string or nil")
-            if headers is not None and headers.__class__ is not dict:
-                raise FieldError("event headers must be a map or nil")
-    except ValueError:
-        raise EncodingError("each event must be [name, size, target, mode, reply, "
-                            "headers]") from None
-    except TypeError:
-        raise EncodingError("event size must be a non-negative integer and each "
-                            "event an array") from None
+    if not isinstance(meta, list) or len(meta) < 5:
+        raise EncodingError("meta must be [names, index, sizes, large, extras]")
+    names, index, sizes_raw, large_idx, extras = meta[:5]
+    if not isinstance(names, list) or not all(n.__class__ is str for n in names):
+        raise FieldError("meta names must be a list of strings")
+    if not isinstance(sizes_raw, bytes) or len(sizes_raw) % 4:
+        raise FieldError("meta sizes must be uint32 values packed as bin")
+    sizes = _from_le("I", sizes_raw)
+    n = len(sizes)
+    if n and not names:
+        raise FieldError("meta names must not be empty when there are events")
+    if index is None:
+        if len(names) > 1:
+            raise FieldError("meta index is required when a batch has several names")
+        idx = None
+    else:
+        if not isinstance(index, bytes) or len(index) != 2 * n:
+            raise FieldError(f"meta index must hold one uint16 per event ({n})")
+        idx = _from_le("H", index)
+        if n and max(idx) >= len(names):
+            raise FieldError("meta index points past the names list")
+    if n and max(sizes) > max_payload:
+        big = max(range(n), key=sizes.__getitem__)
+        name = names[idx[big] if idx is not None else 0]
+        raise PayloadTooLarge(
+            f"payload of {sizes[big]} bytes for {name!r} exceeds the limit of "
+            f"{max_payload} bytes", ref=name)
+    if large_idx is None:
+        large_idx = []
+    if not isinstance(large_idx, list) or not all(
+            i.__class__ is int and 0 <= i < n for i in large_idx):
+        raise FieldError("meta large must list event positions")
+    if len(large_idx) != len(large):
+        raise FrameCountError(f"meta declares {len(large_idx)} large payload frame(s), "
+                              f"got {len(large)}")
+    for i, frame in zip(large_idx, large, strict=True):
+        if len(_buffer(frame)) != sizes[i]:
+            raise FieldError(f"large payload frame of event {i} holds "
+                             f"{len(_buffer(frame))} bytes, meta says {sizes[i]}")
+    small_total = sum(sizes) - sum(sizes[i] for i in large_idx)
     if small_total != len(_buffer(body)):
         raise FieldError(f"body holds {len(_buffer(body))} bytes but the meta declares "
                          f"{small_total}")
-    if n_large != len(large):
-        raise FrameCountError(f"meta declares {n_large} large payload frame(s), got "
-                              f"{len(large)}")
-    for entry, in_frame in _large_sizes(meta, large):
-        if entry != in_frame:
-            raise FieldError(f"large payload frame holds {in_frame} bytes, meta says "
-                             f"{entry}")
-    return meta
+    if extras is not None:
+        _check_extras(extras, n)
+    return BatchView(names, idx, sizes, large_idx, extras, body, large)
 
 
-def _large_sizes(meta: list, large: Sequence) -> Iterable[tuple[int, int]]:
-    sizes = [e[1] for e in meta if e[1] >= LARGE_PAYLOAD]
-    return zip(sizes, (len(_buffer(f)) for f in large), strict=True)
-
-
-def split_payloads(meta: list, body: Any, large: Sequence) -> list:
-    """The payload of every event of a batch, in order (slices of ``body``)."""
-    buf = _buffer(body)
-    out = []
-    offset = 0
-    li = 0
-    for entry in meta:
-        size = entry[1]
-        if size >= LARGE_PAYLOAD:
-            out.append(large[li])
-            li += 1
-        else:
-            out.append(buf[offset:offset + size])
-            offset += size
-    return out
+def _check_extras(extras: Any, n: int) -> None:
+    if not isinstance(extras, dict):
+        raise FieldError("meta extras must be a map or nil")
+    for i, ex in extras.items():
+        if i.__class__ is not int or not 0 <= i < n:
+            raise FieldError("meta extras keys must be event positions")
+        if not isinstance(ex, list) or len(ex) != 4:
+            raise FieldError("meta extras values must be [target, mode, reply, headers]")
+        target, mode, reply, headers = ex
+        if target is not None and target.__class__ is not str:
+            raise FieldError("event target must be a string or nil")
+        if mode not in (MODE_ALL, MODE_ONE):
+            raise FieldError(f"event mode must be 0 (all) or 1 (one), got {mode!r}")
+        if reply is not None and reply.__class__ is not str:
+            raise FieldError("event reply subject must be a string or nil")
+        if headers is not None and headers.__class__ is not dict:
+            raise FieldError("event headers must be a map or nil")
+        extras[i] = (target, mode, reply, headers)
 
 
 def decode(frames: Sequence, max_payload: int = 64 * 1024 * 1024) -> Any:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 
 import zmq
 
@@ -29,21 +30,25 @@ log = logging.getLogger("treescale.node")
 
 DRAIN_LIMIT = 2000
 HOUSEKEEPING_INTERVAL = 1.0
+MERGE_BELOW = 64  # segments with fewer events are packed together per destination
 
 
 class Segment:
-    """Events of one source batch bound for one destination in this round."""
+    """Events of one source batch bound for one destination in this round.
 
-    __slots__ = ("source", "meta", "meta_frame", "body", "large", "indices")
+    ``frames`` (meta, body, large...) is set when the whole batch goes to the
+    destination and can be forwarded untouched; otherwise ``events`` holds the
+    event tuples to pack.
+    """
 
-    def __init__(self, source: str, meta: list, meta_frame, body, large: list,
-                 indices: list | None) -> None:
+    __slots__ = ("source", "n", "frames", "events")
+
+    def __init__(self, source: str, n: int, frames: list | None,
+                 events: list | None = None) -> None:
         self.source = source
-        self.meta = meta
-        self.meta_frame = meta_frame  # forwardable as-is when indices is None
-        self.body = body
-        self.large = large
-        self.indices = indices  # None: the whole batch
+        self.n = n
+        self.frames = frames
+        self.events = events
 
 
 class Node:
@@ -135,7 +140,7 @@ class Node:
                 os.close(fd)
             except OSError:
                 pass
-        log.info("node %s stopped", self.name)
+        log.info("node %s stopped (%s)", self.name, self.stats)
 
     # --------------------------------------------------------------------- intake
 
@@ -193,7 +198,7 @@ class Node:
             return
         if isinstance(msg, P.Batch):
             # Reaches here only when the header was not the canonical [PUB].
-            self._route_batch(session, msg.meta, msg.meta_frame, msg.body, msg.large)
+            self._route_batch(session, msg.meta, [msg.meta_frame, msg.body, *msg.large])
         elif isinstance(msg, P.Subscribe):
             self._on_subscribe(session, msg.pattern, msg.queue)
         elif isinstance(msg, P.Unsubscribe):
@@ -294,80 +299,76 @@ class Node:
     # -------------------------------------------------------------------- routing
 
     def _on_publish(self, session: Session, frames: list) -> None:
-        large = frames[4:]
         if len(frames) < 4:
             self._send_error(session.routing_id, "bad_frame_count",
                              "pub takes a header, a meta and a body frame "
                              f"(then one frame per large payload), got {len(frames) - 1}")
             return
         try:
-            meta = P.decode_events(frames[2], frames[3], large, self.config.max_payload)
+            view = P.decode_events(frames[2], frames[3], frames[4:],
+                                   self.config.max_payload)
         except P.ProtocolError as exc:
             self._send_error(session.routing_id, exc.code, str(exc), exc.ref)
             return
-        self._route_batch(session, meta, frames[2], frames[3], large)
+        self._route_batch(session, view, frames[2:])
 
-    def _route_batch(self, session: Session, meta: list, meta_frame, body,
-                     large: list) -> None:
-        """Route every event of a batch and queue segments per destination."""
-        n = len(meta)
+    def _lookup(self, session: Session, name: str, target: str | None, errors: dict):
+        """The route of (name, target), or None after noting the error for the sender."""
+        route = self.table.cache.get((name, target))
+        if route is None:
+            try:
+                route = self.table.lookup(name, target)
+            except (PatternError, TargetError) as exc:
+                errors[str(exc)] = exc.code
+                return None
+        return route
+
+    def _route_batch(self, session: Session, view: P.BatchView, frames: list) -> None:
+        """Route a batch: whole to each destination when every event goes to the same
+        set (the common case, decided from the distinct names alone), else split."""
+        n = view.n
         self.stats["events_in"] += n
         self.stats["batches_in"] += 1
         session.events_in += n
-        table = self.table
-        cache = table.cache
-        first = None
-        uniform = True
-        per_event = []
-        errors = None
-        for entry in meta:
-            key = (entry[0], entry[2])
-            route = cache.get(key)
-            if route is None:
-                try:
-                    route = table.lookup(*key)
-                except (PatternError, TargetError) as exc:
-                    errors = errors or {}
-                    errors[str(exc)] = exc.code
-                    per_event.append(())
-                    uniform = False
-                    continue
-            dests = route.everyone if entry[3] == 0 else table.pick(route)
-            if uniform:
-                if first is None:
-                    first = dests
-                elif dests is not first and dests != first:
-                    uniform = False
-            per_event.append(dests)
-        if errors:
-            for message, code in errors.items():
-                self._send_error(session.routing_id, code, message)
+        errors: dict = {}
         source = session.name
-        if uniform:
-            if not first:
-                self.stats["no_route"] += n
+        by_dest: dict = {}
+        if view.extras is None:
+            name_dests = []
+            for name in view.names:
+                route = self._lookup(session, name, None, errors)
+                name_dests.append(route.everyone if route is not None else ())
+            first = name_dests[0] if name_dests else ()
+            if not errors and all(d == first for d in name_dests):
+                if not first:
+                    self.stats["no_route"] += n
+                for dest in first:
+                    self._queue(dest, Segment(source, n, frames))
                 return
-            for dest in first:
-                self._queue(dest, Segment(source, meta, meta_frame, body, large, None))
-            return
-        by_dest: dict[bytes, list[int]] = {}
-        for i, dests in enumerate(per_event):
-            if not dests:
-                self.stats["no_route"] += 1
-                continue
-            for dest in dests:
-                lst = by_dest.get(dest)
-                if lst is None:
-                    by_dest[dest] = [i]
-                else:
-                    lst.append(i)
+            index = view.index if view.index is not None else repeat(0, n)
+            for i, ni in enumerate(index):
+                for dest in name_dests[ni]:
+                    by_dest.setdefault(dest, []).append(i)
+        else:
+            names = list(view.name_column())
+            for i in range(n):
+                target, mode, _reply, _headers = view.extra(i)
+                route = self._lookup(session, names[i], target, errors)
+                if route is None:
+                    continue
+                for dest in (route.everyone if mode == 0 else self.table.pick(route)):
+                    by_dest.setdefault(dest, []).append(i)
+        for message, code in errors.items():
+            self._send_error(session.routing_id, code, message)
+        routed = set()
+        for idx in by_dest.values():
+            routed.update(idx)
+        self.stats["no_route"] += n - len(routed)
         if not by_dest:
             return
-        payloads = P.split_payloads(meta, body, large)
+        events = view.events()
         for dest, idx in by_dest.items():
-            sub_meta = [meta[i] for i in idx]
-            self._queue(dest, Segment(source, sub_meta, None,
-                                      [payloads[i] for i in idx], None, idx))
+            self._queue(dest, Segment(source, len(idx), None, [events[i] for i in idx]))
 
     def _queue(self, dest: bytes, seg: Segment) -> None:
         segs = self._out.get(dest)
@@ -377,16 +378,27 @@ class Node:
             segs.append(seg)
 
     def _flush(self) -> None:
+        """Send this round's output: a big batch is forwarded as it came (no copy, no
+        re-encode); runs of small segments for one destination are packed into one."""
         out, self._out = self._out, {}
         for dest, segs in out.items():
-            if len(segs) == 1 and segs[0].indices is None:
-                s = segs[0]
-                frames = [P.encode_deliver_header([[s.source, len(s.meta)]]),
-                          s.meta_frame, s.body, *s.large]
-                n = len(s.meta)
-            else:
-                frames, n = _merge(segs)
-            self._deliver(dest, frames, n)
+            run: list[Segment] = []
+            for s in segs:
+                if s.frames is not None and s.n >= MERGE_BELOW:
+                    if run:
+                        self._deliver(dest, *_merge(run))
+                        run = []
+                    self._deliver(dest, [P.encode_deliver_header([[s.source, s.n]]),
+                                         *s.frames], s.n)
+                else:
+                    run.append(s)
+            if run:
+                if len(run) == 1 and run[0].frames is not None:
+                    s = run[0]
+                    self._deliver(dest, [P.encode_deliver_header([[s.source, s.n]]),
+                                         *s.frames], s.n)
+                else:
+                    self._deliver(dest, *_merge(run))
 
     def _deliver(self, dest: bytes, frames: list, n_events: int) -> None:
         session = self.sessions.get(dest)
@@ -482,8 +494,7 @@ class Node:
 
     def _queue_single(self, source: str, name: str, payload, target, mode, reply,
                       headers, dests) -> None:
-        entry = [name, len(P._buffer(payload)), target, mode, reply, headers]
-        seg = Segment(source, [entry], None, [payload], None, [0])
+        seg = Segment(source, 1, None, [(name, payload, target, mode, reply, headers)])
         for dest in dests:
             self._queue(dest, seg)
 
@@ -518,27 +529,20 @@ class Node:
 
 def _merge(segs: list[Segment]) -> tuple[list, int]:
     """Pack several segments for one destination into one DELIVER message."""
-    meta: list = []
-    small: list = []
-    large: list = []
+    events: list = []
     sources: list = []
     for s in segs:
-        if s.indices is None:
-            payloads = P.split_payloads(s.meta, s.body, s.large)
+        if s.events is not None:
+            events.extend(s.events)
         else:
-            payloads = s.body
-        meta.extend(s.meta)
-        for p in payloads:
-            if len(P._buffer(p)) >= P.LARGE_PAYLOAD:
-                large.append(p)
-            else:
-                small.append(P._buffer(p))
+            view = P.decode_events(s.frames[0], s.frames[1], s.frames[2:], 1 << 62)
+            events.extend(view.events())
         if sources and sources[-1][0] == s.source:
-            sources[-1][1] += len(s.meta)
+            sources[-1][1] += s.n
         else:
-            sources.append([s.source, len(s.meta)])
-    frames = [P.encode_deliver_header(sources), P.packb(meta), b"".join(small), *large]
-    return frames, len(meta)
+            sources.append([s.source, s.n])
+    meta, body, large = P.encode_events(events)
+    return [P.encode_deliver_header(sources), meta, body, *large], len(events)
 
 
 def serve(config: NodeConfig, auth: AuthHook | None = None) -> None:

@@ -1,0 +1,218 @@
+"""tsctl: the TreeScale command line. Thin: parse, call the library, render."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import zmq
+from rich.console import Console
+
+from treescale import AuthError, Client, NodeError
+from treescale.config import ConfigError, load_node_config
+from treescale.routing import PatternError, TargetError
+
+DEFAULT_ADDRESS = "tcp://127.0.0.1:8888"
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+USER_ERRORS = (ConfigError, NodeError, AuthError, PatternError, TargetError, TimeoutError,
+               ValueError, TypeError, OSError, zmq.ZMQError, ConnectionError)
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn user-facing failures into one readable line and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper
+
+
+address_option = click.option(
+    "-a", "--address", default=lambda: os.environ.get("TREESCALE_ADDRESS", DEFAULT_ADDRESS),
+    show_default=f"$TREESCALE_ADDRESS or {DEFAULT_ADDRESS}",
+    help="Node to attach to.")
+token_option = click.option("--token", envvar="TREESCALE_TOKEN", default=None,
+                            help="Auth token (or $TREESCALE_TOKEN).")
+timeout_option = click.option("--timeout", type=float, default=10.0, show_default=True,
+                              help="Seconds to wait for the node.")
+
+
+def connect(address: str, token: str | None, timeout: float, **kw: Any) -> Client:
+    return Client(address, token=token, name=kw.pop("name", None) or "tsctl",
+                  timeout=timeout, **kw)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="treescale")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """TreeScale: a pub/sub fabric for fleets of servers."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=max(level, logging.DEBUG),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# --------------------------------------------------------------------------- node
+
+
+@cli.group()
+def node() -> None:
+    """Run a node on this machine."""
+
+
+@node.command("start")
+@click.option("--name", help="Node name (required unless the config names it).")
+@click.option("--port", type=int, help="TCP port for clients and child nodes.")
+@click.option("--host", help="Address to listen on [default: 127.0.0.1].")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Node or tree config (TOML, JSON or YAML).")
+@click.option("--token", "tokens", multiple=True,
+              help="Accept this client token (repeatable); default: no auth.")
+@click.option("--max-payload", type=int, help="Largest payload in bytes.")
+@friendly
+def node_start(name: str | None, port: int | None, host: str | None,
+               config_path: str | None, tokens: tuple[str, ...],
+               max_payload: int | None) -> None:
+    """Start a node in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
+    from treescale.brokers.node import Node
+
+    cfg = load_node_config(config_path, name)
+    for key, value in (("port", port), ("host", host), ("max_payload", max_payload)):
+        if value is not None:
+            setattr(cfg, key, value)
+    if tokens:
+        cfg.tokens = list(tokens)
+    n = Node(cfg)
+    n.install_signal_handlers()
+    logging.getLogger("treescale").setLevel(logging.INFO)
+    console.print(f"node [bold]{cfg.name}[/] listening on {n.endpoint}")
+    n.run()
+
+
+# ---------------------------------------------------------------------- pub / sub
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("data", required=False, default="")
+@click.option("--target", "-t", help="node:NAME, group:G, tag:T or channel:C.")
+@click.option("--mode", type=click.Choice(["all", "one"]), default="all", show_default=True)
+@click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Publish the event this many times.")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the payload from stdin.")
+@address_option
+@token_option
+@timeout_option
+@friendly
+def pub(name: str, data: str, target: str | None, mode: str, count: int, from_stdin: bool,
+        address: str, token: str | None, timeout: float) -> None:
+    """Publish an event NAME with payload DATA."""
+    payload = sys.stdin.buffer.read() if from_stdin else data.encode()
+    with connect(address, token, timeout) as c:
+        for _ in range(count):
+            c.publish(name, payload, target=target, mode=mode)
+        c.flush(timeout)
+        if c.errors:
+            raise c.errors[0]
+    console.print(f"published {count} event(s) to {name}")
+
+
+@cli.command()
+@click.argument("pattern")
+@click.option("--queue", "-q", help="Queue name: share `one` events with its members.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--count", "-n", type=click.IntRange(min=1), help="Exit after N events.")
+@click.option("--wait", type=float, default=None,
+              help="Exit after this many seconds without an event.")
+@click.option("--name", help="Client name shown to the node.")
+@click.option("--group", "groups", multiple=True, help="Join this group (repeatable).")
+@click.option("--tag", "tags", multiple=True, help="Carry this tag (repeatable).")
+@click.option("--channel", "channels", multiple=True, help="Join this channel (repeatable).")
+@address_option
+@token_option
+@timeout_option
+@friendly
+def sub(pattern: str, queue: str | None, as_json: bool, count: int | None,
+        wait: float | None, name: str | None, groups: tuple, tags: tuple, channels: tuple,
+        address: str, token: str | None, timeout: float) -> None:
+    """Print events matching PATTERN (`*` one token, `>` the rest)."""
+    with connect(address, token, timeout, name=name, groups=groups, tags=tags,
+                 channels=channels) as c:
+        c.subscribe(pattern, queue)
+        if not as_json:
+            console.print(f"subscribed to {pattern} on node {c.node}")
+        seen = 0
+        for ev in c.events(timeout=wait):
+            if as_json:
+                print(json.dumps(event_dict(ev)), flush=True)
+            else:
+                out.print(f"[cyan]{ev.name}[/] [dim]from {ev.source}[/] "
+                          f"{render_data(ev.data)}", soft_wrap=True)
+            seen += 1
+            if count and seen >= count:
+                break
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("data", required=False, default="")
+@click.option("--target", "-t", help="node:NAME, group:G, tag:T or channel:C.")
+@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
+@address_option
+@token_option
+@timeout_option
+@friendly
+def request(name: str, data: str, target: str | None, as_json: bool, address: str,
+            token: str | None, timeout: float) -> None:
+    """Send a request NAME and print the reply."""
+    with connect(address, token, timeout) as c:
+        ev = c.request(name, data.encode(), timeout=timeout, target=target)
+    if as_json:
+        print(json.dumps(event_dict(ev)))
+    else:
+        sys.stdout.buffer.write(bytes(ev.data))
+        if not bytes(ev.data).endswith(b"\n"):
+            sys.stdout.write("\n")
+
+
+def render_data(data: Any) -> str:
+    raw = bytes(data)
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        return f"<{len(raw)} bytes>"
+    return text if len(text) <= 200 else text[:200] + f"... ({len(raw)} bytes)"
+
+
+def event_dict(ev: Any) -> dict:
+    raw = bytes(ev.data)
+    try:
+        data: Any = raw.decode()
+        encoding = "utf-8"
+    except UnicodeDecodeError:
+        data, encoding = raw.hex(), "hex"
+    return {"name": ev.name, "data": data, "encoding": encoding, "source": ev.source,
+            "headers": ev.headers, "reply": ev.reply}
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()
