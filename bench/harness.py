@@ -11,6 +11,14 @@ Timestamps that are compared across processes come from ``time.monotonic()``
 (CLOCK_MONOTONIC, system-wide on Linux); latencies measured inside a single
 process use ``time.perf_counter()``.
 
+Writing a System (e.g. ``bench/treescale_system.py`` exporting ``SYSTEMS = [...]``):
+subclass :class:`BaseSystem`, set ``name``, implement ``server()`` (usually via
+:func:`broker`) and the four workers as staticmethods.  Subscribers build a
+:class:`Tally`, set ``ready_evt`` only once the subscription is live end to end, then
+use :func:`receive_loop` (blocking receive) or :func:`wait_done` (callback receive) and
+put ``tally.report()`` on ``result_queue``.  Publishers iterate :func:`batches`;
+requesters iterate :class:`RoundTrips`.  A system named ``treescale`` gets ratio rows.
+
 Loss policy: every peer is configured to *buffer* rather than drop (Redis
 ``client-output-buffer-limit pubsub 0 0 0``, mosquitto ``max_queued_messages 0``,
 NATS large ``max_pending`` and unlimited client pending limits, ZeroMQ HWM 0 on

@@ -4,6 +4,20 @@ Each peer is used the way its client library documents for throughput, configure
 buffer rather than drop (see :mod:`bench.harness` for the loss policy).  All traffic
 stays on 127.0.0.1.  Worker functions are staticmethods so spawned processes can
 import them by qualified name.
+
+Where peers lose messages *by design* with their default settings (all overridden here;
+the shapes then run loss-free, and any remaining loss is reported, not hidden):
+
+* Redis pub/sub: ``client-output-buffer-limit pubsub 32mb 8mb 60`` disconnects a slow
+  subscriber.  Hits ``large`` (measured: 102/2000 delivered).  Worse, redis-py's PubSub
+  reconnects and resubscribes silently, so the subscriber sees a gap, not an error.
+* Mosquitto: QoS 0 messages to an *online* client count against ``max_queued_messages``
+  (default 1000) and are dropped beyond it.  Hits ``small`` (measured: 162k/300k) and
+  ``fanout``.
+* NATS: the server cuts a slow consumer at ``max_pending`` (64MB) or ``write_deadline``;
+  nats-py drops (SlowConsumerError) beyond 512k msgs / 128MB pending per subscription.
+  Did not trigger on this machine with defaults, but would for a slower subscriber.
+* ZeroMQ PUB/SUB: drops at SNDHWM/RCVHWM (default 1000 messages).  PUSH blocks instead.
 """
 
 from __future__ import annotations
@@ -12,7 +26,7 @@ import asyncio
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -74,7 +88,7 @@ class RedisSystem(BaseSystem):
     def version(self) -> str:
         return command_version(["redis-server", "--version"])
 
-    def server(self) -> Any:
+    def server(self) -> AbstractContextManager[str]:
         def argv(port: int, workdir: Path) -> list[str]:
             return ["redis-server", "--bind", HOST, "--port", str(port), "--dir", str(workdir),
                     "--save", "", "--appendonly", "no", "--protected-mode", "no",
@@ -187,7 +201,7 @@ class NatsSystem(BaseSystem):
     def version(self) -> str:
         return command_version(["nats-server", "--version"])
 
-    def server(self) -> Any:
+    def server(self) -> AbstractContextManager[str]:
         def argv(port: int, workdir: Path) -> list[str]:
             conf = workdir / "nats.conf"
             conf.write_text(NATS_CONF)
@@ -330,7 +344,7 @@ class MqttSystem(BaseSystem):
     def version(self) -> str:
         return command_version(["mosquitto", "-h"])
 
-    def server(self) -> Any:
+    def server(self) -> AbstractContextManager[str]:
         def argv(port: int, workdir: Path) -> list[str]:
             conf = workdir / "mosquitto.conf"
             conf.write_text(MOSQUITTO_CONF.format(port=port, host=HOST))

@@ -1,7 +1,7 @@
 """CLI: run every (system, shape), print one table per shape and TreeScale ratios.
 
     python -m bench.run [--shapes small,large,fanout,reqrep] [--systems redis,nats,mqtt,zmq]
-                        [--quick | --scale F] [--json out.json]
+                        [--quick | --scale F] [--repeat N] [--json out.json]
 
 Systems come from ``bench.peers.REGISTRY`` plus ``bench.treescale_system.SYSTEMS`` when that
 module imports.  Each shape runs on a fresh broker, one system at a time, so runs do not
@@ -18,18 +18,21 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from bench.harness import SHAPES, Result, System, run_shape, select_shapes
+from bench.harness import SHAPES, Result, Shape, System, run_shape, select_shapes
 from bench.peers import REGISTRY
 
 console = Console()
 if not console.is_terminal:  # piped to a file/log: don't squeeze tables into 80 columns
     console.width = 120
 MiB = 1 << 20
+#: Results of the system with this name get a ratio table against the peers.
+TREESCALE = "treescale"
 
 
 def discover_systems() -> dict[str, System]:
@@ -37,9 +40,12 @@ def discover_systems() -> dict[str, System]:
     systems: dict[str, System] = dict(REGISTRY)
     try:
         mod = importlib.import_module("bench.treescale_system")
-    except ImportError as exc:
-        if getattr(exc, "name", None) != "bench.treescale_system":
-            console.print(f"[yellow]bench.treescale_system failed to import: {exc}[/]")
+    except ModuleNotFoundError as exc:
+        if exc.name != "bench.treescale_system":
+            console.print(f"[yellow]bench.treescale_system not loaded: {exc}[/]")
+        return systems
+    except Exception as exc:  # a broken driver should not stop the peer runs
+        console.print(f"[yellow]bench.treescale_system failed to import: {exc!r}[/]")
         return systems
     for entry in getattr(mod, "SYSTEMS", []):
         system = entry() if isinstance(entry, type) else entry
@@ -71,39 +77,65 @@ STATUS_STYLE = {"ok": "green", "lossy": "yellow", "error": "red", "timeout": "re
                 "unsupported": "dim"}
 
 
-def shape_table(shape: str, results: list[Result]) -> Table:
-    spec = results[0].params
-    title = (f"{shape}: {spec['subscribers'] or 1}x{spec['count']:,} msgs of {spec['size']:,} B"
-             if shape != "reqrep" else f"reqrep: {spec['count']:,} sequential round trips")
+@dataclass(frozen=True)
+class Metric:
+    label: str
+    attr: str
+    higher_is_better: bool
+    scale: float = 1.0  # display divisor
+
+    def value(self, r: Result | None) -> float | None:
+        return None if r is None else getattr(r, self.attr)
+
+
+def metrics(shape: str) -> list[Metric]:
+    """Metrics compared across systems; the first one also picks the median repeat."""
+    if shape == "reqrep":
+        return [Metric("p50 µs", "p50_us", False), Metric("p99 µs", "p99_us", False)]
+    if shape == "large":
+        return [Metric("MiB/s", "bytes_per_s", True, MiB)]
+    return [Metric("events/s", "events_per_s", True)]
+
+
+def median_run(runs: list[Result]) -> tuple[Result, str]:
+    """The repeat with the median primary metric (the worse middle one for even N), plus the
+    min..max spread as text.
+    Failed repeats win only if no repeat succeeded (so failures stay visible)."""
+    metric = metrics(runs[0].shape)[0]
+    good = sorted((r for r in runs if metric.value(r) is not None), key=metric.value)
+    if not good:
+        return runs[0], ""
+    chosen = good[(len(good) - 1) // 2] if metric.higher_is_better else good[len(good) // 2]
+    if len(runs) == 1:
+        return chosen, ""
+    lo, hi = metric.value(good[0]) / metric.scale, metric.value(good[-1]) / metric.scale
+    failed = len(runs) - len(good)
+    return chosen, f"{lo:,.0f}..{hi:,.0f}" + (f" ({failed} failed)" if failed else "")
+
+
+def shape_table(shape: Shape, rows: list[tuple[Result, str]]) -> Table:
+    title = (f"{shape.name}: {shape.subscribers}x{shape.count:,} msgs of {shape.size:,} B"
+             if shape.subscribers else f"{shape.name}: {shape.count:,} sequential round trips")
     table = Table(title=title, title_justify="left")
     table.add_column("system")
     table.add_column("status")
-    if shape == "reqrep":
-        cols = ["round trips", "p50 µs", "p99 µs"]
-    else:
+    if shape.subscribers:
         cols = ["received/expected", "loss", "events/s", "MiB/s"]
-    for col in [*cols, "wall s"]:
+    else:
+        cols = ["round trips", "p50 µs", "p99 µs"]
+    repeated = any(spread for _, spread in rows)
+    for col in [*cols, *(["range (all runs)"] if repeated else []), "wall s"]:
         table.add_column(col, justify="right")
-    for r in results:
+    for r, spread in rows:
         status = f"[{STATUS_STYLE.get(r.status, '')}]{r.status}[/]"
-        if shape == "reqrep":
-            cells = [f"{r.received:,}/{r.expected:,}", _num(r.p50_us, fmt=",.1f"),
-                     _num(r.p99_us, fmt=",.1f")]
+        cells = [f"{r.received:,}/{r.expected:,}"]
+        if shape.subscribers:
+            cells += ["-" if r.loss is None else f"{r.loss:.2%}", _num(r.events_per_s),
+                      _num(r.bytes_per_s, MiB, ",.1f")]
         else:
-            loss = "-" if r.loss is None else f"{r.loss:.2%}"
-            cells = [f"{r.received:,}/{r.expected:,}", loss, _num(r.events_per_s),
-                     _num(r.bytes_per_s, MiB, ",.1f")]
-        table.add_row(r.system, status, *cells, f"{r.wall_s:.1f}")
+            cells += [_num(r.p50_us, fmt=",.1f"), _num(r.p99_us, fmt=",.1f")]
+        table.add_row(r.system, status, *cells, *([spread] if repeated else []), f"{r.wall_s:.1f}")
     return table
-
-
-def _metrics(shape: str) -> list[tuple[str, str, bool]]:
-    """(label, Result attribute, higher_is_better) compared for ratios."""
-    if shape == "reqrep":
-        return [("p50 latency", "p50_us", False), ("p99 latency", "p99_us", False)]
-    if shape == "large":
-        return [("bytes/s", "bytes_per_s", True)]
-    return [("events/s", "events_per_s", True)]
 
 
 def _ratio(mine: float | None, other: float | None) -> str:
@@ -111,28 +143,26 @@ def _ratio(mine: float | None, other: float | None) -> str:
 
 
 def ratio_table(results: list[Result], systems: dict[str, System]) -> Table | None:
-    """treescale / best non-ceiling peer and treescale / raw zmq, per shape and metric."""
-    if not any(r.system == "treescale" for r in results):
+    """treescale / best non-ceiling peer and treescale / ceiling (raw zmq), per metric."""
+    if not any(r.system == TREESCALE for r in results):
         return None
-    table = Table(title="TreeScale ratios (treescale / peer)", title_justify="left")
+    table = Table(title="TreeScale ratios (treescale / peer; for latency lower is better)",
+                  title_justify="left")
     for col in ("shape", "metric", "treescale", "best peer", "vs best peer", "vs raw zmq"):
         table.add_column(col, justify="left" if col in ("shape", "metric") else "right")
     for shape in dict.fromkeys(r.shape for r in results):
         rows = {r.system: r for r in results if r.shape == shape and r.status in ("ok", "lossy")}
-        ts = rows.get("treescale")
-        for label, attr, higher in _metrics(shape):
-            mine = getattr(ts, attr) if ts else None
-            peers = [(getattr(r, attr), name) for name, r in rows.items()
-                     if name != "treescale" and not getattr(systems.get(name), "ceiling", False)
-                     and getattr(r, attr) is not None]
-            best = (max if higher else min)(peers) if peers else None
-            zmq = rows.get("zmq")
-            zmq_val = getattr(zmq, attr) if zmq else None
-
-            note = "" if higher else " (lower=better)"
-            table.add_row(shape, label + note, _num(mine, fmt=",.1f"),
-                          f"{best[1]} {best[0]:,.1f}" if best else "-",
-                          _ratio(mine, best[0] if best else None), _ratio(mine, zmq_val))
+        ceiling = next((r for n, r in rows.items() if getattr(systems.get(n), "ceiling", False)),
+                       None)
+        for m in metrics(shape):
+            mine = m.value(rows.get(TREESCALE))
+            peers = [(m.value(r), n) for n, r in rows.items() if n != TREESCALE
+                     and not getattr(systems.get(n), "ceiling", False) and m.value(r) is not None]
+            best = (max if m.higher_is_better else min)(peers) if peers else None
+            table.add_row(shape, m.label, _num(mine, m.scale, ",.1f"),
+                          f"{best[1]} {best[0] / m.scale:,.1f}" if best else "-",
+                          _ratio(mine, best[0] if best else None),
+                          _ratio(mine, m.value(ceiling)))
     return table
 
 
@@ -143,7 +173,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--systems", default="", help="comma-separated systems (default: all)")
     p.add_argument("--quick", action="store_true", help="10x smaller counts (smoke run)")
     p.add_argument("--scale", type=float, default=None, help="multiply every count by this")
-    p.add_argument("--json", metavar="PATH", help="write machine info and results as JSON")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run each (system, shape) N times and report the median run")
+    p.add_argument("--json", metavar="PATH", help="write machine info and all runs as JSON")
     return p.parse_args(argv)
 
 
@@ -171,17 +203,22 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"  {name}: {version or '?'}")
 
     started = time.monotonic()
-    results: list[Result] = []
+    runs: list[Result] = []  # every repeat, for the JSON
+    results: list[Result] = []  # the median repeat per (system, shape)
     for shape in shapes:
-        shape_results = []
+        rows = []
         for system in systems.values():
-            with console.status(f"{shape.name} / {system.name} ..."):
-                res = run_shape(system, shape)
-            if res.error:
-                console.print(f"[red]{system.name}/{shape.name} {res.status}:[/] {res.error}")
-            shape_results.append(res)
-        console.print(shape_table(shape.name, shape_results))
-        results.extend(shape_results)
+            repeats = []
+            for i in range(max(1, args.repeat)):
+                with console.status(f"{shape.name} / {system.name} (run {i + 1}) ..."):
+                    res = run_shape(system, shape)
+                if res.error:
+                    console.print(f"[red]{system.name}/{shape.name} {res.status}:[/] {res.error}")
+                repeats.append(res)
+            runs.extend(repeats)
+            rows.append(median_run(repeats))
+        console.print(shape_table(shape, rows))
+        results.extend(r for r, _ in rows)
 
     ratios = ratio_table(results, systems)
     if ratios is not None:
@@ -192,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": info, "scale": scale, "total_s": total,
-                       "results": [r.to_dict() for r in results]}, f, indent=2)
-    return 0 if all(r.status in ("ok", "unsupported") for r in results) else 1
+                       "repeat": args.repeat,
+                       "results": [r.to_dict() for r in results],
+                       "runs": [r.to_dict() for r in runs]}, f, indent=2)
+    return 0 if all(r.status in ("ok", "unsupported") for r in runs) else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,146 @@
+"""Shared fixtures: real nodes in separate processes, on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ping(address: str, timeout: float = 0.2) -> bool:
+    """True if a TreeScale node answers a ping at ``address``."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(address)
+        sock.send(msgpack.packb([10, 7]))
+        if sock.poll(int(timeout * 1000)):
+            return msgpack.unpackb(sock.recv())[0] == 11
+        return False
+    finally:
+        sock.close()
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition",
+               interval: float = 0.02) -> None:
+    """Poll ``predicate`` until true; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class NodeProcess:
+    """A node started as `python -m tsctl.main node start` in its own process."""
+
+    def __init__(self, tmp: Path, name: str = "n1", config: dict | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.config = config
+        self.args = args
+        self.log_path = tmp / f"node-{name}-{self.port}.log"
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = tmp / f"node-{name}-{self.port}.json"
+            self.config_path.write_text(json.dumps({"node": {"name": name, **config}}))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 15.0) -> NodeProcess:
+        cmd = [sys.executable, "-m", "tsctl.main", "node", "start", "--name", self.name,
+               "--port", str(self.port), *self.args]
+        if self.config_path is not None:
+            cmd += ["--config", str(self.config_path)]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not ping(self.address):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node {self.name} exited with {self.proc.returncode}:"
+                                     f"\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node {self.name} not answering:\n{self.log()}")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"node {self.name} ignored signal {sig}") from None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator:
+    """Start nodes on demand; every one is killed at teardown, pass or fail."""
+    started: list[NodeProcess] = []
+
+    def make(name: str = "n1", config: dict | None = None,
+             args: tuple[str, ...] = ()) -> NodeProcess:
+        n = NodeProcess(tmp_path, name, config, args).start()
+        started.append(n)
+        return n
+
+    yield make
+    for n in started:
+        n.kill()
+
+
+@pytest.fixture
+def node(node_factory) -> NodeProcess:
+    return node_factory("n1", {"groups": ["backend"], "tags": ["eu"]})
+
+
+@pytest.fixture
+def clients() -> Iterator:
+    """Make Clients that are closed at teardown."""
+    from treescale import Client
+
+    made: list = []
+
+    def make(address: str, **kw) -> Client:
+        c = Client(address, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close(timeout=2)
