@@ -362,8 +362,8 @@ class Client:
         """Queue an event; it leaves with the next batch (at once if the link is idle)."""
         if data.__class__ is not bytes:
             data = _bytes(data)
-            if len(data) >= P.LARGE_PAYLOAD:
-                self.core.check_size(data)
+        if len(data) >= P.LARGE_PAYLOAD:
+            self.core.check_size(data)
         if target is None and headers is None and mode == "all":
             slot = name
         else:
@@ -718,8 +718,8 @@ class AsyncClient:
                       mode: str | int = "all", headers: dict | None = None) -> None:
         if data.__class__ is not bytes:
             data = _bytes(data)
-            if len(data) >= P.LARGE_PAYLOAD:
-                self.core.check_size(data)
+        if len(data) >= P.LARGE_PAYLOAD:
+            self.core.check_size(data)
         if target is None and headers is None and mode == "all":
             self._outbox.add(name, data)
         else:

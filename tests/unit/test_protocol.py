@@ -10,7 +10,7 @@ from array import array
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from treescale import protocol as P
@@ -608,7 +608,7 @@ OBJECTS = st.recursive(
         st.lists(kids, max_size=6),
         st.dictionaries(st.one_of(st.text(max_size=4), st.integers(-3, 8)), kids,
                         max_size=4)),
-    max_leaves=24)
+    max_leaves=10)
 
 
 def decode_or_protocol_error(frames: list, max_payload: int = 1 << 26):
@@ -617,8 +617,10 @@ def decode_or_protocol_error(frames: list, max_payload: int = 1 << 26):
         msg = decode(frames, max_payload=max_payload)
     except ProtocolError as exc:
         assert isinstance(exc.code, str) and str(exc)
+        event(f"error {exc.code}")
         return None
     assert isinstance(msg, MESSAGE_TYPES)
+    event(f"decoded {type(msg).__name__}")
     if isinstance(msg, Batch):
         check_view_consistent(msg.meta)
     return msg
@@ -640,7 +642,7 @@ def test_fuzz_random_binary_frames(frames: list) -> None:
     decode_or_protocol_error(frames)
 
 
-@fast(300)
+@fast(100)
 @given(st.integers(0, 15), st.lists(OBJECTS, max_size=9),
        st.lists(st.one_of(st.binary(max_size=32), OBJECTS.map(packb)), max_size=5))
 def test_fuzz_random_msgpack_headers(kind: int, fields: list, rest: list) -> None:
@@ -648,47 +650,124 @@ def test_fuzz_random_msgpack_headers(kind: int, fields: list, rest: list) -> Non
     decode_or_protocol_error([packb([kind, *fields]), *rest])
 
 
-def plausible_meta() -> st.SearchStrategy:
-    """Metas close to valid, so the fuzzer gets past the first checks."""
-    n = st.integers(0, 4)
-    return n.flatmap(lambda k: st.tuples(
-        st.one_of(st.lists(st.sampled_from(["a", "b", "c"]), max_size=3), OBJECTS),
-        st.one_of(st.none(), st.binary(min_size=2 * k, max_size=2 * k), OBJECTS),
-        st.one_of(st.lists(st.integers(0, 6), min_size=k, max_size=k).map(
-            lambda s: le32(*s)), OBJECTS),
-        st.one_of(st.lists(st.integers(-1, k), max_size=3), st.none(), OBJECTS),
-        st.one_of(st.none(), st.dictionaries(
-            st.integers(-1, k), st.one_of(
-                st.tuples(st.one_of(st.none(), st.text(max_size=3), SCALARS),
-                          st.one_of(st.sampled_from([0, 1, 2]), SCALARS),
-                          st.one_of(st.none(), SCALARS),
-                          st.one_of(st.none(), st.dictionaries(st.text(max_size=2),
-                                                               SCALARS, max_size=2),
-                                    SCALARS)).map(list),
-                OBJECTS), max_size=3), OBJECTS),
-    ).map(list))
+VALID_EXTRA = st.tuples(st.one_of(st.none(), st.sampled_from(["group:web", "tag:x"])),
+                        st.sampled_from([0, 1]), st.one_of(st.none(), st.just("$inbox.n.c.1")),
+                        st.one_of(st.none(), st.dictionaries(st.text(max_size=2), SCALARS,
+                                                             max_size=2))).map(list)
+BAD_EXTRA = st.one_of(
+    st.tuples(SCALARS, st.one_of(st.sampled_from([0, 1, 2]), SCALARS), SCALARS,
+              SCALARS).map(list),
+    OBJECTS)
 
 
-@fast(400)
-@given(st.one_of(plausible_meta().map(packb), OBJECTS.map(packb), st.binary(max_size=32)),
-       st.binary(max_size=24), st.lists(st.binary(max_size=8), max_size=3),
-       st.integers(0, 8))
-def test_fuzz_decode_events(meta: bytes, body: bytes, large: list, max_payload: int) -> None:
+@st.composite
+def batch_parts(draw) -> tuple[list, bytes, list]:
+    """(meta, body, large) that are valid most of the time, else carry a random defect
+    in one or more places, so the fuzzer exercises every check, not just the first."""
+
+    def defect() -> bool:
+        return draw(st.integers(0, 11)) == 0
+
+    k = draw(st.integers(0, 5))
+    names = draw(st.lists(st.sampled_from(["a", "b", "c.d"]), min_size=1, max_size=3,
+                          unique=True))
+    if defect():
+        names = draw(st.one_of(st.just([]), OBJECTS))
+    if isinstance(names, list) and len(names) == 1 and draw(st.booleans()):
+        index = None
+    else:
+        n_names = len(names) if isinstance(names, list) else 1
+        index = le16(*draw(st.lists(st.integers(0, max(n_names - 1, 0)), min_size=k,
+                                    max_size=k)))
+    if defect():
+        index = draw(st.one_of(st.none(), st.binary(max_size=8), OBJECTS,
+                               st.lists(st.integers(0, 9), min_size=k, max_size=k).map(
+                                   lambda ix: le16(*ix))))
+    sizes = draw(st.lists(st.integers(0, 6), min_size=k, max_size=k))
+    sizes_raw = draw(OBJECTS) if defect() else le32(*sizes)
+    large_idx = draw(st.sets(st.integers(0, k - 1)).map(sorted) if k else st.just([]))
+    if defect():
+        large_idx = draw(st.one_of(st.lists(st.integers(-1, k), max_size=3), st.none(),
+                                   OBJECTS))
+    positions = [i for i in (large_idx if isinstance(large_idx, list) else ())
+                 if i.__class__ is int and 0 <= i < k]
+    large = [bytes(sizes[i]) for i in positions]
+    small = max(sum(sizes) - sum(sizes[i] for i in positions), 0)
+    body = draw(st.binary(min_size=small, max_size=small))
+    if defect():
+        body = draw(st.binary(max_size=12))
+    if defect():
+        large = draw(st.lists(st.binary(max_size=6), max_size=3))
+    extras = draw(st.one_of(st.none(), st.dictionaries(st.integers(0, max(k - 1, 0)),
+                                                       VALID_EXTRA, max_size=3)))
+    if defect():
+        extras = draw(st.one_of(OBJECTS, st.dictionaries(st.integers(-1, k), BAD_EXTRA,
+                                                         min_size=1, max_size=2)))
+    return [names, index, sizes_raw, large_idx, extras], body, large
+
+
+@fast(150)
+@given(batch_parts(), st.integers(0, 8))
+def test_fuzz_decode_events(parts: tuple, max_payload: int) -> None:
     """decode_events returns a consistent view or raises ProtocolError, nothing else."""
+    meta, body, large = parts
     try:
-        view = decode_events(meta, body, large, max_payload)
-    except ProtocolError:
+        view = decode_events(packb(meta), body, large, max_payload)
+    except ProtocolError as exc:
+        event(f"error {exc.code}")
         return
+    event("decoded")
     check_view_consistent(view)
     assert max(view.sizes, default=0) <= max_payload
 
 
-@fast(200)
-@given(st.sampled_from([P.PUB, P.DELIVER]), st.lists(OBJECTS, max_size=2),
-       plausible_meta(), st.binary(max_size=24), st.lists(st.binary(max_size=8), max_size=3))
-def test_fuzz_batch_messages(kind: int, fields: list, meta: list, body: bytes,
-                             large: list) -> None:
+@fast(100)
+@given(st.one_of(OBJECTS.map(packb), st.binary(max_size=32)), st.binary(max_size=24),
+       st.lists(st.binary(max_size=8), max_size=3))
+def test_fuzz_decode_events_random_meta(meta: bytes, body: bytes, large: list) -> None:
+    """Meta frames that are arbitrary msgpack objects or bytes."""
+    try:
+        view = decode_events(meta, body, large, 1 << 20)
+    except ProtocolError:
+        return
+    check_view_consistent(view)
+
+
+@fast(100)
+@given(st.sampled_from([P.PUB, P.DELIVER]), st.lists(OBJECTS, max_size=2), batch_parts())
+def test_fuzz_batch_messages(kind: int, fields: list, parts: tuple) -> None:
+    meta, body, large = parts
     decode_or_protocol_error([packb([kind, *fields]), packb(meta), body, *large])
+
+
+VALID_MESSAGES = [
+    P.encode_hello("w", "t", ["g"], ["t"], ["c"], [("a.*", None), ("b", "q")], {"o": 1}),
+    P.encode_ready("n1", "c1", {"max_payload": 10}), P.encode_sub("a.*", "q"),
+    P.encode_unsub("a.>"), P.encode_error("bad_field", "oops", 3), P.encode_ping(4),
+    P.encode_pong(5), P.encode_bye(), P.encode_request(1, "svc", b"q", "node:n1", 0, {}),
+    P.encode_reply("$inbox.n1.c1.1", b"r", {"h": 1}, "w"),
+    P.encode_pub([ev("a", b"x"), ev("b", big(LARGE_PAYLOAD), "tag:t", 1, None, {"h": 2})]),
+]
+
+
+@fast(200)
+@given(st.sampled_from(VALID_MESSAGES), st.integers(0, 9), OBJECTS,
+       st.sampled_from(["replace", "truncate", "append", "drop-frame", "add-frame"]))
+def test_fuzz_mutated_valid_messages(frames: list, i: int, obj, how: str) -> None:
+    """One defect in an otherwise valid message: a typed error or a message, never a crash."""
+    header = msgpack.unpackb(frames[0])
+    rest = list(frames[1:])
+    if how == "replace":
+        header[i % len(header)] = obj
+    elif how == "truncate":
+        header = header[:i % len(header) + 1]
+    elif how == "append":
+        header.append(obj)
+    elif how == "drop-frame" and rest:
+        del rest[i % len(rest)]
+    else:
+        rest.insert(i % (len(rest) + 1), packb(obj))
+    decode_or_protocol_error([packb(header), *rest])
 
 
 # ------------------------------------------------------------------------------ inbox

@@ -77,7 +77,7 @@ class Node:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.setsockopt(zmq.LINGER, 500)
-        self.sock.setsockopt(zmq.SNDHWM, 1000)
+        self.sock.setsockopt(zmq.SNDHWM, 100)  # messages are batches: bound memory
         self.sock.setsockopt(zmq.RCVHWM, 1000)
         # A hard cap far above max_payload protects memory; the node itself answers
         # anything between max_payload and this cap with a readable error.
