@@ -34,7 +34,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from treescale import protocol as P
-from treescale.routing import split_pattern
+from treescale.routing import parse_target, split_pattern
 
 log = logging.getLogger("treescale.client")
 
@@ -367,6 +367,8 @@ class Client:
         if target is None and headers is None and mode == "all":
             slot = name
         else:
+            if target is not None:
+                parse_target(target)
             slot = _Extended(name, (target, _mode(mode), None, headers))
         box = self._outbox
         with box.lock:
@@ -723,6 +725,8 @@ class AsyncClient:
         if target is None and headers is None and mode == "all":
             self._outbox.add(name, data)
         else:
+            if target is not None:
+                parse_target(target)
             self._outbox.add(_Extended(name, (target, _mode(mode), None, headers)), data)
         if len(self._outbox) >= BATCH_EVENTS:
             await self._flush_queue()

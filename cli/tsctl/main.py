@@ -14,7 +14,7 @@ import click
 import zmq
 from rich.console import Console
 
-from treescale import AuthError, Client, NodeError
+from treescale import Client, NodeError
 from treescale.config import ConfigError, load_node_config
 from treescale.routing import PatternError, TargetError
 
@@ -22,8 +22,8 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:8888"
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
-USER_ERRORS = (ConfigError, NodeError, AuthError, PatternError, TargetError, TimeoutError,
-               ValueError, TypeError, OSError, zmq.ZMQError, ConnectionError)
+USER_ERRORS = (ConfigError, NodeError, PatternError, TargetError, TimeoutError,
+               ValueError, OSError, zmq.ZMQError)
 
 
 def friendly(fn: Callable) -> Callable:
@@ -53,8 +53,9 @@ timeout_option = click.option("--timeout", type=float, default=10.0, show_defaul
 
 
 def connect(address: str, token: str | None, timeout: float, **kw: Any) -> Client:
+    # Node errors are collected in client.errors and reported by the command itself.
     return Client(address, token=token, name=kw.pop("name", None) or "tsctl",
-                  timeout=timeout, **kw)
+                  timeout=timeout, on_error=lambda err: None, **kw)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -207,7 +208,7 @@ def event_dict(ev: Any) -> dict:
     except UnicodeDecodeError:
         data, encoding = raw.hex(), "hex"
     return {"name": ev.name, "data": data, "encoding": encoding, "source": ev.source,
-            "headers": ev.headers, "reply": ev.reply}
+            "headers": dict(ev.headers), "reply": ev.reply}
 
 
 def main() -> None:

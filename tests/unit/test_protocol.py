@@ -642,9 +642,9 @@ def test_fuzz_random_binary_frames(frames: list) -> None:
     decode_or_protocol_error(frames)
 
 
-@fast(100)
-@given(st.integers(0, 15), st.lists(OBJECTS, max_size=9),
-       st.lists(st.one_of(st.binary(max_size=32), OBJECTS.map(packb)), max_size=5))
+@fast(80)
+@given(st.integers(0, 15), st.lists(OBJECTS, max_size=8),
+       st.lists(st.one_of(st.binary(max_size=32), OBJECTS.map(packb)), max_size=4))
 def test_fuzz_random_msgpack_headers(kind: int, fields: list, rest: list) -> None:
     """Header of a real kind (mostly) with random fields, then random frames."""
     decode_or_protocol_error([packb([kind, *fields]), *rest])

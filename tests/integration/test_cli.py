@@ -1,0 +1,146 @@
+"""tsctl end to end: real processes, real node, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import ROOT, free_port
+
+
+def tsctl(*args: str, timeout: float = 30, input: bytes | None = None):
+    return subprocess.run([sys.executable, "-m", "tsctl.main", *args], cwd=ROOT,
+                          capture_output=True, timeout=timeout, input=input)
+
+
+def one_line_error(result, *words: str) -> None:
+    err = result.stderr.decode()
+    assert result.returncode != 0
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("cmd", [[], ["node"], ["node", "start"], ["pub"], ["sub"],
+                                 ["request"]])
+def test_help_everywhere(cmd):
+    r = tsctl(*cmd, "--help")
+    assert r.returncode == 0 and b"Usage:" in r.stdout
+
+
+def test_pub_then_sub_json(node):
+    sub = subprocess.Popen([sys.executable, "-m", "tsctl.main", "sub", "greet.*", "--json",
+                            "--count", "1", "-a", node.address], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while sub.poll() is None and time.monotonic() < deadline:
+            r = tsctl("pub", "greet.world", "hello there", "-a", node.address)
+            assert r.returncode == 0, r.stderr
+            try:
+                sub.wait(0.3)
+            except subprocess.TimeoutExpired:
+                pass
+        out, err = sub.communicate(timeout=5)
+    finally:
+        sub.kill()
+    assert sub.returncode == 0, err
+    event = json.loads(out.decode().splitlines()[0])
+    assert event["name"] == "greet.world" and event["data"] == "hello there"
+    assert event["source"] == "tsctl"
+
+
+def test_pub_count_and_mode(node, clients):
+    sub = clients(node.address)
+    sub.subscribe("jobs", queue="w")
+    r = tsctl("pub", "jobs", "x", "--count", "25", "--mode", "one", "-a", node.address)
+    assert r.returncode == 0 and b"published 25 event(s)" in r.stderr
+    got = [e for _, e in zip(range(25), sub.events(5), strict=False)]
+    assert len(got) == 25
+
+
+def test_request_prints_reply(node, clients):
+    responder = clients(node.address)
+    responder.subscribe("svc.upper")
+
+    def serve() -> None:
+        for ev in responder.events(timeout=10):
+            responder.reply(ev, bytes(ev.data).upper())
+            return
+
+    threading.Thread(target=serve, daemon=True).start()
+    r = tsctl("request", "svc.upper", "shout", "-a", node.address)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"SHOUT\n"
+
+
+def test_request_without_responder_is_one_line(node):
+    one_line_error(tsctl("request", "svc.none", "x", "-a", node.address),
+                   "no_responders", "svc.none")
+
+
+def test_bad_pattern_is_one_line(node):
+    one_line_error(tsctl("sub", "a.>.b", "-a", node.address), "'>' must be the last token")
+
+
+def test_bad_target_is_one_line(node):
+    one_line_error(tsctl("pub", "x", "y", "--target", "mars:1", "-a", node.address),
+                   "target 'mars:1' must be node:NAME")
+
+
+def test_unreachable_node_is_one_line():
+    port = free_port()
+    one_line_error(tsctl("pub", "x", "y", "-a", f"tcp://127.0.0.1:{port}", "--timeout",
+                         "0.5"), "no answer from a TreeScale node", str(port))
+
+
+def test_wrong_token_is_one_line(node_factory):
+    n = node_factory("secure", {"tokens": ["t"]})
+    one_line_error(tsctl("pub", "x", "y", "-a", n.address, "--token", "bad"),
+                   "bad_token", "invalid token")
+
+
+def test_bad_config_is_one_line(tmp_path):
+    cfg = tmp_path / "node.toml"
+    cfg.write_text("[node]\nname = 'a'\nport = 'eighty'\n")
+    one_line_error(tsctl("node", "start", "--config", str(cfg)), str(cfg), "port",
+                   "must be an integer")
+    cfg.write_text("[node]\nname = 'a'\nbogus = 1\n")
+    one_line_error(tsctl("node", "start", "--config", str(cfg)), "unknown key 'bogus'")
+    cfg.write_text("[node\n")
+    one_line_error(tsctl("node", "start", "--config", str(cfg)), "not valid TOML")
+
+
+def test_node_start_reads_seed_tree_config(tmp_path):
+    port = free_port()
+    cfg = tmp_path / "tree.toml"
+    cfg.write_text(f"""
+[tree_node]
+  [tree_node.tree1]
+  name = "tree1"
+  tree_port = {port}
+  tree_ip = "127.0.0.1"
+  tags = []
+  groups = ["backend"]
+  childs = ["tree2"]
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "tsctl.main", "node", "start",
+                             "--config", str(cfg), "--name", "tree1"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        from tests.conftest import ping, wait_until
+        wait_until(lambda: ping(f"tcp://127.0.0.1:{port}"), 15, "node from tree.toml")
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert f"node tree1 listening on tcp://127.0.0.1:{port}" in out.decode()
+    one_line_error(tsctl("node", "start", "--config", str(cfg), "--name", "nope"),
+                   "no node named 'nope'", "tree1")
