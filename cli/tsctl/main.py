@@ -191,6 +191,19 @@ def request(name: str, data: str, target: str | None, as_json: bool, address: st
             sys.stdout.write("\n")
 
 
+@cli.command()
+@click.option("--duration", type=float, default=None,
+              help="Stop after this many seconds [default: run until Ctrl-C].")
+@click.option("--rate", type=click.IntRange(min=10), default=2000, show_default=True,
+              help="Sensor events per second to publish.")
+@friendly
+def demo(duration: float | None, rate: int) -> None:
+    """Run a node with publishers and subscribers on loopback, shown live."""
+    from tsctl.demo import run_demo
+
+    run_demo(duration, rate)
+
+
 def render_data(data: Any) -> str:
     raw = bytes(data)
     try:

@@ -525,6 +525,17 @@ class Node:
         for rid, session in list(self.sessions.items()):
             if now - session.last_seen > limit:
                 self._drop_session(rid, "timeout")
+        self._emit("$sys.node.stats", self.snapshot())
+
+    def snapshot(self) -> dict:
+        """What this node says about itself once a second ($sys.node.stats)."""
+        clients = sum(1 for s in self.sessions.values() if s.state == READY)
+        return {"node": self.name, "address": self.endpoint,
+                "uptime": round(time.time() - self.started, 1),
+                "clients": clients,
+                # every client also holds its private inbox subscription
+                "subscriptions": self.table.subscription_count() - clients,
+                "slow_clients": len(self._slow_ids), **self.stats}
 
 
 def _merge(segs: list[Segment]) -> tuple[list, int]:
