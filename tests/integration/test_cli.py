@@ -144,3 +144,12 @@ def test_node_start_reads_seed_tree_config(tmp_path):
     assert f"node tree1 listening on tcp://127.0.0.1:{port}" in out.decode()
     one_line_error(tsctl("node", "start", "--config", str(cfg), "--name", "nope"),
                    "no node named 'nope'", "tree1")
+
+
+@pytest.mark.parametrize("path,name", [("configs/node.toml", None),
+                                       ("configs/tree.toml", "tree4")])
+def test_shipped_configs_load(path, name):
+    from treescale.config import load_node_config
+
+    cfg = load_node_config(ROOT / path, name)
+    assert cfg.name == (name or "n1") and cfg.port > 0
