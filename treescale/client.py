@@ -34,6 +34,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from treescale import protocol as P
+from treescale.frames import NOBLOCK, recv_frames, send_frames
 from treescale.routing import parse_target, split_pattern
 
 log = logging.getLogger("treescale.client")
@@ -161,10 +162,11 @@ class ClientCore:
         self.ping_ids = itertools.count(1)
         self.routing_id = os.urandom(8)
         self.inbox_prefix = ""
+        self.options: dict = {}
 
     def hello(self) -> list[bytes]:
         return P.encode_hello(self.name, self.token, self.groups, self.tags,
-                              self.channels, list(self.subs))
+                              self.channels, list(self.subs), self.options)
 
     def on_ready(self, msg: P.Ready) -> None:
         self.ready = True
@@ -278,7 +280,7 @@ def _pack_mixed(names: list, datas: list) -> Iterator[list]:
         b = a + BATCH_EVENTS
         sub = {i - a: ex for i, ex in extras.items() if a <= i < b} or None
         meta, body, large = P.encode_columns(plain[a:b], datas[a:b], sub)
-        yield [P._PUB_HEADER, meta, body, *large]
+        yield [P._PUB_HEADER, meta, body, *map(_zero_copy, large)]
 
 
 def _pack_run(names: list, datas: list, extras: dict | None) -> Iterator[list]:
@@ -286,12 +288,18 @@ def _pack_run(names: list, datas: list, extras: dict | None) -> Iterator[list]:
     n = len(datas)
     if n <= BATCH_EVENTS and sum(sizes) <= BATCH_BYTES:
         meta, body, large = P.encode_columns(names, datas, extras, sizes)
-        yield [P._PUB_HEADER, meta, body, *large]
+        yield [P._PUB_HEADER, meta, body, *map(_zero_copy, large)]
         return
     cuts = _cut_points(sizes)
     for a, b in zip(cuts, cuts[1:], strict=False):
         meta, body, large = P.encode_columns(names[a:b], datas[a:b], None, sizes[a:b])
-        yield [P._PUB_HEADER, meta, body, *large]
+        yield [P._PUB_HEADER, meta, body, *map(_zero_copy, large)]
+
+
+def _zero_copy(payload: Any) -> Any:
+    """Large payloads leave as frames that borrow the caller's buffer (no memcpy);
+    small frames are cheaper to copy, so messages are sent with copy=True."""
+    return zmq.Frame(payload, copy=False)
 
 
 def _cut_points(sizes: array) -> list[int]:
@@ -306,6 +314,95 @@ def _cut_points(sizes: array) -> list[int]:
 
 
 # ============================================================================ sync
+
+
+class DirectLink:
+    """One calling thread's own connection to the node, for request() and reply().
+
+    Publishing goes through the I/O thread, which batches. A request is the opposite
+    case: one small message whose latency is the point, and handing it to another
+    thread and back costs two thread wake-ups per side, more than the node hop. So
+    each thread that requests or replies gets a private session (its own inbox) and
+    waits for the answer on its own socket. Requests are ordered among themselves;
+    to order one after earlier publishes, call ``flush()`` first.
+    """
+
+    def __init__(self, ctx: zmq.Context, address: str, parent: ClientCore) -> None:
+        self.core = ClientCore(parent.token, parent.name, parent.groups, parent.tags,
+                               parent.channels)
+        self.core.options = {"direct": True}  # the node does not announce this session
+        self.sock = ctx.socket(zmq.DEALER)
+        configure_socket(self.sock, self.core)
+        self.sock.connect(address)
+
+    def send(self, frames: list, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        self._ensure_ready(deadline)
+        self._send(frames, deadline)
+
+    def call(self, req_id: int, frames: list, timeout: float, what: str) -> Event:
+        """Send a request and return its reply, re-introducing ourselves once if the
+        node forgot us (restart, idle timeout)."""
+        deadline = time.monotonic() + timeout
+        try:
+            return self._call(req_id, frames, deadline)
+        except TimeoutError:
+            raise TimeoutError(f"{what}: no answer within {timeout:g}s") from None
+
+    def _call(self, req_id: int, frames: list, deadline: float) -> Event:
+        for attempt in (1, 2):
+            self._ensure_ready(deadline)
+            self._send(frames, deadline)
+            while True:
+                reply = self._next(deadline)
+                if reply.__class__ is P.Error:
+                    if reply.code == "not_ready" and attempt == 1:
+                        self.core.ready = False
+                        break
+                    if reply.ref == req_id or reply.code == "not_ready":
+                        raise error_from(reply)
+                    continue
+                for ev in reply:
+                    if self.core.reply_req_id(ev.name) == req_id:
+                        return ev
+        raise TimeoutError("node keeps forgetting this client")
+
+    def _ensure_ready(self, deadline: float) -> None:
+        if self.core.ready:
+            return
+        self._send(self.core.hello(), deadline)
+        while not self.core.ready:
+            msg = self._next(deadline)
+            if msg.__class__ is P.Error:
+                raise error_from(msg)
+
+    def _send(self, frames: list, deadline: float) -> None:
+        self.sock.setsockopt(zmq.SNDTIMEO, max(1, int((deadline - time.monotonic()) * 1000)))
+        try:
+            send_frames(self.sock, frames)
+        except zmq.Again:
+            raise TimeoutError("no connection to the node") from None
+
+    def _next(self, deadline: float) -> Any:
+        """The next event list or Error from the node (READY handled here)."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+                raise TimeoutError("no answer from the node")
+            frames = recv_frames(self.sock)
+            header = P.decode_header(frames[0])
+            if header[0] == P.DELIVER:
+                return decode_batch(frames)
+            msg = P.decode(frames)
+            if msg.__class__ is P.Ready:
+                self.core.on_ready(msg)
+                return []
+            if msg.__class__ is P.Error:
+                return msg
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
 
 
 class Client:
@@ -338,6 +435,8 @@ class Client:
         self._room = threading.Event()
         self._room.set()
         self._fatal: Exception | None = None
+        self._local = threading.local()
+        self._links: list[DirectLink] = []
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._thread = threading.Thread(target=self._io_loop, name="treescale-client",
@@ -422,15 +521,17 @@ class Client:
         """Send a request and wait for the first reply (NoResponders if nobody listens)."""
         data = _bytes(data)
         self.core.check_size(data)
-        req_id = next(self.core.req_ids)
-        return self._call(req_id, P.encode_request(req_id, name, data, target,
-                                                   _mode(mode), headers),
-                          timeout, f"request {name!r}")
+        link = self._link()
+        req_id = next(link.core.req_ids)
+        return link.call(req_id, P.encode_request(req_id, name, data, target, _mode(mode),
+                                                  headers), timeout, f"request {name!r}")
 
-    def reply(self, event: Event, data: Any = b"", headers: dict | None = None) -> None:
+    def reply(self, event: Event, data: Any = b"", headers: dict | None = None,
+              timeout: float = 5.0) -> None:
+        """Answer a request event (goes straight out from the calling thread)."""
         if not event.reply:
             raise ValueError(f"event {event.name!r} is not a request (no reply subject)")
-        self._command(P.encode_reply(event.reply, _bytes(data), headers))
+        self._link().send(P.encode_reply(event.reply, _bytes(data), headers), timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what is queued, say goodbye, stop the I/O thread."""
@@ -440,6 +541,17 @@ class Client:
         self._command(P.encode_bye())
         self._thread.join(timeout)
         self._shutdown()
+        for link in self._links:
+            link.close()
+
+    def _link(self) -> DirectLink:
+        link = getattr(self._local, "link", None)
+        if link is None:
+            if self._closing:
+                raise ConnectionError("client closed")
+            link = self._local.link = DirectLink(self._ctx, self.address, self.core)
+            self._links.append(link)
+        return link
 
     def __enter__(self) -> Client:
         return self
@@ -531,7 +643,7 @@ class Client:
                 if core.ready:
                     while out:
                         try:
-                            sock.send_multipart(out[0], zmq.NOBLOCK, copy=False)
+                            send_frames(sock, out[0], NOBLOCK)
                         except zmq.Again:
                             break
                         msg = out.popleft()
@@ -542,7 +654,7 @@ class Client:
                     if self._closing and bye_sent and not out:
                         break
                     if time.monotonic() - last_heard > HEARTBEAT and not out:
-                        sock.send_multipart(P.encode_ping(0), zmq.NOBLOCK)
+                        send_frames(sock, P.encode_ping(0), NOBLOCK)
                         last_heard = time.monotonic()
                 elif self._closing and not self._outbox.has_events():
                     break
@@ -573,7 +685,7 @@ class Client:
     def _receive(self, sock: zmq.Socket) -> None:
         for _ in range(1000):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(sock, NOBLOCK)
             except zmq.Again:
                 return
             try:
@@ -827,7 +939,7 @@ class AsyncClient:
             # Hold control messages until the node knows us again.
             await asyncio.wait_for(asyncio.shield(self._ready_now()), self.timeout)
         async with self._sending:
-            await self._sock.send_multipart(frames, copy=False)
+            await self._sock.send_multipart(frames)
 
     async def _ready_now(self) -> None:
         while not self.core.ready:

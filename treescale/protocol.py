@@ -11,11 +11,10 @@ message kind (a small int). Kinds that carry events add frames after the header:
     REQUEST  [header, payload]
     REPLY    [header, payload]
 
-``meta`` is a msgpack array with one entry per event,
-``[name, size, target, mode, reply, headers]``. ``body`` holds the payloads smaller
-than ``LARGE_PAYLOAD`` back to back, in event order. Each payload of ``LARGE_PAYLOAD``
-bytes or more travels as its own frame, in event order, so the broker forwards it
-without copying. The size alone says where a payload lives, so no offsets are sent.
+``meta`` describes the events as columns (``[names, index, sizes, large, extras]``,
+see ``encode_columns``); ``body`` holds the payloads smaller than ``LARGE_PAYLOAD`` back
+to back, in event order; each larger payload travels as its own frame, so a node
+forwards it without copying.
 
 A node never decodes a payload and, when a whole batch goes to the same place,
 forwards the meta and body frames untouched. See docs/PROTOCOL.md.
@@ -23,6 +22,7 @@ forwards the meta and body frames untouched. See docs/PROTOCOL.md.
 
 from __future__ import annotations
 
+import struct
 import sys
 from array import array
 from collections.abc import Iterable, Sequence
@@ -303,6 +303,22 @@ def encode_columns(names_col: Sequence[str], datas: Sequence, extras: dict | Non
     else:
         body = b"".join(datas)
     return _packb([names, index, _le(sizes), large_idx, extras]), body, large
+
+
+def encode_single(name: str, payload: Any, target: str | None = None, mode: int = 0,
+                  reply: str | None = None, headers: dict | None = None) -> list:
+    """meta, body and large frames of a one-event batch (requests, replies, system
+    events): the same format as ``encode_columns``, without its per-batch machinery."""
+    size = len(_buffer(payload))
+    extras = None
+    if target is not None or mode or reply is not None or headers is not None:
+        extras = {0: (target, mode, reply, headers)}
+    if size >= LARGE_PAYLOAD:
+        return [_packb([[name], None, _U32.pack(size), [0], extras]), b"", payload]
+    return [_packb([[name], None, _U32.pack(size), [], extras]), payload]
+
+
+_U32 = struct.Struct("<I")
 
 
 def _le(arr: array) -> bytes:

@@ -24,12 +24,16 @@ from treescale import protocol as P
 from treescale.auth import AllowAll, AuthHook, ClientIdentity, Decision, hook_from_config
 from treescale.brokers.sessions import AUTHENTICATING, READY, Session, client_id_of
 from treescale.config import NodeConfig
+from treescale.frames import NOBLOCK, recv_frames, send_frames
 from treescale.routing import PatternError, RoutingTable, TargetError
 
 log = logging.getLogger("treescale.node")
 
 DRAIN_LIMIT = 2000
 HOUSEKEEPING_INTERVAL = 1.0
+# Plain ints: pyzmq's IntFlag arithmetic costs microseconds per call on the hot path.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 MERGE_BELOW = 64  # segments with fewer events are packed together per destination
 
 
@@ -145,14 +149,17 @@ class Node:
     # --------------------------------------------------------------------- intake
 
     def _drain(self) -> None:
-        recv = self.sock.recv_multipart
+        sock = self.sock
+        ready = sock.getsockopt
         handle = self._handle
         for _ in range(DRAIN_LIMIT):
             try:
-                frames = recv(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(sock, NOBLOCK, copy=False)
             except zmq.Again:
                 break
             handle(frames)
+            if not ready(_EVENTS) & _POLLIN:  # cheaper than a zmq.Again per wakeup
+                break
         if self._out:
             self._flush()
 
@@ -223,7 +230,8 @@ class Node:
         cid = client_id_of(rid)
         session = Session(rid, cid, hello.name or f"client-{cid}",
                           groups=hello.groups, tags=hello.tags, channels=hello.channels,
-                          last_seen=time.monotonic())
+                          last_seen=time.monotonic(),
+                          quiet=bool(hello.options.get("direct")))
         self.sessions[rid] = session
         address = ""
         try:
@@ -269,8 +277,9 @@ class Node:
                   "large_payload": P.LARGE_PAYLOAD,
                   "client_timeout": self.config.client_timeout}
         self._send(rid, P.encode_ready(self.name, session.client_id, limits))
-        self._emit("$sys.client.connect", {"node": self.name, "client": session.name,
-                                           "id": session.client_id})
+        if not session.quiet:
+            self._emit("$sys.client.connect", {"node": self.name, "client": session.name,
+                                               "id": session.client_id})
 
     def _on_subscribe(self, session: Session, pattern: str, q: str | None) -> None:
         if pattern.startswith("$inbox"):
@@ -290,7 +299,7 @@ class Node:
         self.table.remove_member(rid)
         self._out.pop(rid, None)
         self._slow_ids.discard(rid)
-        if session.state == READY:
+        if session.state == READY and not session.quiet:
             self._emit("$sys.client.disconnect", {"node": self.name,
                                                   "client": session.name,
                                                   "id": session.client_id,
@@ -408,7 +417,7 @@ class Node:
             self._park(session, frames, n_events)
             return
         try:
-            self.sock.send_multipart([dest, *frames], zmq.NOBLOCK, copy=False)
+            send_frames(self.sock, [dest, *frames], NOBLOCK)
         except zmq.Again:
             self._park(session, frames, n_events)
             return
@@ -444,7 +453,7 @@ class Node:
                 if item is None:
                     break
                 try:
-                    self.sock.send_multipart([rid, *item[0]], zmq.NOBLOCK, copy=False)
+                    send_frames(self.sock, [rid, *item[0]], NOBLOCK)
                 except zmq.Again:
                     session.requeue(item)
                     break
@@ -494,7 +503,8 @@ class Node:
 
     def _queue_single(self, source: str, name: str, payload, target, mode, reply,
                       headers, dests) -> None:
-        seg = Segment(source, 1, None, [(name, payload, target, mode, reply, headers)])
+        seg = Segment(source, 1, P.encode_single(name, payload, target, mode, reply,
+                                                 headers))
         for dest in dests:
             self._queue(dest, seg)
 
@@ -511,7 +521,7 @@ class Node:
 
     def _send(self, rid: bytes, frames: list) -> None:
         try:
-            self.sock.send_multipart([rid, *frames], zmq.NOBLOCK)
+            send_frames(self.sock, [rid, *frames], NOBLOCK)
         except zmq.ZMQError:
             pass  # a control message to a vanished or stuck peer: nothing to keep
 

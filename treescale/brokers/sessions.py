@@ -33,6 +33,7 @@ class Session:
     dropped: int = 0  # events dropped in the current slow episode
     dropped_total: int = 0
     slow: bool = False
+    quiet: bool = False  # a client's direct request link: not announced on $sys
     events_out: int = 0
     events_in: int = 0
 

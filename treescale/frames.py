@@ -1,0 +1,49 @@
+"""Multipart send/receive without pyzmq's per-frame Python overhead.
+
+``Socket.send_multipart``/``recv_multipart`` do IntFlag arithmetic and type checks for
+every frame; on the node's hot path that cost more than routing itself (15 us against
+3 us for a three-frame message on the reference machine). These do the same with plain
+ints. Semantics are pyzmq's: ``zmq.Frame`` objects are sent without copying.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+from zmq.backend import Socket as _BackendSocket
+
+# The Cython methods themselves: the sugar layer's wrappers cost as much as the call.
+_send = _BackendSocket.send
+_recv = _BackendSocket.recv
+NOBLOCK = int(zmq.NOBLOCK)
+SNDMORE = int(zmq.SNDMORE)
+RCVMORE = int(zmq.RCVMORE)
+
+
+def send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:
+    """Send ``frames`` as one message (raises zmq.Again with NOBLOCK when full).
+
+    With NOBLOCK only the first frame can raise Again: once a message has started,
+    ZeroMQ accepts the rest of it.
+    """
+    more = flags | SNDMORE
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        _send(sock, frame, more if i < last else flags)
+
+
+def recv_frames(sock: zmq.Socket, flags: int = 0, copy: bool = True) -> list[Any]:
+    """Receive one whole message; ``copy=False`` gives zmq.Frame objects."""
+    if copy:
+        parts = [_recv(sock, flags)]
+        get = sock.getsockopt
+        while get(RCVMORE):
+            parts.append(_recv(sock, 0))
+        return parts
+    frame = _recv(sock, flags, False)
+    parts = [frame]
+    while frame.more:
+        frame = _recv(sock, 0, False)
+        parts.append(frame)
+    return parts
