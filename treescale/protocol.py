@@ -536,6 +536,8 @@ def decode_events(meta_frame: Any, body: Any, large: Sequence,
     if not isinstance(large_idx, list) or not all(
             i.__class__ is int and 0 <= i < n for i in large_idx):
         raise FieldError("meta large must list event positions")
+    if any(a >= b for a, b in zip(large_idx, large_idx[1:], strict=False)):
+        raise FieldError("meta large positions must be strictly increasing")
     if len(large_idx) != len(large):
         raise FrameCountError(f"meta declares {len(large_idx)} large payload frame(s), "
                               f"got {len(large)}")
