@@ -20,11 +20,10 @@ import threading
 import time
 from array import array
 from bisect import bisect_right
-from collections import deque
+from collections import deque, namedtuple
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from functools import partial
 from itertools import accumulate, chain, repeat
-from operator import itemgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -66,33 +65,29 @@ class NoResponders(NodeError):
 _EMPTY_HEADERS: Mapping = MappingProxyType({})
 
 
-class Event(tuple):
+_EventFields = namedtuple("_EventFields", "name data raw_headers source reply target")
+
+
+class Event(_EventFields):
     """One delivered event: ``name``, ``data`` (bytes), ``headers``, ``source``,
     ``reply`` (set on requests) and ``target``.
 
-    A tuple underneath so that a whole batch of events is built by C code, not by a
-    Python ``__init__`` per event.
+    A named tuple underneath, so that a whole batch of events is built by C code (no
+    Python ``__init__`` per event) and field access is a C descriptor.
     """
 
     __slots__ = ()
-    _fields = ("name", "data", "headers", "source", "reply", "target")
 
     def __new__(cls, name: str, data: Any, headers: Mapping | None = None,
                 source: str = "", reply: str | None = None,
                 target: str | None = None) -> Event:
         return tuple.__new__(cls, (name, data, headers or None, source, reply, target))
 
-    name = property(itemgetter(0), doc="event name")
-    data = property(itemgetter(1), doc="payload bytes")
     @property
     def headers(self) -> Mapping:
         """Headers (a mapping, maybe empty)."""
         h = self[2]
         return _EMPTY_HEADERS if h is None else h
-
-    source = property(itemgetter(3), doc="name of the publishing client or node")
-    reply = property(itemgetter(4), doc="reply subject when this is a request")
-    target = property(itemgetter(5), doc="the target the publisher gave, if any")
 
     def json(self) -> Any:
         """The payload decoded as msgpack (the convention for structured data)."""
@@ -125,6 +120,11 @@ def _bytes(data: Any) -> Any:
 
 def decode_batch(frames: list, max_payload: int = 1 << 62) -> list[Event]:
     """A DELIVER message -> Events, in order (built in C where it can be)."""
+    return list(iter_batch(frames, max_payload))
+
+
+def iter_batch(frames: list, max_payload: int = 1 << 62) -> Iterator[Event]:
+    """The Events of a DELIVER message, created lazily as they are consumed."""
     header = P.decode_header(frames[0])
     sources = header[1] if len(header) > 1 else []
     view = P.decode_events(frames[1], frames[2], frames[3:], max_payload)
@@ -133,14 +133,15 @@ def decode_batch(frames: list, max_payload: int = 1 << 62) -> list[Event]:
         source_col: Iterable = repeat(sources[0][0], n)
     else:
         source_col = chain.from_iterable(repeat(s, c) for s, c in sources)
-    events = list(map(_make_event, zip(view.name_column(), view.payloads(),
-                                       repeat(None), source_col, repeat(None),
-                                       repeat(None))))
-    if view.extras:
-        for i, (target, _mode, reply, headers) in view.extras.items():
-            e = events[i]
-            events[i] = Event(e[0], e[1], headers, e[3], reply, target)
-    return events
+    events = map(_make_event, zip(view.name_column(), view.payloads(), repeat(None),
+                                  source_col, repeat(None), repeat(None)))
+    if not view.extras:
+        return events
+    events = list(events)
+    for i, (target, _mode, reply, headers) in view.extras.items():
+        e = events[i]
+        events[i] = Event(e[0], e[1], headers, e[3], reply, target)
+    return iter(events)
 
 
 class ClientCore:
@@ -426,7 +427,7 @@ class Client:
         self._ctx = context or zmq.Context.instance()
         self._outbox = Outbox()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._current: deque = deque()
+        self._current: Iterator[Event] = iter(())
         self._waiters: dict[Any, list] = {}  # req_id / ("ping", n) -> [Event, result]
         self._sleeping = False
         self._woken = False
@@ -500,15 +501,16 @@ class Client:
     def events(self, timeout: float | None = None) -> Iterator[Event]:
         """Received events, in order; stops after ``timeout`` seconds without one."""
         while True:
-            while self._current:
-                yield self._current.popleft()
+            # An iterator over the rest of the current batch: a consumer that stops
+            # early leaves the remaining events there for the next call.
+            yield from self._current
             try:
                 item = self._inbox.get(timeout=timeout)
             except queue.Empty:
                 return
             if item is None:
                 return
-            self._current.extend(decode_batch(item) if item.__class__ is list else item)
+            self._current = iter_batch(item) if item.__class__ is list else iter(item)
 
     def next_event(self, timeout: float | None = None) -> Event | None:
         for ev in self.events(timeout):
