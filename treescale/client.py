@@ -176,6 +176,19 @@ class ClientCore:
         self.limits = msg.limits
         self.inbox_prefix = f"$inbox.{msg.node}.{msg.client_id}."
 
+    def outbox_entry(self, name: str, data: Any, target: str | None, mode: str | int,
+                     headers: dict | None) -> tuple[Any, Any]:
+        """(name slot, payload) for the outbox, checking what a bare publish skips."""
+        if data.__class__ is not bytes:
+            data = _bytes(data)
+        if len(data) >= P.LARGE_PAYLOAD:
+            self.check_size(data)
+        if target is None and headers is None and mode == "all":
+            return name, data
+        if target is not None:
+            parse_target(target)
+        return _Extended(name, (target, _mode(mode), None, headers)), data
+
     def check_size(self, data: Any) -> None:
         limit = self.limits.get("max_payload")
         if limit is not None and len(data) > limit:
@@ -460,16 +473,10 @@ class Client:
     def publish(self, name: str, data: Any = b"", target: str | None = None,
                 mode: str | int = "all", headers: dict | None = None) -> None:
         """Queue an event; it leaves with the next batch (at once if the link is idle)."""
-        if data.__class__ is not bytes:
-            data = _bytes(data)
-        if len(data) >= P.LARGE_PAYLOAD:
-            self.core.check_size(data)
-        if target is None and headers is None and mode == "all":
-            slot = name
-        else:
-            if target is not None:
-                parse_target(target)
-            slot = _Extended(name, (target, _mode(mode), None, headers))
+        slot = name
+        if (data.__class__ is not bytes or target is not None or headers is not None
+                or mode != "all" or len(data) >= P.LARGE_PAYLOAD):
+            slot, data = self.core.outbox_entry(name, data, target, mode, headers)
         box = self._outbox
         with box.lock:
             box.names.append(slot)
@@ -832,16 +839,7 @@ class AsyncClient:
 
     async def publish(self, name: str, data: Any = b"", target: str | None = None,
                       mode: str | int = "all", headers: dict | None = None) -> None:
-        if data.__class__ is not bytes:
-            data = _bytes(data)
-        if len(data) >= P.LARGE_PAYLOAD:
-            self.core.check_size(data)
-        if target is None and headers is None and mode == "all":
-            self._outbox.add(name, data)
-        else:
-            if target is not None:
-                parse_target(target)
-            self._outbox.add(_Extended(name, (target, _mode(mode), None, headers)), data)
+        self._outbox.add(*self.core.outbox_entry(name, data, target, mode, headers))
         if len(self._outbox) >= BATCH_EVENTS:
             await self._flush_queue()
         elif not self._flush_scheduled:
