@@ -162,3 +162,25 @@ def test_node_stops_cleanly_on_signal(node_factory, clients, sig):
     assert n.stop(sig, timeout=5) == 0
     assert "node mortal stopped" in n.log()
     assert "Traceback" not in n.log()
+
+
+def test_forgotten_client_is_told_on_its_next_heartbeat(node_factory):
+    """After client_timeout of silence the node drops a session; the client's next
+    ping is answered with not_ready so that it says hello again."""
+    n = node_factory("forgetful", {"client_timeout": 0.5})
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(n.address)
+    try:
+        sock.send(msgpack.packb([1, 1, None, "sleepy", [], [], [], [], {}]))
+        assert msgpack.unpackb(sock.recv())[0] == P.READY
+        # Stay silent past client_timeout (0.5 s) and one housekeeping pass (1 s):
+        # the point of this test is what happens after a stretch of silence.
+        time.sleep(1.6)
+        sock.send(msgpack.packb([P.PING, 1]))
+        assert sock.poll(2000) and msgpack.unpackb(sock.recv())[0] == P.PONG
+        assert sock.poll(2000)
+        error = msgpack.unpackb(sock.recv())
+        assert error[:2] == [P.ERROR, "not_ready"] and "unknown client" in error[2]
+    finally:
+        sock.close()

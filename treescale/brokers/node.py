@@ -197,6 +197,10 @@ class Node:
         if session is None or session.state != READY:
             if isinstance(msg, P.Ping):
                 self._send(rid, P.encode_pong(msg.token))
+                if session is None:
+                    # A client we forgot (idle timeout, restart) learns it from its
+                    # heartbeat and says hello again.
+                    self._send_error(rid, "not_ready", "unknown client: send hello")
             elif not isinstance(msg, P.Bye):
                 self._send_error(
                     rid, "not_ready",
