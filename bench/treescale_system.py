@@ -2,11 +2,13 @@
 
 Subscribers use the ordinary per-event API (``Client.events()``, one ``Event`` object per
 message), exactly what an application would write; the count goes through the same
-``Tally.add`` per message as every peer.
+``Tally.add`` per message as every peer. The responder is a subscription handler, the
+way a service answers requests (like a nats-py subscription callback).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from contextlib import AbstractContextManager
 from multiprocessing.synchronize import Event as MpEvent
@@ -44,8 +46,13 @@ class TreeScaleSystem(BaseSystem):
 
     def server(self) -> AbstractContextManager[str]:
         def argv(port: int, workdir: Path) -> list[str]:
+            # Like every peer here, buffer for a slow subscriber instead of dropping
+            # (the default is to drop past 64 MiB and say so).
+            config = workdir / "node.json"
+            config.write_text(json.dumps({"node": {
+                "slow_consumer_bytes": 4 << 30, "slow_consumer_messages": 1_000_000}}))
             return [sys.executable, "-m", "tsctl.main", "node", "start", "--name", "bench",
-                    "--port", str(port)]
+                    "--port", str(port), "--config", str(config)]
         return broker("treescale", argv)
 
     @staticmethod
@@ -79,11 +86,11 @@ class TreeScaleSystem(BaseSystem):
     def responder(address: str, subject: str, ready_evt: MpEvent, stop_evt: MpEvent) -> None:
         deadline = Deadline(WORKER_BUDGET_S)
         with Client(_address(address), name="bench-responder") as c:
-            c.subscribe(subject)
+            # A handler runs on the client's I/O thread: no hand-off per request.
+            c.subscribe(subject, handler=lambda ev: c.reply(ev, ev.data))
             ready_evt.set()
-            while not stop_evt.is_set() and not deadline.expired():
-                for ev in c.events(timeout=POLL_S):
-                    c.reply(ev, ev.data)
+            while not stop_evt.wait(POLL_S) and not deadline.expired():
+                pass
 
     @staticmethod
     def requester(address: str, subject: str, count: int, result_queue: Any) -> None:

@@ -21,7 +21,7 @@ import time
 from array import array
 from bisect import bisect_right
 from collections import deque, namedtuple
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from functools import partial
 from itertools import accumulate, chain, repeat
 from types import MappingProxyType
@@ -33,8 +33,8 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from treescale import protocol as P
-from treescale.frames import NOBLOCK, recv_frames, send_frames
-from treescale.routing import parse_target, split_pattern
+from treescale.frames import EVENTS, NOBLOCK, POLLIN, POLLOUT, recv_frames, send_frames
+from treescale.routing import RoutingTable, parse_target, split_pattern
 
 log = logging.getLogger("treescale.client")
 
@@ -227,7 +227,8 @@ class _Extended:
         self.extra = extra
 
 
-_COMMAND = object()  # outbox name slot of a control message (its frames in the data slot)
+_COMMAND = object()
+_INBOX = "events()"  # member of a client's local subscription table: the events() queue  # outbox name slot of a control message (its frames in the data slot)
 
 
 class Outbox:
@@ -348,6 +349,8 @@ class DirectLink:
         self.sock = ctx.socket(zmq.DEALER)
         configure_socket(self.sock, self.core)
         self.sock.connect(address)
+        self.poller = zmq.Poller()  # kept: Socket.poll() builds a new one per call
+        self.poller.register(self.sock, zmq.POLLIN)
 
     def send(self, frames: list, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -391,6 +394,11 @@ class DirectLink:
                 raise error_from(msg)
 
     def _send(self, frames: list, deadline: float) -> None:
+        try:
+            send_frames(self.sock, frames, NOBLOCK)
+            return
+        except zmq.Again:  # not connected (yet): wait for the link, up to the deadline
+            pass
         self.sock.setsockopt(zmq.SNDTIMEO, max(1, int((deadline - time.monotonic()) * 1000)))
         try:
             send_frames(self.sock, frames)
@@ -401,7 +409,7 @@ class DirectLink:
         """The next event list or Error from the node (READY handled here)."""
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+            if left <= 0 or not self.poller.poll(int(left * 1000) + 1):
                 raise TimeoutError("no answer from the node")
             frames = recv_frames(self.sock)
             header = P.decode_header(frames[0])
@@ -451,6 +459,11 @@ class Client:
         self._fatal: Exception | None = None
         self._local = threading.local()
         self._links: list[DirectLink] = []
+        # Which of this client's subscriptions an arriving event matches: the inbox
+        # (events()) or a handler. Consulted only once a handler exists.
+        self._local_subs = RoutingTable("client")
+        self._local_lock = threading.Lock()
+        self._has_handlers = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._thread = threading.Thread(target=self._io_loop, name="treescale-client",
@@ -486,17 +499,33 @@ class Client:
         if self._sleeping and not self._woken:
             self._wake()
 
-    def subscribe(self, pattern: str, queue: str | None = None,
-                  timeout: float = 10.0) -> None:
-        """Subscribe; when this returns, the node routes matching events to us."""
+    def subscribe(self, pattern: str, queue: str | None = None, timeout: float = 10.0,
+                  handler: Callable[[Event], Any] | None = None) -> None:
+        """Subscribe; when this returns, the node routes matching events to us.
+
+        Without ``handler`` the events come out of ``events()``. With one, the client's
+        I/O thread calls ``handler(event)`` as each arrives: no hand-off to another
+        thread, which is what a request responder wants. A handler must be quick and
+        must not wait on this client (``subscribe``/``flush`` raise RuntimeError
+        there); ``publish``, ``reply`` and ``request`` are fine.
+        """
         split_pattern(pattern)
         self.core.subs[(pattern, queue)] = None
+        with self._local_lock:
+            member = _INBOX if handler is None else handler
+            if member not in self._local_subs.members:
+                self._local_subs.add_member(member)
+            self._local_subs.subscribe(member, pattern, queue)
+            self._has_handlers = any(m is not _INBOX for m in self._local_subs.members)
         self._command(P.encode_sub(pattern, queue))
         self.flush(timeout)
 
     def unsubscribe(self, pattern: str, queue: str | None = None,
                     timeout: float = 10.0) -> None:
         self.core.subs.pop((pattern, queue), None)
+        with self._local_lock:
+            for member in list(self._local_subs.members):
+                self._local_subs.unsubscribe(member, pattern, queue)
         self._command(P.encode_unsub(pattern, queue))
         self.flush(timeout)
 
@@ -582,6 +611,8 @@ class Client:
         self._wake()
 
     def _call(self, key: Any, frames: list, timeout: float, what: str) -> Any:
+        if threading.current_thread() is self._thread:
+            raise RuntimeError(f"{what} cannot wait inside a subscription handler")
         slot = [threading.Event(), None]
         self._waiters[key] = slot
         self._command(frames)
@@ -622,6 +653,7 @@ class Client:
         out: deque = deque()  # encoded messages waiting for socket room
         last_heard = time.monotonic()
         bye_sent = False
+        mask = POLLIN
         try:
             while True:
                 core = self.core
@@ -632,10 +664,10 @@ class Client:
                     timeout = HEARTBEAT * 1000
                 else:
                     timeout = 0 if core.ready and not out else 50
-                if out and core.ready:
-                    poller.modify(sock, zmq.POLLIN | zmq.POLLOUT)
-                else:
-                    poller.modify(sock, zmq.POLLIN)
+                want = POLLIN | POLLOUT if out and core.ready else POLLIN
+                if want != mask:
+                    poller.modify(sock, want)
+                    mask = want
                 ready = dict(poller.poll(timeout))
                 self._sleeping = False
                 self._woken = False
@@ -646,7 +678,7 @@ class Client:
                         pass
                 if monitor in ready:
                     self._on_monitor(monitor, sock)
-                if sock in ready and ready[sock] & zmq.POLLIN:
+                if ready.get(sock, 0) & POLLIN:
                     last_heard = time.monotonic()
                     self._receive(sock)
                 if core.ready:
@@ -658,7 +690,7 @@ class Client:
                         msg = out.popleft()
                         if msg[0] == _BYE:
                             bye_sent = True
-                    if len(self._outbox) < MAX_QUEUED // 2:
+                    if not self._room.is_set() and len(self._outbox) < MAX_QUEUED // 2:
                         self._room.set()
                     if self._closing and bye_sent and not out:
                         break
@@ -692,6 +724,7 @@ class Client:
                 self.core.ready = False
 
     def _receive(self, sock: zmq.Socket) -> None:
+        ready = sock.getsockopt
         for _ in range(1000):
             try:
                 frames = recv_frames(sock, NOBLOCK)
@@ -701,17 +734,17 @@ class Client:
                 self._dispatch(frames, sock)
             except P.ProtocolError as exc:
                 log.warning("bad message from node: %s", exc)
+            if not ready(EVENTS) & POLLIN:  # cheaper than a zmq.Again per wakeup
+                return
 
     def _dispatch(self, frames: list, sock: zmq.Socket) -> None:
         header = P.decode_header(frames[0])
         kind = header[0]
         if kind == P.DELIVER:
-            if not self._waiters:
+            if not self._has_handlers:
                 self._inbox.put(frames)  # decoded by the consumer thread
                 return
-            events = [e for e in decode_batch(frames) if not self._resolve_reply(e)]
-            if events:
-                self._inbox.put(tuple(events))
+            self._run_handlers(decode_batch(frames))
             return
         msg = P.decode(frames)
         if isinstance(msg, P.Ready):
@@ -724,15 +757,24 @@ class Client:
         elif isinstance(msg, P.Error):
             self._on_node_error(msg, sock)
 
-    def _resolve_reply(self, ev: Event) -> bool:
-        req_id = self.core.reply_req_id(ev.name)
-        if req_id is None:
-            return False
-        slot = self._waiters.pop(req_id, None)
-        if slot is not None:
-            slot[1] = ev
-            slot[0].set()
-        return True
+    def _run_handlers(self, events: list[Event]) -> None:
+        """Give each event to the handlers whose patterns match it; the rest (and
+        events that also match a handler-less subscription) go to ``events()``."""
+        rest = []
+        with self._local_lock:
+            lookup = self._local_subs.lookup
+            routes = [lookup(ev.name).everyone for ev in events]
+        for ev, members in zip(events, routes, strict=True):
+            for member in members:
+                if member is _INBOX:
+                    rest.append(ev)
+                    continue
+                try:
+                    member(ev)
+                except Exception:  # a handler's bug must not stop the client
+                    log.exception("subscription handler %r failed on %s", member, ev.name)
+        if rest:
+            self._inbox.put(tuple(rest))
 
     def _on_node_error(self, msg: P.Error, sock: zmq.Socket) -> None:
         err = error_from(msg)

@@ -19,6 +19,9 @@ _recv = _BackendSocket.recv
 NOBLOCK = int(zmq.NOBLOCK)
 SNDMORE = int(zmq.SNDMORE)
 RCVMORE = int(zmq.RCVMORE)
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
+POLLOUT = int(zmq.POLLOUT)
 
 
 def send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:

@@ -289,9 +289,14 @@ class RoutingTable:
         """Members that get a mode-``one`` event: one per queue group, round-robin."""
         chosen: dict = {}
         rr = self._rr
-        for queue, members in route.groups:
-            n = rr.get(queue, 0)
-            rr[queue] = n + 1
+        if len(rr) >= self._cache_size:
+            rr.clear()
+        for group in route.groups:
+            # One counter per (queue, members): routes that share the same members
+            # share the turn; a narrower route cannot starve a member of a wider one.
+            n = rr.get(group, 0)
+            rr[group] = n + 1
+            members = group[1]
             chosen[members[n % len(members)]] = None
         return tuple(chosen)
 

@@ -242,3 +242,47 @@ def test_publish_fan_out_counts(node, clients):
     for s in subs:
         assert [bytes(e.data) for e in take(s, 1000)] == [b"%d" % i for i in range(1000)]
         nothing_more(s, 0.1)
+
+
+def test_handler_subscriptions_run_on_arrival_and_mix_with_events(node, clients):
+    c = clients(node.address, name="svc")
+    seen = []
+    done = threading.Event()
+
+    def on_job(ev) -> None:
+        seen.append(bytes(ev.data))
+        if len(seen) == 3:
+            done.set()
+
+    c.subscribe("jobs.*", handler=on_job)
+    c.subscribe("news")  # a plain subscription keeps feeding events()
+    c.subscribe("jobs.special")  # overlaps the handler's pattern: both see it
+    pub = clients(node.address)
+    for name, data in [("jobs.a", b"1"), ("news", b"n"), ("jobs.b", b"2"),
+                       ("jobs.special", b"3")]:
+        pub.publish(name, data)
+    assert done.wait(5) and seen == [b"1", b"2", b"3"]
+    assert [(e.name, bytes(e.data)) for e in take(c, 2)] == [("news", b"n"),
+                                                             ("jobs.special", b"3")]
+    nothing_more(c)
+
+
+def test_handler_replies_and_survives_its_own_bugs(node, clients):
+    svc = clients(node.address, name="echo")
+    errors = []
+
+    def handle(ev) -> None:
+        if ev.data == b"boom":
+            raise ValueError("handler bug")
+        try:
+            svc.flush()
+        except RuntimeError as exc:
+            errors.append(str(exc))
+        svc.reply(ev, b"echo:" + bytes(ev.data))
+
+    svc.subscribe("svc.echo", handler=handle)
+    requester = clients(node.address)
+    with pytest.raises(TimeoutError):
+        requester.request("svc.echo", b"boom", timeout=0.5)
+    assert bytes(requester.request("svc.echo", b"hi", timeout=5).data) == b"echo:hi"
+    assert errors == ["flush cannot wait inside a subscription handler"]

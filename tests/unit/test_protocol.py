@@ -10,7 +10,7 @@ from array import array
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from treescale import protocol as P
@@ -43,8 +43,10 @@ from treescale.protocol import (
     packb,
 )
 
-# Deterministic and quick: a fixed seed per test, no example database, no deadline.
+# Deterministic and quick: a fixed seed per test, no example database, no deadline, and
+# no "explain" phase (it re-runs a failing case many times and can take minutes).
 FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -375,9 +377,11 @@ def test_empty_message() -> None:
 
 
 @pytest.mark.parametrize("frame", [b"", b"\xc1", b"\x92\x01", b"\x91\x05\x00",
-                                   b"\xa2\xff\xfe", b"\xdd\xff\xff\xff\xff"],
+                                   b"\xa2\xff\xfe", b"\xdd\xff\xff\xff\xff",
+                                   b"\x91\x81\x90\x00", b"\x92\x05\xc7\x01\xff\x00"],
                          ids=["empty", "reserved-byte", "truncated", "extra-data",
-                              "bad-utf8", "huge-array"])
+                              "bad-utf8", "huge-array", "unhashable-map-key",
+                              "bad-timestamp"])
 def test_header_not_msgpack(frame: bytes) -> None:
     expect(EncodingError, [frame], "header frame is not valid msgpack")
 
@@ -569,7 +573,7 @@ def test_large_positions_must_be_strictly_increasing(large_idx: list) -> None:
     sizes = le32(3, 5) if large_idx == [1, 0] else le32(3, 3)
     large = [b"B" * 5, b"A" * 3] if large_idx == [1, 0] else [b"A" * 3, b"A" * 3]
     expect(FieldError, pub([["a"], None, sizes, large_idx, None], b"", *large),
-           "meta large")
+           "meta large positions must be strictly increasing")
 
 
 @pytest.mark.parametrize("events,limit,name,size", [

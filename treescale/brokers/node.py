@@ -24,16 +24,13 @@ from treescale import protocol as P
 from treescale.auth import AllowAll, AuthHook, ClientIdentity, Decision, hook_from_config
 from treescale.brokers.sessions import AUTHENTICATING, READY, Session, client_id_of
 from treescale.config import NodeConfig
-from treescale.frames import NOBLOCK, recv_frames, send_frames
+from treescale.frames import EVENTS, NOBLOCK, POLLIN, recv_frames, send_frames
 from treescale.routing import PatternError, RoutingTable, TargetError
 
 log = logging.getLogger("treescale.node")
 
 DRAIN_LIMIT = 2000
 HOUSEKEEPING_INTERVAL = 1.0
-# Plain ints: pyzmq's IntFlag arithmetic costs microseconds per call on the hot path.
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
 MERGE_BELOW = 64  # segments with fewer events are packed together per destination
 
 
@@ -158,7 +155,7 @@ class Node:
             except zmq.Again:
                 break
             handle(frames)
-            if not ready(_EVENTS) & _POLLIN:  # cheaper than a zmq.Again per wakeup
+            if not ready(EVENTS) & POLLIN:  # cheaper than a zmq.Again per wakeup
                 break
         if self._out:
             self._flush()
