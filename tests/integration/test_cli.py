@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -153,3 +154,18 @@ def test_shipped_configs_load(path, name):
 
     cfg = load_node_config(ROOT / path, name)
     assert cfg.name == (name or "n1") and cfg.port > 0
+
+
+def test_demo_runs_and_shows_events_flowing():
+    """`make demo` runs `tsctl demo`: a real node, publishers, subscribers, live view."""
+    r = tsctl("demo", "--duration", "3", "--rate", "200", timeout=60)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert "applications attached to node 'demo'" in out
+    for app in ("dashboard", "kitchen-display", "worker-1", "worker-2"):
+        assert app in out
+    # the last frame shows the node's own stats and events received
+    last = out.rsplit("node demo", 1)[-1]
+    assert "clients 6" in last
+    counts = [int(x.replace(",", "")) for x in re.findall(r"│\s+([\d,]+) │", last)]
+    assert counts and max(counts) > 0, last
