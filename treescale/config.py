@@ -41,6 +41,9 @@ class NodeConfig:
     auth_command: Any = None
     auth_url: str | None = None
     auth_timeout: float = 5.0
+    # Address of the parent node (tcp://host:port); None for a root.
+    parent: str | None = None
+    parent_token: str | None = None
     exec_enabled: bool = False
     metrics_port: int | None = None
     extra: dict = field(default_factory=dict)
@@ -55,8 +58,7 @@ class NodeConfig:
 
 
 # Keys of the seed's tree format mapped onto NodeConfig fields.
-_ALIASES = {"tree_port": "port", "tree_ip": "host", "childs": None, "children": None,
-            "parent": None}
+_ALIASES = {"tree_port": "port", "tree_ip": "host", "childs": None, "children": None}
 _FIELD_TYPES = {f.name: f.type for f in fields(NodeConfig)}
 
 

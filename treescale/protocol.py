@@ -48,12 +48,17 @@ ERROR = 9
 PING = 10
 PONG = 11
 BYE = 12
-# 20-39 are reserved for node-to-node links (interest, snapshots, acks, credits).
+# 20-39: node-to-node links. Acks and credits will take the numbers after FORWARD.
+LINK = 20
+LINKED = 21
+INTEREST = 23
+FORWARD = 26
 
 KIND_NAMES = {
     HELLO: "hello", READY: "ready", SUB: "sub", UNSUB: "unsub", PUB: "pub",
     DELIVER: "deliver", REQUEST: "request", REPLY: "reply", ERROR: "error",
-    PING: "ping", PONG: "pong", BYE: "bye",
+    PING: "ping", PONG: "pong", BYE: "bye", LINK: "link", LINKED: "linked",
+    INTEREST: "interest", FORWARD: "forward",
 }
 
 MODE_ALL = 0
@@ -195,6 +200,31 @@ class Bye:
     pass
 
 
+@dataclass(slots=True)
+class Link:
+    """A child node introducing itself to its parent."""
+
+    version: int
+    token: str | None
+    name: str
+    groups: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Linked:
+    node: str
+
+
+@dataclass(slots=True)
+class Interest:
+    """Interest changes on a link: ``ops`` are ``(add, pattern, queue)``; ``seq``
+    numbers them per link and direction so a gap is noticed."""
+
+    seq: int
+    ops: list
+
+
 # ------------------------------------------------------------------------- encoding
 
 _packb = msgpack.Packer(use_bin_type=True).pack
@@ -245,6 +275,23 @@ def encode_pong(token: int = 0) -> list[bytes]:
 
 def encode_bye() -> list[bytes]:
     return [packb([BYE])]
+
+
+def encode_link(name: str, token: str | None = None, groups: Sequence[str] = (),
+                tags: Sequence[str] = (), version: int = PROTOCOL_VERSION) -> list[bytes]:
+    return [packb([LINK, version, token, name, list(groups), list(tags)])]
+
+
+def encode_linked(node: str) -> list[bytes]:
+    return [packb([LINKED, node])]
+
+
+def encode_interest(seq: int, ops: Iterable[tuple[bool, str, str | None]]) -> list[bytes]:
+    return [packb([INTEREST, seq, [[1 if add else 0, p, q] for add, p, q in ops]])]
+
+
+def encode_forward_header(sources: list) -> bytes:
+    return packb([FORWARD, sources])
 
 
 _PUB_HEADER = packb([PUB])
@@ -641,8 +688,8 @@ def _decode_batch(header: list, frames: Sequence, max_payload: int) -> Batch:
     large = list(frames[3:])
     meta = decode_events(frames[1], frames[2], large, max_payload)
     sources = []
-    if header[0] == DELIVER:
-        (sources,) = _fields(header, 1, DELIVER)
+    if header[0] in (DELIVER, FORWARD):
+        (sources,) = _fields(header, 1, header[0])
         if not isinstance(sources, list):
             raise FieldError("deliver sources must be a list of [source, count]")
     return Batch(meta, frames[1], frames[2], large, sources)
@@ -696,6 +743,38 @@ def _decode_bye(header: list, frames: Sequence, max_payload: int) -> Bye:
     return Bye()
 
 
+def _decode_link(header: list, frames: Sequence, max_payload: int) -> Link:
+    _expect_frames(frames, LINK, 1)
+    version, token, name, groups, tags = _fields(header, 5, LINK)
+    version = _int(version, "protocol version")
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"protocol version {version} is not supported (this node speaks "
+            f"{PROTOCOL_VERSION})")
+    return Link(version, _str(token, "token", optional=True), _str(name, "node name"),
+                _strs(groups, "groups"), _strs(tags, "tags"))
+
+
+def _decode_linked(header: list, frames: Sequence, max_payload: int) -> Linked:
+    _expect_frames(frames, LINKED, 1)
+    (node,) = _fields(header, 1, LINKED)
+    return Linked(_str(node, "node"))
+
+
+def _decode_interest(header: list, frames: Sequence, max_payload: int) -> Interest:
+    _expect_frames(frames, INTEREST, 1)
+    seq, ops = _fields(header, 2, INTEREST)
+    if not isinstance(ops, list):
+        raise FieldError("interest ops must be a list of [add, pattern, queue]")
+    out = []
+    for op in ops:
+        if not isinstance(op, list) or len(op) != 3 or op[0] not in (0, 1):
+            raise FieldError("interest ops must be a list of [add, pattern, queue]")
+        out.append((bool(op[0]), _str(op[1], "pattern"),
+                    _str(op[2], "queue", optional=True)))
+    return Interest(_int(seq, "interest sequence"), out)
+
+
 _DECODERS = {
     HELLO: _decode_hello,
     READY: _decode_ready,
@@ -709,6 +788,10 @@ _DECODERS = {
     PING: _decode_ping,
     PONG: _decode_pong,
     BYE: _decode_bye,
+    LINK: _decode_link,
+    LINKED: _decode_linked,
+    INTEREST: _decode_interest,
+    FORWARD: _decode_batch,
 }
 
 

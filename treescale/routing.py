@@ -285,20 +285,36 @@ class RoutingTable:
         self.cache[key] = route
         return route
 
-    def pick(self, route: Route) -> tuple:
-        """Members that get a mode-``one`` event: one per queue group, round-robin."""
-        chosen: dict = {}
+    def pick(self, route: Route, exclude: Hashable = None) -> tuple:
+        """Members that get a mode-``one`` event: one per queue group, round-robin.
+
+        ``exclude`` is the link an event came in on: it never goes back there.
+        """
+        return tuple(dict.fromkeys(m for m, _ in self.pick_groups(route, exclude)))
+
+    def pick_groups(self, route: Route, exclude: Hashable = None,
+                    queues: Iterable | None = None) -> list[tuple]:
+        """``(member, queue)`` chosen for each queue group of a mode-``one`` route,
+        limited to ``queues`` when an upstream node already chose for the others."""
+        chosen = []
         rr = self._rr
         if len(rr) >= self._cache_size:
             rr.clear()
         for group in route.groups:
+            if queues is not None and group[0] not in queues:
+                continue
+            members = group[1]
+            if exclude is not None and exclude in members:
+                members = tuple(m for m in members if m != exclude)
+                if not members:
+                    continue
+                group = (group[0], members)
             # One counter per (queue, members): routes that share the same members
             # share the turn; a narrower route cannot starve a member of a wider one.
             n = rr.get(group, 0)
             rr[group] = n + 1
-            members = group[1]
-            chosen[members[n % len(members)]] = None
-        return tuple(chosen)
+            chosen.append((members[n % len(members)], group[0]))
+        return chosen
 
     def destinations(self, name: str, target: str | None = None, mode: int = 0) -> tuple:
         """Members that get an event (applies round-robin for mode one)."""

@@ -85,15 +85,21 @@ def node() -> None:
 @click.option("--token", "tokens", multiple=True,
               help="Accept this client token (repeatable); default: no auth.")
 @click.option("--max-payload", type=int, help="Largest payload in bytes.")
+@click.option("--parent", help="Join the tree under the node at this address "
+              "(tcp://HOST:PORT).")
+@click.option("--parent-token", envvar="TREESCALE_PARENT_TOKEN",
+              help="Token the parent node expects (or $TREESCALE_PARENT_TOKEN).")
 @friendly
 def node_start(name: str | None, port: int | None, host: str | None,
                config_path: str | None, tokens: tuple[str, ...],
-               max_payload: int | None) -> None:
+               max_payload: int | None, parent: str | None,
+               parent_token: str | None) -> None:
     """Start a node in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
     from treescale.brokers.node import Node
 
     cfg = load_node_config(config_path, name)
-    for key, value in (("port", port), ("host", host), ("max_payload", max_payload)):
+    for key, value in (("port", port), ("host", host), ("max_payload", max_payload),
+                       ("parent", parent), ("parent_token", parent_token)):
         if value is not None:
             setattr(cfg, key, value)
     if tokens:

@@ -17,21 +17,26 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
+from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from treescale import protocol as P
 from treescale.auth import AllowAll, AuthHook, ClientIdentity, Decision, hook_from_config
 from treescale.brokers.sessions import AUTHENTICATING, READY, Session, client_id_of
 from treescale.config import NodeConfig
 from treescale.frames import EVENTS, NOBLOCK, POLLIN, recv_frames, send_frames
+from treescale.interest import LOCAL, InterestTable
 from treescale.routing import PatternError, RoutingTable, TargetError
 
 log = logging.getLogger("treescale.node")
 
 DRAIN_LIMIT = 2000
 HOUSEKEEPING_INTERVAL = 1.0
-MERGE_BELOW = 64  # segments with fewer events are packed together per destination
+MERGE_BELOW = 64
+PARENT = b"\x00parent"  # routing-table member id of the link to our parent
+QUEUES_HEADER = "$queues"  # on a forwarded mode-one event: the groups left to serve  # segments with fewer events are packed together per destination
 
 
 class Segment:
@@ -90,6 +95,23 @@ class Node:
         else:
             self.sock.bind(self.endpoint)
         self.port = int(self.endpoint.rsplit(":", 1)[1])
+        # Tree links: member id -> neighbour node name, and interest bookkeeping.
+        self.links: dict[bytes, str] = {}
+        self.interest = InterestTable()
+        self._seq_out: dict[bytes, int] = {}
+        self._seq_in: dict[bytes, int] = {}
+        self.interest.add(LOCAL, f"$inbox.{self.name}.>")  # replies find their way back
+        self.up: zmq.Socket | None = None
+        self.up_monitor: zmq.Socket | None = None
+        if config.parent:
+            self.up = self.ctx.socket(zmq.DEALER)
+            self.up.setsockopt(zmq.ROUTING_ID, f"node:{self.name}".encode())
+            self.up.setsockopt(zmq.LINGER, 500)
+            self.up.setsockopt(zmq.RECONNECT_IVL, 50)
+            self.up.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            self.up_monitor = self.up.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            self.up.connect(config.parent)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -109,6 +131,9 @@ class Node:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        if self.up is not None:
+            poller.register(self.up, zmq.POLLIN)
+            poller.register(self.up_monitor, zmq.POLLIN)
         next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
         log.info("node %s listening on %s", self.name, self.endpoint)
         if on_ready:
@@ -119,6 +144,10 @@ class Node:
                 for sock, _ in poller.poll(timeout):
                     if sock is self.sock:
                         self._drain()
+                    elif sock is self.up:
+                        self._drain_up()
+                    elif sock is self.up_monitor:
+                        self._on_up_monitor()
                     else:
                         self._drain_wake()
                 if self._slow_ids:
@@ -136,6 +165,10 @@ class Node:
         if self._auth_pool is not None:
             self._auth_pool.shutdown(wait=False, cancel_futures=True)
         self.sock.close()
+        if self.up is not None:
+            self.up.disable_monitor()
+            self.up_monitor.close(0)
+            self.up.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -188,7 +221,7 @@ class Node:
         except P.ProtocolError as exc:
             self._send_error(rid, exc.code, str(exc), exc.ref)
             return
-        if isinstance(msg, P.Hello):
+        if isinstance(msg, P.Hello | P.Link):
             self._on_hello(rid, msg, frames[0])
             return
         if session is None or session.state != READY:
@@ -204,13 +237,17 @@ class Node:
                     f"{type(msg).__name__.lower()} before ready: send hello first "
                     "and wait for ready")
             return
+        if session.is_link:
+            self._on_link_message(rid, msg, frames[1:])
+            return
         if isinstance(msg, P.Batch):
             # Reaches here only when the header was not the canonical [PUB].
             self._route_batch(session, msg.meta, [msg.meta_frame, msg.body, *msg.large])
         elif isinstance(msg, P.Subscribe):
             self._on_subscribe(session, msg.pattern, msg.queue)
         elif isinstance(msg, P.Unsubscribe):
-            self.table.unsubscribe(rid, msg.pattern, msg.queue)
+            if self.table.unsubscribe(rid, msg.pattern, msg.queue):
+                self._send_interest(self.interest.remove(LOCAL, msg.pattern, msg.queue))
         elif isinstance(msg, P.Request):
             self._on_request(session, msg)
         elif isinstance(msg, P.Reply):
@@ -229,17 +266,20 @@ class Node:
         if rid in self.sessions:
             self._drop_session(rid, "re-hello")
         cid = client_id_of(rid)
+        is_link = isinstance(hello, P.Link)
         session = Session(rid, cid, hello.name or f"client-{cid}",
-                          groups=hello.groups, tags=hello.tags, channels=hello.channels,
+                          groups=hello.groups, tags=hello.tags,
+                          channels=() if is_link else hello.channels,
                           last_seen=time.monotonic(),
-                          quiet=bool(hello.options.get("direct")))
+                          quiet=is_link or bool(hello.options.get("direct")),
+                          is_link=is_link)
         self.sessions[rid] = session
         address = ""
         try:
             address = frame.get("Peer-Address")
         except Exception:  # not every transport reports a peer address
             pass
-        who = ClientIdentity(session.name, hello.groups, hello.tags, hello.channels,
+        who = ClientIdentity(session.name, session.groups, session.tags, session.channels,
                              address or "")
         if not self.auth.blocking:
             self._finish_hello(rid, hello, self.auth.check(hello.token, who))
@@ -269,6 +309,9 @@ class Node:
                                               "reason": decision.reason})
             return
         session.state = READY
+        if session.is_link:
+            self._accept_child(session)
+            return
         self.by_client_id[session.client_id] = rid
         self.table.add_member(rid, hello.groups, hello.tags, hello.channels)
         self.table.subscribe(rid, f"$inbox.{self.name}.{session.client_id}.*")
@@ -288,15 +331,25 @@ class Node:
                              f"pattern {pattern!r}: inboxes are private", pattern)
             return
         try:
-            self.table.subscribe(session.routing_id, pattern, q)
+            added = self.table.subscribe(session.routing_id, pattern, q)
         except PatternError as exc:
             self._send_error(session.routing_id, exc.code, str(exc), pattern)
+            return
+        if added:
+            self._send_interest(self.interest.add(LOCAL, pattern, q))
 
     def _drop_session(self, rid: bytes, reason: str) -> None:
         session = self.sessions.pop(rid, None)
         if session is None:
             return
         self.by_client_id.pop(session.client_id, None)
+        if session.is_link:
+            self._link_down(rid, reason)
+        else:
+            member = self.table.members.get(rid)
+            for pattern, q in list(member.subs) if member else ():
+                if not pattern.startswith("$inbox."):
+                    self._send_interest(self.interest.remove(LOCAL, pattern, q))
         self.table.remove_member(rid)
         self._out.pop(rid, None)
         self._slow_ids.discard(rid)
@@ -322,7 +375,8 @@ class Node:
             return
         self._route_batch(session, view, frames[2:])
 
-    def _lookup(self, session: Session, name: str, target: str | None, errors: dict):
+    def _lookup(self, session: Session | None, name: str, target: str | None,
+                errors: dict):
         """The route of (name, target), or None after noting the error for the sender."""
         route = self.table.cache.get((name, target))
         if route is None:
@@ -333,21 +387,31 @@ class Node:
                 return None
         return route
 
-    def _route_batch(self, session: Session, view: P.BatchView, frames: list) -> None:
+    def _route_batch(self, session: Session | None, view: P.BatchView, frames: list,
+                     origin: bytes | None = None, sources: list | None = None) -> None:
         """Route a batch: whole to each destination when every event goes to the same
-        set (the common case, decided from the distinct names alone), else split."""
+        set (the common case, decided from the distinct names alone), else split.
+
+        ``origin`` is the tree link a forwarded batch came in on (never sent back
+        there); ``sources`` its publisher runs.
+        """
         n = view.n
         self.stats["events_in"] += n
         self.stats["batches_in"] += 1
-        session.events_in += n
         errors: dict = {}
-        source = session.name
+        queues_for: dict = {}  # (link, event) -> queue groups that link must serve
+        if session is not None:
+            session.events_in += n
+        source: Any = sources if sources else session.name
         by_dest: dict = {}
         if view.extras is None:
             name_dests = []
             for name in view.names:
                 route = self._lookup(session, name, None, errors)
-                name_dests.append(route.everyone if route is not None else ())
+                dests = route.everyone if route is not None else ()
+                if origin is not None and origin in dests:
+                    dests = tuple(d for d in dests if d != origin)
+                name_dests.append(dests)
             first = name_dests[0] if name_dests else ()
             if not errors and all(d == first for d in name_dests):
                 if not first:
@@ -362,14 +426,27 @@ class Node:
         else:
             names = list(view.name_column())
             for i in range(n):
-                target, mode, _reply, _headers = view.extra(i)
+                target, mode, _reply, headers = view.extra(i)
                 route = self._lookup(session, names[i], target, errors)
                 if route is None:
                     continue
-                for dest in (route.everyone if mode == 0 else self.table.pick(route)):
-                    by_dest.setdefault(dest, []).append(i)
-        for message, code in errors.items():
-            self._send_error(session.routing_id, code, message)
+                if mode == 0:
+                    for dest in route.everyone:
+                        if dest != origin:
+                            by_dest.setdefault(dest, []).append(i)
+                    continue
+                # mode one: a node upstream may have chosen for some queue groups
+                # already; it says which ones are left to this branch.
+                allowed = headers.get(QUEUES_HEADER) if origin and headers else None
+                for dest, q in self.table.pick_groups(route, origin, allowed):
+                    idx = by_dest.setdefault(dest, [])
+                    if not idx or idx[-1] != i:
+                        idx.append(i)
+                    if dest in self.links:
+                        queues_for.setdefault((dest, i), []).append(q)
+        if session is not None and not session.is_link:
+            for message, code in errors.items():
+                self._send_error(session.routing_id, code, message)
         routed = set()
         for idx in by_dest.values():
             routed.update(idx)
@@ -377,8 +454,15 @@ class Node:
         if not by_dest:
             return
         events = view.events()
+        if isinstance(source, list):
+            source = source[0][0] if source else ""  # a split keeps the first publisher
         for dest, idx in by_dest.items():
-            self._queue(dest, Segment(source, len(idx), None, [events[i] for i in idx]))
+            if dest in self.links:
+                chosen = [_with_queues(events[i], queues_for.get((dest, i)))
+                          for i in idx]
+            else:
+                chosen = [_without_queues(events[i]) for i in idx]
+            self._queue(dest, Segment(source, len(idx), None, chosen))
 
     def _queue(self, dest: bytes, seg: Segment) -> None:
         segs = self._out.get(dest)
@@ -393,24 +477,27 @@ class Node:
         out, self._out = self._out, {}
         for dest, segs in out.items():
             run: list[Segment] = []
+            header = P.encode_forward_header if dest in self.links else \
+                P.encode_deliver_header
             for s in segs:
                 if s.frames is not None and s.n >= MERGE_BELOW:
                     if run:
-                        self._deliver(dest, *_merge(run))
+                        self._deliver(dest, *_merge(run, header))
                         run = []
-                    self._deliver(dest, [P.encode_deliver_header([[s.source, s.n]]),
-                                         *s.frames], s.n)
+                    self._deliver(dest, [header(_runs(s)), *s.frames], s.n)
                 else:
                     run.append(s)
             if run:
                 if len(run) == 1 and run[0].frames is not None:
                     s = run[0]
-                    self._deliver(dest, [P.encode_deliver_header([[s.source, s.n]]),
-                                         *s.frames], s.n)
+                    self._deliver(dest, [header(_runs(s)), *s.frames], s.n)
                 else:
-                    self._deliver(dest, *_merge(run))
+                    self._deliver(dest, *_merge(run, header))
 
     def _deliver(self, dest: bytes, frames: list, n_events: int) -> None:
+        if dest is PARENT or dest == PARENT:
+            self._send_up(frames, n_events)
+            return
         session = self.sessions.get(dest)
         if session is None:
             return
@@ -475,6 +562,146 @@ class Node:
                         f"{self.config.slow_consumer_bytes} bytes / "
                         f"{self.config.slow_consumer_messages} messages)", lost)
 
+    # ----------------------------------------------------------------- tree links
+
+    def _accept_child(self, session: Session) -> None:
+        rid = session.routing_id
+        children = sum(1 for m in self.links if m != PARENT)
+        if children >= self.config.max_children:
+            self.sessions.pop(rid, None)
+            self._send_error(rid, "full", f"node {self.name} already has {children} "
+                             f"children (max_children {self.config.max_children})")
+            return
+        self._send(rid, P.encode_linked(self.name))
+        self._link_up(rid, session.name)
+
+    def _link_up(self, member: bytes, neighbour: str) -> None:
+        self.links[member] = neighbour
+        self._seq_out[member] = 0
+        self._seq_in[member] = 0
+        self.table.add_member(member)
+        self._send_interest(self.interest.add_link(member))
+        self._emit("$sys.link.up", {"node": self.name, "neighbour": neighbour,
+                                    "role": "parent" if member == PARENT else "child"})
+
+    def _link_down(self, member: bytes, reason: str) -> None:
+        neighbour = self.links.pop(member, None)
+        if neighbour is None:
+            return
+        self._seq_out.pop(member, None)
+        self._seq_in.pop(member, None)
+        self.table.remove_member(member)
+        self._out.pop(member, None)
+        self._send_interest(self.interest.drop_link(member))
+        self._emit("$sys.link.down", {"node": self.name, "neighbour": neighbour,
+                                      "reason": reason,
+                                      "role": "parent" if member == PARENT else "child"})
+
+    def _send_interest(self, updates: list) -> None:
+        """Tell each link what changed, one numbered INTEREST message per link."""
+        per_link: dict = {}
+        for u in updates:
+            per_link.setdefault(u.link, []).append((u.add, u.pattern, u.queue))
+        for link, ops in per_link.items():
+            if link in self.links:
+                self._seq_out[link] += 1
+                self._send_link(link, P.encode_interest(self._seq_out[link], ops))
+
+    def _send_link(self, member: bytes, frames: list) -> None:
+        if member == PARENT:
+            try:
+                send_frames(self.up, frames, NOBLOCK)
+            except zmq.Again:
+                log.warning("link to parent %s is full; control message dropped",
+                            self.links.get(PARENT))
+        else:
+            self._send(member, frames)
+
+    def _on_link_message(self, member: bytes, msg, frames: list) -> None:
+        """Interest changes and forwarded events from a neighbour node."""
+        if isinstance(msg, P.Interest):
+            self._on_interest(member, msg)
+        elif isinstance(msg, P.Batch):
+            self._route_batch(self.sessions.get(member), msg.meta,
+                              [msg.meta_frame, msg.body, *msg.large], origin=member,
+                              sources=msg.sources)
+        elif isinstance(msg, P.Ping):
+            self._send_link(member, P.encode_pong(msg.token))
+        elif isinstance(msg, P.Bye):
+            self._drop_session(member, "bye")
+        elif isinstance(msg, P.Error):
+            log.warning("node %s says: %s %s", self.links.get(member), msg.code,
+                        msg.message)
+
+    def _on_interest(self, member: bytes, msg: P.Interest) -> None:
+        expected = self._seq_in.get(member, 0) + 1
+        if msg.seq != expected:
+            # TCP keeps order within a connection, and a reconnect starts at 1, so a
+            # gap means a bug; log it loudly (a snapshot resync is the next step).
+            log.error("interest gap on link to %s: got %d, expected %d",
+                      self.links.get(member), msg.seq, expected)
+        self._seq_in[member] = msg.seq
+        updates: list = []
+        for add, pattern, q in msg.ops:
+            try:
+                if add:
+                    self.table.subscribe(member, pattern, q)
+                    updates += self.interest.add(member, pattern, q)
+                else:
+                    self.table.unsubscribe(member, pattern, q)
+                    updates += self.interest.remove(member, pattern, q)
+            except PatternError as exc:
+                log.warning("bad interest from %s: %s", self.links.get(member), exc)
+        self._send_interest(updates)
+
+    def _drain_up(self) -> None:
+        """Messages from our parent."""
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = recv_frames(self.up, NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                msg = P.decode(frames, self.config.max_payload)
+            except P.ProtocolError as exc:
+                log.warning("bad message from parent: %s", exc)
+                continue
+            if isinstance(msg, P.Linked):
+                self._link_up(PARENT, msg.node)
+            elif isinstance(msg, P.Error) and PARENT not in self.links:
+                log.error("parent refused the link: %s %s", msg.code, msg.message)
+            else:
+                self._on_link_message(PARENT, msg, frames)
+        if self._out:
+            self._flush()
+
+    def _on_up_monitor(self) -> None:
+        while True:
+            try:
+                msg = self.up_monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = parse_monitor_message(msg)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                send_frames(self.up, P.encode_link(self.name, self.config.parent_token,
+                                                   self.config.groups, self.config.tags),
+                            NOBLOCK)
+            elif event == zmq.EVENT_DISCONNECTED:
+                self._link_down(PARENT, "disconnected")
+
+    def _send_up(self, frames: list, n_events: int) -> None:
+        if PARENT not in self.links:
+            self.stats["no_route"] += n_events
+            return
+        try:
+            send_frames(self.up, frames, NOBLOCK)
+        except zmq.Again:
+            # The parent link is saturated. Credit-based flow control will slow the
+            # publishers instead; until then the loss is counted, never silent.
+            self.stats["dropped"] += n_events
+            return
+        self.stats["events_out"] += n_events
+
     # --------------------------------------------------------- request / reply
 
     def _on_request(self, session: Session, req: P.Request) -> None:
@@ -494,13 +721,21 @@ class Node:
 
     def _on_reply(self, session: Session, rep: P.Reply) -> None:
         inbox = P.parse_inbox(rep.reply_to)
-        rid = self.by_client_id.get(inbox[1]) if inbox and inbox[0] == self.name else None
-        if rid is None:
+        if inbox is None:
+            self._send_error(session.routing_id, "bad_field",
+                             f"{rep.reply_to!r} is not a reply subject")
+            return
+        if inbox[0] == self.name:
+            rid = self.by_client_id.get(inbox[1])
+            dests: tuple = (rid,) if rid is not None else ()
+        else:  # another node's inbox: its $inbox.NODE.> interest shows the way
+            dests = self.table.destinations(rep.reply_to)
+        if not dests:
             # The requester is gone (or timed out and left): nothing to deliver to.
             self.stats["no_route"] += 1
             return
         self._queue_single(session.name, rep.reply_to, rep.payload, None, 0, None,
-                           rep.headers, (rid,))
+                           rep.headers, dests)
 
     def _queue_single(self, source: str, name: str, payload, target, mode, reply,
                       headers, dests) -> None:
@@ -536,6 +771,8 @@ class Node:
         for rid, session in list(self.sessions.items()):
             if now - session.last_seen > limit:
                 self._drop_session(rid, "timeout")
+        if PARENT in self.links:
+            self._send_link(PARENT, P.encode_ping(0))  # keeps our session at the parent
         self._emit("$sys.node.stats", self.snapshot())
 
     def snapshot(self) -> dict:
@@ -549,8 +786,31 @@ class Node:
                 "slow_clients": len(self._slow_ids), **self.stats}
 
 
-def _merge(segs: list[Segment]) -> tuple[list, int]:
-    """Pack several segments for one destination into one DELIVER message."""
+def _with_queues(event: tuple, queues: list | None) -> tuple:
+    """A mode-one event going down a link, told which queue groups are still open."""
+    if queues is None:
+        return event
+    name, payload, target, mode, reply, headers = event
+    return name, payload, target, mode, reply, {**(headers or {}), QUEUES_HEADER: queues}
+
+
+def _without_queues(event: tuple) -> tuple:
+    """The event as a client sees it: without the node-to-node queue note."""
+    headers = event[5]
+    if not headers or QUEUES_HEADER not in headers:
+        return event
+    rest = {k: v for k, v in headers.items() if k != QUEUES_HEADER}
+    return (*event[:5], rest or None)
+
+
+def _runs(seg: Segment) -> list:
+    """The [source, count] runs of a segment (forwarded batches keep theirs)."""
+    return seg.source if isinstance(seg.source, list) else [[seg.source, seg.n]]
+
+
+def _merge(segs: list[Segment], header: Callable = P.encode_deliver_header
+           ) -> tuple[list, int]:
+    """Pack several segments for one destination into one DELIVER/FORWARD message."""
     events: list = []
     sources: list = []
     for s in segs:
@@ -559,12 +819,13 @@ def _merge(segs: list[Segment]) -> tuple[list, int]:
         else:
             view = P.decode_events(s.frames[0], s.frames[1], s.frames[2:], 1 << 62)
             events.extend(view.events())
-        if sources and sources[-1][0] == s.source:
-            sources[-1][1] += s.n
-        else:
-            sources.append([s.source, s.n])
+        for src, count in _runs(s):
+            if sources and sources[-1][0] == src:
+                sources[-1][1] += count
+            else:
+                sources.append([src, count])
     meta, body, large = P.encode_events(events)
-    return [P.encode_deliver_header(sources), meta, body, *large], len(events)
+    return [header(sources), meta, body, *large], len(events)
 
 
 def serve(config: NodeConfig, auth: AuthHook | None = None) -> None:

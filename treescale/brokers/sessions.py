@@ -34,6 +34,7 @@ class Session:
     dropped_total: int = 0
     slow: bool = False
     quiet: bool = False  # a client's direct request link: not announced on $sys
+    is_link: bool = False  # a child node, not a client
     events_out: int = 0
     events_in: int = 0
 

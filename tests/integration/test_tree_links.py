@@ -1,0 +1,155 @@
+"""Nodes linked into a tree: interest propagates, events and replies cross hops."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.conftest import wait_until
+from treescale import Client
+
+
+@pytest.fixture
+def chain(node_factory):
+    """n1 <- n2 <- n3: three node processes, each child linked to its parent."""
+    n1 = node_factory("n1")
+    n2 = node_factory("n2", args=("--parent", n1.address))
+    n3 = node_factory("n3", args=("--parent", n2.address))
+    return n1, n2, n3
+
+
+def arrives(sub: Client, pub: Client, name: str, timeout: float = 10.0) -> bytes:
+    """Publish until the subscriber sees one: interest crosses hops asynchronously
+    after subscribe() returns at the subscriber's own node."""
+    got: list = []
+
+    def attempt() -> bool:
+        pub.publish(name, b"ping")
+        ev = sub.next_event(0.1)
+        if ev is not None:
+            got.append(ev)
+        return bool(got)
+
+    wait_until(attempt, timeout, f"{name} to cross the tree")
+    return bytes(got[0].data)
+
+
+def test_events_cross_two_hops_both_ways(chain, clients):
+    n1, _, n3 = chain
+    leaf_sub = clients(n3.address, name="leaf-sub")
+    leaf_sub.subscribe("down.>")
+    root_sub = clients(n1.address, name="root-sub")
+    root_sub.subscribe("up.*")
+    root_pub = clients(n1.address, name="root-pub")
+    leaf_pub = clients(n3.address, name="leaf-pub")
+    assert arrives(leaf_sub, root_pub, "down.x") == b"ping"
+    assert arrives(root_sub, leaf_pub, "up.y") == b"ping"
+    # after interest settled: a burst arrives whole, in order, exactly once
+    for i in range(500):
+        root_pub.publish("down.seq", b"%d" % i)
+    got = []
+    for ev in leaf_sub.events(timeout=5):
+        if ev.name == "down.seq":
+            got.append(int(ev.data))
+            if len(got) == 500:
+                break
+    assert got == list(range(500))
+
+
+def test_each_subscriber_gets_each_event_once_across_the_tree(chain, clients):
+    subs = [clients(n.address, name=f"s{i}") for i, n in enumerate(chain)]
+    for s in subs:
+        s.subscribe("fan")
+    pub = clients(chain[1].address)
+    for s in subs:
+        arrives(s, pub, "fan")
+    for s in subs:  # drain what arrives() left behind
+        while s.next_event(0.3) is not None:
+            pass
+    for i in range(100):
+        pub.publish("fan", b"%d" % i)
+    for s in subs:
+        got = [int(e.data) for _, e in zip(range(100), s.events(5), strict=False)]
+        assert got == list(range(100))
+        assert s.next_event(0.3) is None
+
+
+def test_unsubscribe_withdraws_interest_along_the_path(chain, clients):
+    n1, _, n3 = chain
+    sub = clients(n3.address)
+    sub.subscribe("gone")
+    pub = clients(n1.address)
+    arrives(sub, pub, "gone")
+    sub.unsubscribe("gone")
+    watcher = clients(n1.address)
+    watcher.subscribe("$sys.node.stats")
+
+    def no_route_grows() -> bool:
+        before = next(ev.json() for ev in watcher.events(5) if ev.json()["node"] == "n1")
+        pub.publish("gone", b"x")
+        pub.flush()
+        after = next(ev.json() for ev in watcher.events(5) if ev.json()["node"] == "n1")
+        return after["no_route"] > before["no_route"]
+
+    # n1 stops forwarding: the event finds no route at the root
+    wait_until(no_route_grows, 15, "interest to be withdrawn at the root")
+
+
+def test_request_reply_across_hops(chain, clients):
+    n1, _, n3 = chain
+    svc = clients(n3.address, name="svc")
+    svc.subscribe("svc.upper", handler=lambda ev: svc.reply(ev, bytes(ev.data).upper()))
+    requester = clients(n1.address)
+    result: list = []
+
+    def attempt() -> bool:
+        try:
+            result.append(requester.request("svc.upper", b"far", timeout=2))
+        except Exception:  # no_responders until interest has reached n1
+            return False
+        return True
+
+    wait_until(attempt, 15, "a reply across two hops")
+    assert bytes(result[0].data) == b"FAR" and result[0].source == "svc"
+
+
+def test_mode_one_picks_exactly_one_member_tree_wide(chain, clients):
+    workers = [clients(n.address, name=f"w{i}") for i, n in enumerate(chain)]
+    counts = [0, 0, 0]
+    lock = threading.Lock()
+
+    def handler(i):
+        def on(ev) -> None:
+            with lock:
+                counts[i] += 1
+        return on
+
+    for i, w in enumerate(workers):
+        w.subscribe("jobs", queue="workers", handler=handler(i))
+    probe = clients(chain[0].address)
+    probe.subscribe("jobs", queue="probe")  # its own queue: one copy of every job
+    pub = clients(chain[1].address)
+    sent = 0
+
+    def all_workers_reachable() -> bool:
+        nonlocal sent
+        for _ in range(6):
+            pub.publish("jobs", b"j", mode="one")
+            sent += 1
+        return all(counts)
+
+    wait_until(all_workers_reachable, 15, "every worker to be reachable")
+    for _ in range(90):
+        pub.publish("jobs", b"j", mode="one")
+    sent += 90
+    seen = 0
+    for _ in probe.events(timeout=5):
+        seen += 1
+        if seen == sent:
+            break
+    pub.flush()
+    assert seen == sent
+    wait_until(lambda: sum(counts) >= sent, 10, "every job to be taken")
+    assert sum(counts) == sent  # exactly one worker per job, tree-wide
+    assert min(counts) >= 20  # and spread across the three nodes
