@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from treescale.tree import Tree, TreeError
+
 DEFAULT_PORT = 8888
 DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
 
@@ -136,6 +138,27 @@ def _coerce(value: Any, key: str, source: str, node: Any) -> Any:
     return value
 
 
+def load_tree(path: str | Path) -> Tree:
+    """The whole tree of a seed-format file, validated."""
+    raw = read_file(path)
+    if "tree_node" not in raw:
+        raise ConfigError(f"{path}: no [tree_node.NAME] tables: not a tree file")
+    try:
+        return Tree.from_seed(raw)
+    except TreeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _parent_address(raw: dict, source: str, name: str) -> str | None:
+    """Where node ``name`` finds its parent, from the tree's childs lists."""
+    try:
+        tree = Tree.from_seed(raw)
+    except TreeError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    parent = tree.parent(name)
+    return tree.spec(parent).address if parent is not None else None
+
+
 def load_node_config(path: str | Path | None, name: str | None = None) -> NodeConfig:
     """The config of node ``name`` from ``path`` (a [node] table or a tree file)."""
     if path is None:
@@ -155,7 +178,9 @@ def load_node_config(path: str | Path | None, name: str | None = None) -> NodeCo
                 raise ConfigError(f"{path}: no node named {name!r} "
                                   f"(nodes: {', '.join(sorted(nodes))})")
             section = found
-        return node_config_from_dict(section, str(path), name)
+        cfg = node_config_from_dict(section, str(path), name)
+        cfg.parent = cfg.parent or _parent_address(raw, str(path), name)
+        return cfg
     section = raw.get("node", raw)
     cfg = node_config_from_dict(section, str(path), section.get("name", name))
     if name:

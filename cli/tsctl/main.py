@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -15,15 +16,17 @@ import zmq
 from rich.console import Console
 
 from treescale import Client, NodeError
-from treescale.config import ConfigError, load_node_config
+from treescale.config import ConfigError, load_node_config, load_tree
+from treescale.local import DEFAULT_STATE
 from treescale.routing import PatternError, TargetError
+from treescale.tree import TreeError
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:8888"
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 USER_ERRORS = (ConfigError, NodeError, PatternError, TargetError, TimeoutError,
-               ValueError, OSError, zmq.ZMQError)
+               ValueError, OSError, zmq.ZMQError, RuntimeError, TreeError)
 
 
 def friendly(fn: Callable) -> Callable:
@@ -89,15 +92,21 @@ def node() -> None:
               "(tcp://HOST:PORT).")
 @click.option("--parent-token", envvar="TREESCALE_PARENT_TOKEN",
               help="Token the parent node expects (or $TREESCALE_PARENT_TOKEN).")
+@click.option("--local", is_flag=True,
+              help="Rewrite this node's and its parent's addresses to 127.0.0.1.")
 @friendly
 def node_start(name: str | None, port: int | None, host: str | None,
                config_path: str | None, tokens: tuple[str, ...],
                max_payload: int | None, parent: str | None,
-               parent_token: str | None) -> None:
+               parent_token: str | None, local: bool) -> None:
     """Start a node in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
     from treescale.brokers.node import Node
 
     cfg = load_node_config(config_path, name)
+    if local:
+        cfg.host = "127.0.0.1"
+        if cfg.parent:
+            cfg.parent = "tcp://127.0.0.1:" + cfg.parent.rsplit(":", 1)[1]
     for key, value in (("port", port), ("host", host), ("max_payload", max_payload),
                        ("parent", parent), ("parent_token", parent_token)):
         if value is not None:
@@ -109,6 +118,90 @@ def node_start(name: str | None, port: int | None, host: str | None,
     logging.getLogger("treescale").setLevel(logging.INFO)
     console.print(f"node [bold]{cfg.name}[/] listening on {n.endpoint}")
     n.run()
+
+
+# -------------------------------------------------------------------- local tree
+
+state_option = click.option(
+    "--state", type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: str(DEFAULT_STATE), show_default="$TREESCALE_STATE or "
+    "~/.treescale/up.json", help="Where `up` records the processes it started.")
+
+
+@cli.command("up")
+@click.argument("config", default="configs/tree.toml",
+                type=click.Path(exists=True, dir_okay=False))
+@click.option("--keep-addresses", is_flag=True,
+              help="Use the hosts in the file instead of 127.0.0.1.")
+@state_option
+@friendly
+def up_cmd(config: str, keep_addresses: bool, state: Path) -> None:
+    """Start every node of a tree file as local processes (root first)."""
+    from rich.progress import Progress
+
+    from treescale.local import up
+
+    tree = load_tree(config)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("starting nodes", total=len(tree.names))
+        nodes = up(config, state, local=not keep_addresses,
+                   on_started=lambda n: progress.advance(task))
+    for n in nodes:
+        console.print(f"[green]up[/] {n.name:<10} {n.address:<24} pid {n.pid}")
+    console.print(f"{len(nodes)} node(s) running; `tsctl status -a {nodes[0].address}` "
+                  "shows the tree, `tsctl down` stops it")
+
+
+@cli.command("down")
+@state_option
+@friendly
+def down_cmd(state: Path) -> None:
+    """Stop the nodes that `tsctl up` started."""
+    from treescale.local import down
+
+    names = down(state)
+    console.print(f"stopped {len(names)} node(s)" + (f": {', '.join(names)}" if names
+                                                     else " (none was running)"))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the nodes as JSON.")
+@click.option("--wait", type=float, default=2.5, show_default=True,
+              help="Seconds to listen for the nodes' self-reports.")
+@address_option
+@token_option
+@timeout_option
+@friendly
+def status(as_json: bool, wait: float, address: str, token: str | None,
+           timeout: float) -> None:
+    """List every node of the tree: parent, children, address, uptime, traffic."""
+    import time
+
+    from rich.table import Table
+
+    seen: dict = {}
+    with connect(address, token, timeout) as c:
+        c.subscribe("$sys.node.stats")
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            ev = c.next_event(max(0.0, deadline - time.monotonic()))
+            if ev is not None:
+                report = ev.json()
+                seen[report["node"]] = report
+    nodes = sorted(seen.values(), key=lambda r: (r.get("depth", 0), r["node"]))
+    if as_json:
+        print(json.dumps(nodes, indent=1))
+        return
+    table = Table(title=f"{len(nodes)} node(s) seen from {address}")
+    for col in ("node", "parent", "children", "address", "up s", "clients", "in", "out"):
+        table.add_column(col, no_wrap=col != "children",
+                         justify="right" if col in ("up s", "clients", "in", "out")
+                         else "left")
+    for r in nodes:
+        table.add_row(r["node"], r.get("parent") or "—", " ".join(r.get("children", [])),
+                      r["address"].removeprefix("tcp://"), f"{r['uptime']:.0f}",
+                      str(r["clients"]), f"{r['events_in']:,}", f"{r['events_out']:,}")
+    out.print(table)
 
 
 # ---------------------------------------------------------------------- pub / sub

@@ -777,12 +777,18 @@ class Node:
 
     def snapshot(self) -> dict:
         """What this node says about itself once a second ($sys.node.stats)."""
-        clients = sum(1 for s in self.sessions.values() if s.state == READY)
+        clients = sum(1 for s in self.sessions.values()
+                      if s.state == READY and not s.is_link)
         return {"node": self.name, "address": self.endpoint,
+                "parent": self.links.get(PARENT),
+                "children": sorted(n for m, n in self.links.items() if m != PARENT),
+                "groups": list(self.config.groups), "tags": list(self.config.tags),
                 "uptime": round(time.time() - self.started, 1),
                 "clients": clients,
-                # every client also holds its private inbox subscription
-                "subscriptions": self.table.subscription_count() - clients,
+                "subscriptions": sum(len(self.table.members[m].subs)
+                                     for m, s in self.sessions.items()
+                                     if s.state == READY and not s.is_link
+                                     and m in self.table.members) - clients,
                 "slow_clients": len(self._slow_ids), **self.stats}
 
 

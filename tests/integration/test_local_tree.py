@@ -1,0 +1,78 @@
+"""`tsctl up` / `status` / `down`: a seven-node tree from a seed file, on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, free_port, wait_until
+from treescale import Client
+from treescale.local import down
+
+SHAPE = {"tree1": ["tree2", "tree4"], "tree2": ["tree3"], "tree3": [],
+         "tree4": ["tree5", "tree6", "tree7"], "tree5": [], "tree6": [], "tree7": []}
+
+
+def seed_file(path) -> dict:
+    """configs/tree.toml's shape on free ports, as a tree file."""
+    ports = {name: free_port() for name in SHAPE}
+    lines = ["[tree_node]"]
+    for name, kids in SHAPE.items():
+        lines += [f"[tree_node.{name}]", f'name = "{name}"', f"tree_port = {ports[name]}",
+                  'tree_ip = "10.9.9.9"',  # rewritten to 127.0.0.1 by `up`
+                  "tags = []", "groups = []",
+                  f"childs = {json.dumps(kids)}"]
+    path.write_text("\n".join(lines) + "\n")
+    return ports
+
+
+@pytest.fixture
+def tree(tmp_path):
+    cfg = tmp_path / "tree.toml"
+    ports = seed_file(cfg)
+    env = {**os.environ, "TREESCALE_STATE": str(tmp_path / "state" / "up.json")}
+
+    def tsctl(*args: str, timeout: float = 60):
+        return subprocess.run([sys.executable, "-m", "tsctl.main", *args], cwd=ROOT,
+                              env=env, capture_output=True, timeout=timeout)
+
+    r = tsctl("up", str(cfg))
+    assert r.returncode == 0, r.stderr.decode()
+    yield ports, tsctl
+    down(tmp_path / "state" / "up.json")
+
+
+def test_up_status_down(tree):
+    ports, tsctl = tree
+    leaf = f"tcp://127.0.0.1:{ports['tree7']}"
+
+    def all_linked() -> bool:
+        r = tsctl("status", "--json", "-a", leaf, "--wait", "1.5")
+        nodes = {n["node"]: n for n in json.loads(r.stdout or b"[]")}
+        return len(nodes) == 7 and all(
+            nodes[kid]["parent"] == parent for parent, kids in SHAPE.items()
+            for kid in kids)
+
+    wait_until(all_linked, 30, "seven linked nodes in `tsctl status`")
+    with Client(f"tcp://127.0.0.1:{ports['tree3']}") as sub, Client(leaf) as pub:
+        sub.subscribe("demo.>")
+        seen: list = []
+        pub.publish("demo.hello", b"to all")
+
+        def arrived() -> bool:
+            ev = sub.next_event(0.2)
+            if ev is None:
+                pub.publish("demo.hello", b"to all")
+            seen.extend([ev] if ev else [])
+            return bool(seen)
+
+        wait_until(arrived, 15, "an event from tree7 to reach tree3")
+        assert bytes(seen[0].data) == b"to all"
+    r = tsctl("down")
+    assert r.returncode == 0 and b"stopped 7 node(s)" in r.stderr
+    r = tsctl("status", "-a", leaf, "--timeout", "0.5")
+    assert r.returncode == 1 and b"no answer" in r.stderr

@@ -1,0 +1,142 @@
+"""A whole tree as local processes on this machine (`tsctl up`, `tsctl demo`, tests).
+
+Each node runs as `python -m tsctl.main node start --config FILE --name NAME` in its
+own session, logging to a file; a JSON state file remembers the processes so that
+`tsctl down` (or another shell) can stop them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import msgpack
+import zmq
+
+from treescale.config import load_tree
+
+DEFAULT_STATE = Path(os.environ.get("TREESCALE_STATE",
+                                    Path.home() / ".treescale" / "up.json"))
+
+
+@dataclass
+class LocalNode:
+    name: str
+    address: str
+    pid: int
+    log: str
+
+
+def answers_ping(address: str, timeout: float = 0.2) -> bool:
+    """True if a node answers a ping at ``address`` (used to wait for start-up)."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(address)
+        sock.send(msgpack.packb([10, 1]))
+        return bool(sock.poll(int(timeout * 1000))) and \
+            msgpack.unpackb(sock.recv())[0] == 11
+    finally:
+        sock.close()
+
+
+def up(config: str | Path, state: Path = DEFAULT_STATE, local: bool = True,
+       timeout: float = 30.0, on_started=None) -> list[LocalNode]:
+    """Start every node of the tree in ``config`` (parents first); wait until each
+    answers. ``local`` rewrites every address to 127.0.0.1."""
+    tree = load_tree(config)
+    if state.exists() and any(_alive(n.pid) for n in read_state(state)):
+        raise RuntimeError(f"a tree is already running (state {state}); "
+                           "run `tsctl down` first")
+    state.parent.mkdir(parents=True, exist_ok=True)
+    logs = state.parent / "logs"
+    logs.mkdir(exist_ok=True)
+    nodes: list[LocalNode] = []
+    try:
+        for name in tree.names:
+            spec = tree.spec(name)
+            host = "127.0.0.1" if local else spec.host
+            log = logs / f"{name}.log"
+            cmd = [sys.executable, "-m", "tsctl.main", "node", "start", "--config",
+                   str(config), "--name", name]
+            if local:
+                cmd.append("--local")
+            with open(log, "ab") as out:
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            nodes.append(LocalNode(name, f"tcp://{host}:{spec.port}", proc.pid, str(log)))
+            write_state(state, nodes)
+        deadline = time.monotonic() + timeout
+        for node in nodes:
+            while not answers_ping(node.address):
+                if not _alive(node.pid):
+                    raise RuntimeError(f"node {node.name} exited; see {node.log}:\n"
+                                       + _tail(node.log))
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node {node.name} did not answer within "
+                                       f"{timeout:g}s; see {node.log}")
+            if on_started:
+                on_started(node)
+    except BaseException:
+        down(state)
+        raise
+    return nodes
+
+
+def down(state: Path = DEFAULT_STATE, timeout: float = 10.0) -> list[str]:
+    """Stop the nodes recorded in ``state`` (SIGTERM, then SIGKILL); names stopped."""
+    nodes = read_state(state)
+    for n in nodes:
+        _signal(n.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for n in nodes:
+        while _alive(n.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)  # waiting for a process to exit: no event to wait on
+        if _alive(n.pid):
+            _signal(n.pid, signal.SIGKILL)
+    state.unlink(missing_ok=True)
+    return [n.name for n in nodes]
+
+
+def read_state(state: Path = DEFAULT_STATE) -> list[LocalNode]:
+    if not state.exists():
+        return []
+    return [LocalNode(**n) for n in json.loads(state.read_text())]
+
+
+def write_state(state: Path, nodes: list[LocalNode]) -> None:
+    state.write_text(json.dumps([asdict(n) for n in nodes], indent=1))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False  # our own child, now reaped
+    except ChildProcessError:
+        pass  # not our child: ask the kernel
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: str, limit: int = 1500) -> str:
+    try:
+        return Path(path).read_text(errors="replace")[-limit:]
+    except OSError:
+        return ""
