@@ -1,27 +1,33 @@
-"""`tsctl demo`: a node, publishers and subscribers on loopback, watched live.
+"""`tsctl demo`: a seven-node tree on loopback, applications on its leaves, live.
 
-Everything is real: the node is its own process, each application is a Client. The
-view is fed by what the subscribers receive and by the node's `$sys.node.stats`.
+Everything is real: each node is its own process (started like `tsctl up`), each
+application is a Client attached to a different node. The view is fed by what the
+subscribers receive and by every node's `$sys.node.stats`, which reach the monitor
+through the tree like any other event.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import socket
-import subprocess
-import sys
+import tempfile
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.console import Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
+from rich.tree import Tree as RichTree
 
 from treescale import Client
+from treescale.config import load_tree
+from treescale.local import down, up
 
 
 @dataclass
@@ -70,22 +76,40 @@ def _publish(client: Client, stop: threading.Event, rate: int) -> None:
         stop.wait(max(0.0, 0.1 - (time.monotonic() - start)))
 
 
+def _tree_view(stats: dict) -> RichTree:
+    roots = [r for r in stats.values() if not r.get("parent")]
+    if not roots:
+        return RichTree("waiting for the nodes to report…")
+
+    def label(r: dict) -> str:
+        return (f"[bold]{r['node']}[/] [dim]{r['address'].removeprefix('tcp://')}[/] "
+                f"clients {r['clients']} · in {_num(r['events_in'])} · "
+                f"out {_num(r['events_out'])}")
+
+    root = roots[0]
+    view = RichTree(label(root))
+
+    def grow(branch: RichTree, r: dict) -> None:
+        for child in r.get("children", []):
+            if child in stats:
+                grow(branch.add(label(stats[child])), stats[child])
+            else:
+                branch.add(f"{child} [dim](linking…)[/]")
+
+    grow(view, root)
+    return view
+
+
 def _view(tallies: list[Tally], stats: dict, recent: deque, elapsed: float) -> Group:
-    table = Table(title="applications attached to node 'demo'", expand=True)
-    for col in ("client", "subscribed to", "events", "events/s"):
+    table = Table(expand=True)
+    for col in ("application @ node", "subscribed to", "events", "events/s"):
         table.add_column(col, justify="right" if col.startswith("events") else "left")
     now = time.monotonic()
     for t in tallies:
         t.marks.append((now, t.count))
         table.add_row(t.label, t.pattern, f"{t.count:,}", f"{t.rate():,.0f}")
-    shown = (("uptime", "uptime", "s"), ("clients", "clients", ""),
-             ("subscriptions", "subs", ""), ("events_in", "in", ""),
-             ("events_out", "out", ""), ("dropped", "dropped", ""),
-             ("slow_clients", "slow", ""))
-    node = " · ".join(f"[bold]{label}[/] {_num(stats.get(key))}{unit}"
-                      for key, label, unit in shown)
-    return Group(Panel(node, title=f"node demo — {stats.get('address', 'starting')}"
-                                   f" — {elapsed:.0f}s (Ctrl-C to stop)"),
+    return Group(Panel(_tree_view(stats), title=f"tree of {len(stats)} nodes — "
+                                              f"{elapsed:.0f}s (Ctrl-C to stop)"),
                  table, Panel("\n".join(recent) or "waiting for events…",
                               title="a sample of the events flowing"))
 
@@ -95,44 +119,55 @@ def _num(value: object) -> str:
                                                            else "-")
 
 
-def run_demo(duration: float | None, rate: int) -> None:
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    node = subprocess.Popen([sys.executable, "-m", "tsctl.main", "node", "start",
-                             "--name", "demo", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+# (application, node it attaches to, pattern, queue); the feed publishes on tree7
+APPS = [("dashboard", "tree3", "sensors.>", None),
+        ("kitchen-display", "tree5", "sensors.kitchen.*", None),
+        ("worker-1", "tree2", "orders.*", "workers"),
+        ("worker-2", "tree6", "orders.*", "workers")]
+
+
+def run_demo(duration: float | None, rate: int, shape: str = "configs/tree.toml") -> None:
+    with tempfile.TemporaryDirectory(prefix="treescale-demo-") as tmp:
+        config = Path(tmp) / "tree.json"
+        tree = load_tree(shape)
+        seed = tree.to_seed()
+        for spec in seed["tree_node"].values():
+            spec["tree_port"] = _free_port()  # never collide with a running tree
+            spec["tree_ip"] = "127.0.0.1"
+        config.write_text(json.dumps(seed))
+        state = Path(tmp) / "up.json"
+        nodes = {n.name: n.address for n in up(config, state)}
+        try:
+            _run(nodes, duration, rate)
+        finally:
+            down(state)
+
+
+def _run(nodes: dict, duration: float | None, rate: int) -> None:
     stop = threading.Event()
     made: list[Client] = []
     try:
-        def client(name: str) -> Client:
-            c = Client(address, name=name, timeout=15)
+        def client(name: str, node: str) -> Client:
+            c = Client(nodes[node], name=name, timeout=15)
             made.append(c)
             return c
 
         recent: deque = deque(maxlen=8)
         stats: dict = {}
-        apps = [("dashboard", "sensors.>", None), ("kitchen-display", "sensors.kitchen.*",
-                                                     None),
-                ("worker-1", "orders.*", "workers"), ("worker-2", "orders.*", "workers")]
         tallies = []
-        for name, pattern, queue in apps:
-            c = client(name)
+        for name, node, pattern, queue in APPS:
+            c = client(name, node)
             c.subscribe(pattern, queue)
-            tally = Tally(name + (f" (queue {queue})" if queue else ""), pattern)
+            tally = Tally(f"{name} @ {node}" + (f" (queue {queue})" if queue else ""),
+                          pattern)
             tallies.append(tally)
             threading.Thread(target=_consume, args=(c, tally, recent, stop),
                              daemon=True).start()
-        watcher = client("monitor")
-        watcher.subscribe("$sys.node.stats")
-
-        def watch_stats() -> None:
-            while not stop.is_set():
-                for ev in watcher.events(timeout=0.2):
-                    stats.update(ev.json())
-
-        threading.Thread(target=watch_stats, daemon=True).start()
-        threading.Thread(target=_publish, args=(client("sensor-feed"), stop, rate),
-                         daemon=True).start()
+        watcher = client("monitor", "tree1")
+        watcher.subscribe("$sys.node.stats", handler=lambda ev: stats.update(
+            {ev.json()["node"]: ev.json()}))
+        threading.Thread(target=_publish, args=(client("sensor-feed", "tree7"), stop,
+                                                rate), daemon=True).start()
         started = time.monotonic()
         with Live(_view(tallies, stats, recent, 0), refresh_per_second=4) as live:
             while duration is None or time.monotonic() - started < duration:
@@ -145,8 +180,3 @@ def run_demo(duration: float | None, rate: int) -> None:
         for c in made:
             with contextlib.suppress(Exception):
                 c.close(timeout=1)
-        node.terminate()
-        try:
-            node.wait(5)
-        except subprocess.TimeoutExpired:
-            node.kill()

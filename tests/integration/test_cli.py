@@ -157,15 +157,16 @@ def test_shipped_configs_load(path, name):
 
 
 def test_demo_runs_and_shows_events_flowing():
-    """`make demo` runs `tsctl demo`: a real node, publishers, subscribers, live view."""
-    r = tsctl("demo", "--duration", "3", "--rate", "200", timeout=60)
+    """`make demo` runs `tsctl demo`: a seven-node tree of real processes, applications
+    on different nodes, events crossing the tree, shown live."""
+    r = tsctl("demo", "--duration", "6", "--rate", "200", timeout=90)
     out = r.stdout.decode()
     assert r.returncode == 0, r.stderr.decode()
-    assert "applications attached to node 'demo'" in out
-    for app in ("dashboard", "kitchen-display", "worker-1", "worker-2"):
-        assert app in out
-    # the last frame shows the node's own stats and events received
-    last = out.rsplit("node demo", 1)[-1]
-    assert "clients 6" in last
-    counts = [int(x.replace(",", "")) for x in re.findall(r"│\s+([\d,]+) │", last)]
-    assert counts and max(counts) > 0, last
+    last = out.rsplit("tree of", 1)[-1]
+    assert last.startswith(" 7 nodes"), last[:200]
+    for node in ("tree1", "tree2", "tree3", "tree4", "tree5", "tree6", "tree7"):
+        assert node in last
+    rows = dict(re.findall(r"│ (\S+) @ tree\d.*?│\s+([\d,]+) │", last))
+    assert set(rows) == {"dashboard", "kitchen-display", "worker-1", "worker-2"}, rows
+    # the feed publishes on tree7; the dashboard on tree3 is four hops away
+    assert int(rows["dashboard"].replace(",", "")) > 0, last
