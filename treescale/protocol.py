@@ -213,7 +213,11 @@ class Link:
 
 @dataclass(slots=True)
 class Linked:
+    """The parent's answer: its name and its own ancestors, nearest first, as
+    ``[name, address]`` pairs (where to re-attach if it dies)."""
+
     node: str
+    ancestors: list = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -282,8 +286,8 @@ def encode_link(name: str, token: str | None = None, groups: Sequence[str] = (),
     return [packb([LINK, version, token, name, list(groups), list(tags)])]
 
 
-def encode_linked(node: str) -> list[bytes]:
-    return [packb([LINKED, node])]
+def encode_linked(node: str, ancestors: Sequence[tuple[str, str]] = ()) -> list[bytes]:
+    return [packb([LINKED, node, [list(a) for a in ancestors]])]
 
 
 def encode_interest(seq: int, ops: Iterable[tuple[bool, str, str | None]]) -> list[bytes]:
@@ -757,8 +761,14 @@ def _decode_link(header: list, frames: Sequence, max_payload: int) -> Link:
 
 def _decode_linked(header: list, frames: Sequence, max_payload: int) -> Linked:
     _expect_frames(frames, LINKED, 1)
-    (node,) = _fields(header, 1, LINKED)
-    return Linked(_str(node, "node"))
+    node, ancestors = _fields(header, 2, LINKED)
+    if ancestors is None:
+        ancestors = []
+    if not isinstance(ancestors, list) or not all(
+            isinstance(a, list) and len(a) == 2 and all(isinstance(x, str) for x in a)
+            for a in ancestors):
+        raise FieldError("linked ancestors must be a list of [name, address]")
+    return Linked(_str(node, "node"), [tuple(a) for a in ancestors])
 
 
 def _decode_interest(header: list, frames: Sequence, max_payload: int) -> Interest:

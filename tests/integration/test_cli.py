@@ -131,6 +131,9 @@ def test_node_start_reads_seed_tree_config(tmp_path):
   tags = []
   groups = ["backend"]
   childs = ["tree2"]
+  [tree_node.tree2]
+  tree_port = {free_port()}
+  tree_ip = "127.0.0.1"
 """)
     proc = subprocess.Popen([sys.executable, "-m", "tsctl.main", "node", "start",
                              "--config", str(cfg), "--name", "tree1"], cwd=ROOT,
@@ -145,6 +148,9 @@ def test_node_start_reads_seed_tree_config(tmp_path):
     assert f"node tree1 listening on tcp://127.0.0.1:{port}" in out.decode()
     one_line_error(tsctl("node", "start", "--config", str(cfg), "--name", "nope"),
                    "no node named 'nope'", "tree1")
+    cfg.write_text(cfg.read_text().replace('childs = ["tree2"]', 'childs = ["tree9"]'))
+    one_line_error(tsctl("node", "start", "--config", str(cfg), "--name", "tree1"),
+                   str(cfg), "tree9")
 
 
 @pytest.mark.parametrize("path,name", [("configs/node.toml", None),

@@ -153,3 +153,26 @@ def test_mode_one_picks_exactly_one_member_tree_wide(chain, clients):
     wait_until(lambda: sum(counts) >= sent, 10, "every job to be taken")
     assert sum(counts) == sent  # exactly one worker per job, tree-wide
     assert min(counts) >= 20  # and spread across the three nodes
+
+
+def test_kill_9_middle_node_leaf_reattaches_and_events_flow(chain, clients):
+    n1, n2, n3 = chain
+    watcher = clients(n1.address, name="watcher")
+    watcher.subscribe("$sys.node.down")
+    watcher.subscribe("$sys.node.up")
+    sub = clients(n3.address, name="leaf-sub")
+    sub.subscribe("news")
+    pub = clients(n1.address, name="root-pub")
+    arrives(sub, pub, "news")
+    while watcher.next_event(0.2) is not None:  # forget the start-up chatter
+        pass
+    n2.kill()
+    ev = watcher.next_event(10)  # how fast is for the benchmarks, not this test
+    assert ev is not None and ev.name == "$sys.node.down", ev
+    assert ev.json()["node"] == "n2" and ev.json()["detected_by"] == "n1"
+    # n3 lost its parent and re-attaches to its grandparent n1 by itself
+    assert arrives(sub, pub, "news", timeout=15) == b"ping"
+    ups = []
+    while (ev := watcher.next_event(1)) is not None:
+        ups.append(ev.json())
+    assert {"node": "n3", "detected_by": "n1", "role": "child"} in ups

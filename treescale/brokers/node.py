@@ -36,7 +36,8 @@ DRAIN_LIMIT = 2000
 HOUSEKEEPING_INTERVAL = 1.0
 MERGE_BELOW = 64
 PARENT = b"\x00parent"  # routing-table member id of the link to our parent
-QUEUES_HEADER = "$queues"  # on a forwarded mode-one event: the groups left to serve  # segments with fewer events are packed together per destination
+QUEUES_HEADER = "$queues"
+REHOME_ATTEMPT = 2.0  # seconds to wait for an ancestor to accept us before the next  # on a forwarded mode-one event: the groups left to serve  # segments with fewer events are packed together per destination
 
 
 class Segment:
@@ -84,6 +85,7 @@ class Node:
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.setsockopt(zmq.LINGER, 500)
         self.sock.setsockopt(zmq.SNDHWM, 100)  # messages are batches: bound memory
+        _heartbeats(self.sock)
         self.sock.setsockopt(zmq.RCVHWM, 1000)
         # A hard cap far above max_payload protects memory; the node itself answers
         # anything between max_payload and this cap with a readable error.
@@ -109,9 +111,19 @@ class Node:
             self.up.setsockopt(zmq.LINGER, 500)
             self.up.setsockopt(zmq.RECONNECT_IVL, 50)
             self.up.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            _heartbeats(self.up)
             self.up_monitor = self.up.get_monitor_socket(
                 zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
             self.up.connect(config.parent)
+        # Where to re-attach if the parent dies: [(name, address)], nearest first.
+        self.ancestors: list[tuple[str, str]] = []
+        self._parent_address = config.parent
+        self._rehome_at: float | None = None  # deadline for the current attempt
+        self._rehome_queue: list[tuple[str, str]] = []
+        # Child links are told dead by their socket closing, not only by silence:
+        # the ROUTER's monitor reports the file descriptor, SRCFD maps it back.
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._link_fds: dict[int, bytes] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -131,6 +143,7 @@ class Node:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
         if self.up is not None:
             poller.register(self.up, zmq.POLLIN)
             poller.register(self.up_monitor, zmq.POLLIN)
@@ -148,6 +161,8 @@ class Node:
                         self._drain_up()
                     elif sock is self.up_monitor:
                         self._on_up_monitor()
+                    elif sock is self.monitor:
+                        self._on_monitor()
                     else:
                         self._drain_wake()
                 if self._slow_ids:
@@ -164,6 +179,8 @@ class Node:
     def close(self) -> None:
         if self._auth_pool is not None:
             self._auth_pool.shutdown(wait=False, cancel_futures=True)
+        self.sock.disable_monitor()
+        self.monitor.close(0)
         self.sock.close()
         if self.up is not None:
             self.up.disable_monitor()
@@ -222,6 +239,11 @@ class Node:
             self._send_error(rid, exc.code, str(exc), exc.ref)
             return
         if isinstance(msg, P.Hello | P.Link):
+            if isinstance(msg, P.Link):
+                try:
+                    self._link_fds[frames[1].get(zmq.SRCFD)] = rid
+                except zmq.ZMQError:
+                    pass  # no fd on this transport: heartbeats still find a dead link
             self._on_hello(rid, msg, frames[0])
             return
         if session is None or session.state != READY:
@@ -572,8 +594,14 @@ class Node:
             self._send_error(rid, "full", f"node {self.name} already has {children} "
                              f"children (max_children {self.config.max_children})")
             return
-        self._send(rid, P.encode_linked(self.name))
+        self._send(rid, P.encode_linked(self.name, self._ancestry()))
         self._link_up(rid, session.name)
+
+    def _ancestry(self) -> list[tuple[str, str]]:
+        """What a child must know to outlive us: our parent and its ancestors."""
+        if PARENT not in self.links or not self._parent_address:
+            return []
+        return [(self.links[PARENT], self._parent_address), *self.ancestors]
 
     def _link_up(self, member: bytes, neighbour: str) -> None:
         self.links[member] = neighbour
@@ -581,7 +609,7 @@ class Node:
         self._seq_in[member] = 0
         self.table.add_member(member)
         self._send_interest(self.interest.add_link(member))
-        self._emit("$sys.link.up", {"node": self.name, "neighbour": neighbour,
+        self._emit("$sys.node.up", {"node": neighbour, "detected_by": self.name,
                                     "role": "parent" if member == PARENT else "child"})
 
     def _link_down(self, member: bytes, reason: str) -> None:
@@ -593,7 +621,8 @@ class Node:
         self.table.remove_member(member)
         self._out.pop(member, None)
         self._send_interest(self.interest.drop_link(member))
-        self._emit("$sys.link.down", {"node": self.name, "neighbour": neighbour,
+        self._link_fds = {fd: m for fd, m in self._link_fds.items() if m != member}
+        self._emit("$sys.node.down", {"node": neighbour, "detected_by": self.name,
                                       "reason": reason,
                                       "role": "parent" if member == PARENT else "child"})
 
@@ -667,9 +696,14 @@ class Node:
                 log.warning("bad message from parent: %s", exc)
                 continue
             if isinstance(msg, P.Linked):
+                self.ancestors = list(msg.ancestors)
+                self._rehome_at = None
+                self._rehome_queue = []
                 self._link_up(PARENT, msg.node)
             elif isinstance(msg, P.Error) and PARENT not in self.links:
                 log.error("parent refused the link: %s %s", msg.code, msg.message)
+                if self._rehome_at is not None:
+                    self._rehome_next()
             else:
                 self._on_link_message(PARENT, msg, frames)
         if self._out:
@@ -687,7 +721,40 @@ class Node:
                                                    self.config.groups, self.config.tags),
                             NOBLOCK)
             elif event == zmq.EVENT_DISCONNECTED:
+                was_linked = PARENT in self.links
                 self._link_down(PARENT, "disconnected")
+                if was_linked and self.ancestors:
+                    # Re-attach to the nearest live ancestor; our own children stay.
+                    self._rehome_queue = list(self.ancestors)
+                    self._rehome_next()
+
+    def _rehome_next(self) -> None:
+        """Point the parent link at the next ancestor to try (cycling back to the
+        original parent when all were tried)."""
+        if not self._rehome_queue:
+            self._rehome_queue = [("parent", self.config.parent), *self.ancestors]
+        name, address = self._rehome_queue.pop(0)
+        log.warning("node %s re-attaching under %s at %s", self.name, name, address)
+        if self._parent_address:
+            try:
+                self.up.disconnect(self._parent_address)
+            except zmq.ZMQError:
+                pass
+        self._parent_address = address
+        self.up.connect(address)
+        self._rehome_at = time.monotonic() + REHOME_ATTEMPT
+
+    def _on_monitor(self) -> None:
+        """A child link's socket closed: it is down now, not after a timeout."""
+        while True:
+            try:
+                msg = self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = parse_monitor_message(msg)
+            rid = self._link_fds.pop(event["value"], None)
+            if rid is not None and rid in self.sessions:
+                self._drop_session(rid, "disconnected")
 
     def _send_up(self, frames: list, n_events: int) -> None:
         if PARENT not in self.links:
@@ -773,6 +840,8 @@ class Node:
                 self._drop_session(rid, "timeout")
         if PARENT in self.links:
             self._send_link(PARENT, P.encode_ping(0))  # keeps our session at the parent
+        elif self._rehome_at is not None and now > self._rehome_at:
+            self._rehome_next()  # that ancestor did not take us: try the next
         self._emit("$sys.node.stats", self.snapshot())
 
     def snapshot(self) -> dict:
@@ -790,6 +859,14 @@ class Node:
                                      if s.state == READY and not s.is_link
                                      and m in self.table.members) - clients,
                 "slow_clients": len(self._slow_ids), **self.stats}
+
+
+def _heartbeats(sock: zmq.Socket) -> None:
+    """ZMTP heartbeats: a silent peer (a pulled cable) is disconnected within about a
+    second, which the socket monitor turns into a link-down."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 250)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1000)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, 1500)
 
 
 def _with_queues(event: tuple, queues: list | None) -> tuple:
