@@ -209,6 +209,7 @@ class Link:
     name: str
     groups: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    address: str = ""  # where the child listens: its siblings may need to reach it
 
 
 @dataclass(slots=True)
@@ -218,6 +219,7 @@ class Linked:
 
     node: str
     ancestors: list = field(default_factory=list)
+    siblings: list = field(default_factory=list)  # the parent's children, [name, addr]
 
 
 @dataclass(slots=True)
@@ -282,12 +284,16 @@ def encode_bye() -> list[bytes]:
 
 
 def encode_link(name: str, token: str | None = None, groups: Sequence[str] = (),
-                tags: Sequence[str] = (), version: int = PROTOCOL_VERSION) -> list[bytes]:
-    return [packb([LINK, version, token, name, list(groups), list(tags)])]
+                tags: Sequence[str] = (), address: str = "",
+                version: int = PROTOCOL_VERSION) -> list[bytes]:
+    return [packb([LINK, version, token, name, list(groups), list(tags), address])]
 
 
-def encode_linked(node: str, ancestors: Sequence[tuple[str, str]] = ()) -> list[bytes]:
-    return [packb([LINKED, node, [list(a) for a in ancestors]])]
+def encode_linked(node: str, ancestors: Sequence[tuple[str, str]] = (),
+                  siblings: Sequence[tuple[str, str]] = ()) -> list[bytes]:
+    """Sent when a child links, and again to every child when the children change."""
+    return [packb([LINKED, node, [list(a) for a in ancestors],
+                   [list(s) for s in siblings]])]
 
 
 def encode_interest(seq: int, ops: Iterable[tuple[bool, str, str | None]]) -> list[bytes]:
@@ -749,26 +755,32 @@ def _decode_bye(header: list, frames: Sequence, max_payload: int) -> Bye:
 
 def _decode_link(header: list, frames: Sequence, max_payload: int) -> Link:
     _expect_frames(frames, LINK, 1)
-    version, token, name, groups, tags = _fields(header, 5, LINK)
+    version, token, name, groups, tags, address = _fields(header, 6, LINK)
     version = _int(version, "protocol version")
     if version != PROTOCOL_VERSION:
         raise VersionMismatch(
             f"protocol version {version} is not supported (this node speaks "
             f"{PROTOCOL_VERSION})")
     return Link(version, _str(token, "token", optional=True), _str(name, "node name"),
-                _strs(groups, "groups"), _strs(tags, "tags"))
+                _strs(groups, "groups"), _strs(tags, "tags"),
+                _str(address, "address", optional=True) or "")
 
 
 def _decode_linked(header: list, frames: Sequence, max_payload: int) -> Linked:
     _expect_frames(frames, LINKED, 1)
-    node, ancestors = _fields(header, 2, LINKED)
-    if ancestors is None:
-        ancestors = []
-    if not isinstance(ancestors, list) or not all(
+    node, ancestors, siblings = _fields(header, 3, LINKED)
+    return Linked(_str(node, "node"), _pairs(ancestors, "linked ancestors"),
+                  _pairs(siblings, "linked siblings"))
+
+
+def _pairs(value: Any, what: str) -> list[tuple[str, str]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(
             isinstance(a, list) and len(a) == 2 and all(isinstance(x, str) for x in a)
-            for a in ancestors):
-        raise FieldError("linked ancestors must be a list of [name, address]")
-    return Linked(_str(node, "node"), [tuple(a) for a in ancestors])
+            for a in value):
+        raise FieldError(f"{what} must be a list of [name, address]")
+    return [tuple(a) for a in value]
 
 
 def _decode_interest(header: list, frames: Sequence, max_payload: int) -> Interest:

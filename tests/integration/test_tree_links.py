@@ -176,3 +176,21 @@ def test_kill_9_middle_node_leaf_reattaches_and_events_flow(chain, clients):
     while (ev := watcher.next_event(1)) is not None:
         ups.append(ev.json())
     assert {"node": "n3", "detected_by": "n1", "role": "child"} in ups
+
+
+def test_root_loss_smallest_sibling_takes_over(node_factory, clients):
+    root = node_factory("r0")
+    a = node_factory("a1", args=("--parent", root.address))
+    b = node_factory("b2", args=("--parent", root.address))
+    c = node_factory("c3", args=("--parent", b.address))
+    sub = clients(c.address, name="deep-sub")
+    sub.subscribe("news")
+    pub = clients(a.address, name="pub-on-a1")
+    arrives(sub, pub, "news")
+    watcher = clients(a.address, name="watcher")
+    watcher.subscribe("$sys.node.root")
+    root.kill()
+    ev = watcher.next_event(10)
+    assert ev is not None and ev.json()["node"] == "a1"  # smallest name of r0's children
+    # b2 (with c3 below it) attaches under a1; events flow a1 -> b2 -> c3 again
+    assert arrives(sub, pub, "news", timeout=15) == b"ping"

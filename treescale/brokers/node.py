@@ -120,10 +120,13 @@ class Node:
         self._parent_address = config.parent
         self._rehome_at: float | None = None  # deadline for the current attempt
         self._rehome_queue: list[tuple[str, str]] = []
+        self._rehome_plan: list[tuple[str, str]] = []  # candidates, tried in turn
         # Child links are told dead by their socket closing, not only by silence:
         # the ROUTER's monitor reports the file descriptor, SRCFD maps it back.
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._link_fds: dict[int, bytes] = {}
+        self._pending_links: dict[bytes, P.Link] = {}
+        self.siblings: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -204,7 +207,10 @@ class Node:
                 frames = recv_frames(sock, NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            handle(frames)
+            try:
+                handle(frames)
+            except Exception:  # one bad message must not take the node down
+                log.exception("node %s failed on a message", self.name)
             if not ready(EVENTS) & POLLIN:  # cheaper than a zmq.Again per wakeup
                 break
         if self._out:
@@ -240,6 +246,7 @@ class Node:
             return
         if isinstance(msg, P.Hello | P.Link):
             if isinstance(msg, P.Link):
+                self._pending_links[rid] = msg
                 try:
                     self._link_fds[frames[1].get(zmq.SRCFD)] = rid
                 except zmq.ZMQError:
@@ -594,8 +601,24 @@ class Node:
             self._send_error(rid, "full", f"node {self.name} already has {children} "
                              f"children (max_children {self.config.max_children})")
             return
-        self._send(rid, P.encode_linked(self.name, self._ancestry()))
+        session.address = getattr(self._pending_links.pop(rid, None), "address", "")
+        # LINKED first: the child must know us before our interest reaches it.
+        self._send(rid, P.encode_linked(self.name, self._ancestry(), self._children()))
         self._link_up(rid, session.name)
+        self._tell_children(skip=rid)
+
+    def _children(self) -> list[tuple[str, str]]:
+        return sorted((s.name, s.address) for s in self.sessions.values()
+                      if s.is_link and s.state == READY)
+
+    def _tell_children(self, skip: bytes | None = None) -> None:
+        """(Re-)send LINKED to every child: our ancestry and their siblings, so that
+        each can re-attach by itself if we die."""
+        siblings = self._children()
+        ancestry = self._ancestry()
+        for member in self.links:
+            if member != PARENT and member != skip:
+                self._send(member, P.encode_linked(self.name, ancestry, siblings))
 
     def _ancestry(self) -> list[tuple[str, str]]:
         """What a child must know to outlive us: our parent and its ancestors."""
@@ -622,6 +645,8 @@ class Node:
         self._out.pop(member, None)
         self._send_interest(self.interest.drop_link(member))
         self._link_fds = {fd: m for fd, m in self._link_fds.items() if m != member}
+        if member != PARENT:
+            self._tell_children()  # the remaining children's siblings changed
         self._emit("$sys.node.down", {"node": neighbour, "detected_by": self.name,
                                       "reason": reason,
                                       "role": "parent" if member == PARENT else "child"})
@@ -663,6 +688,9 @@ class Node:
                         msg.message)
 
     def _on_interest(self, member: bytes, msg: P.Interest) -> None:
+        if member not in self.links:
+            log.warning("interest from an unlinked neighbour ignored")
+            return
         expected = self._seq_in.get(member, 0) + 1
         if msg.seq != expected:
             # TCP keeps order within a connection, and a reconnect starts at 1, so a
@@ -695,19 +723,30 @@ class Node:
             except P.ProtocolError as exc:
                 log.warning("bad message from parent: %s", exc)
                 continue
-            if isinstance(msg, P.Linked):
-                self.ancestors = list(msg.ancestors)
-                self._rehome_at = None
-                self._rehome_queue = []
-                self._link_up(PARENT, msg.node)
-            elif isinstance(msg, P.Error) and PARENT not in self.links:
-                log.error("parent refused the link: %s %s", msg.code, msg.message)
-                if self._rehome_at is not None:
-                    self._rehome_next()
-            else:
-                self._on_link_message(PARENT, msg, frames)
+            try:
+                self._on_parent_message(msg, frames)
+            except Exception:  # one bad message must not take the node down
+                log.exception("node %s failed on a message from its parent", self.name)
         if self._out:
             self._flush()
+
+    def _on_parent_message(self, msg, frames: list) -> None:
+        if isinstance(msg, P.Linked):
+            self.ancestors = list(msg.ancestors)
+            self.siblings = list(msg.siblings)
+            if PARENT in self.links:
+                self._tell_children()  # our ancestry changed: pass it down
+                return
+            self._rehome_at = None
+            self._rehome_queue = []
+            self._link_up(PARENT, msg.node)
+            self._tell_children()
+        elif isinstance(msg, P.Error) and PARENT not in self.links:
+            log.error("parent refused the link: %s %s", msg.code, msg.message)
+            if self._rehome_at is not None:
+                self._rehome_next()
+        else:
+            self._on_link_message(PARENT, msg, frames)
 
     def _on_up_monitor(self) -> None:
         while True:
@@ -718,21 +757,48 @@ class Node:
             event = parse_monitor_message(msg)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 send_frames(self.up, P.encode_link(self.name, self.config.parent_token,
-                                                   self.config.groups, self.config.tags),
+                                                   self.config.groups, self.config.tags,
+                                                   self.endpoint),
                             NOBLOCK)
             elif event == zmq.EVENT_DISCONNECTED:
                 was_linked = PARENT in self.links
                 self._link_down(PARENT, "disconnected")
                 if was_linked and self.ancestors:
                     # Re-attach to the nearest live ancestor; our own children stay.
-                    self._rehome_queue = list(self.ancestors)
+                    self._rehome_plan = list(self.ancestors)
+                    self._rehome_queue = []
                     self._rehome_next()
+                elif was_linked:
+                    self._root_lost()
+
+    def _root_lost(self) -> None:
+        """Our parent was the root. Its children agree without talking: the one with
+        the smallest name becomes the root, the others attach under it."""
+        successor = min([*self.siblings, (self.name, self.endpoint)])
+        if successor[0] == self.name:
+            log.warning("root lost: node %s takes over as root", self.name)
+            if self._parent_address:
+                try:
+                    self.up.disconnect(self._parent_address)
+                except zmq.ZMQError:
+                    pass
+            self._parent_address = None
+            self._rehome_at = None
+            self.ancestors, self.siblings = [], []
+            self._emit("$sys.node.root", {"node": self.name, "previous": "lost"})
+            self._tell_children()
+            return
+        self._rehome_plan = [successor]
+        self._rehome_queue = []
+        self._rehome_next()
 
     def _rehome_next(self) -> None:
         """Point the parent link at the next ancestor to try (cycling back to the
         original parent when all were tried)."""
         if not self._rehome_queue:
-            self._rehome_queue = [("parent", self.config.parent), *self.ancestors]
+            self._rehome_queue = list(self._rehome_plan)
+        if not self._rehome_queue:
+            return
         name, address = self._rehome_queue.pop(0)
         log.warning("node %s re-attaching under %s at %s", self.name, name, address)
         if self._parent_address:

@@ -35,6 +35,7 @@ class Session:
     slow: bool = False
     quiet: bool = False  # a client's direct request link: not announced on $sys
     is_link: bool = False  # a child node, not a client
+    address: str = ""  # a child node's own listening address
     events_out: int = 0
     events_in: int = 0
 
