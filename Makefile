@@ -26,6 +26,7 @@ integration: install
 
 bench: install  ## TreeScale against Redis, NATS, Mosquitto and raw pyzmq, same run
 	$(PYTHON) -m bench.run $(BENCH_ARGS)
+	$(PYTHON) -m bench.tree_failover
 
 bench-quick: install
 	$(PYTHON) -m bench.run --quick $(BENCH_ARGS)

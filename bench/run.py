@@ -156,8 +156,15 @@ def ratio_table(results: list[Result], systems: dict[str, System]) -> Table | No
                        None)
         for m in metrics(shape):
             mine = m.value(rows.get(TREESCALE))
-            peers = [(m.value(r), n) for n, r in rows.items() if n != TREESCALE
+            # other treescale-* systems (e.g. the three-hop tree) are not peers
+            peers = [(m.value(r), n) for n, r in rows.items()
+                     if not n.startswith(TREESCALE)
                      and not getattr(systems.get(n), "ceiling", False) and m.value(r) is not None]
+            tree = rows.get(TREESCALE + "-3hop")
+            if tree is not None and mine and m.value(tree):
+                table.add_row(shape, m.label + " 3 hops", _num(m.value(tree), m.scale, ",.1f"),
+                              f"1 node {mine / m.scale:,.1f}", _ratio(m.value(tree), mine),
+                              "-")
             best = (max if m.higher_is_better else min)(peers) if peers else None
             table.add_row(shape, m.label, _num(mine, m.scale, ",.1f"),
                           f"{best[1]} {best[0] / m.scale:,.1f}" if best else "-",

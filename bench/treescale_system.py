@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from typing import Any
@@ -103,4 +104,66 @@ class TreeScaleSystem(BaseSystem):
         result_queue.put(trips.report())
 
 
-SYSTEMS = [TreeScaleSystem()]
+class TreeScaleThreeHops(TreeScaleSystem):
+    """Leaf -> root -> leaf: three node processes, publisher and subscribers on the
+    two leaves. The address handed to workers is "PUBLISHER_NODE|SUBSCRIBER_NODE"."""
+
+    name = "treescale-3hop"
+
+    def supports(self, shape: str) -> bool:
+        return shape in ("small", "large", "fanout")
+
+    @contextmanager
+    def server(self) -> Iterator[str]:
+        with broker("treescale-root", _node_argv("root", None)) as root, \
+                broker("treescale-leaf-a", _node_argv("leaf-a", root)) as a, \
+                broker("treescale-leaf-b", _node_argv("leaf-b", root)) as b:
+            yield f"{a}|{b}"
+
+    @staticmethod
+    def publisher(address: str, subject: str, count: int, size: int) -> None:
+        TreeScaleSystem.publisher(address.split("|")[0], subject, count, size)
+
+    @staticmethod
+    def subscriber(address: str, subject: str, count: int, ready_evt: MpEvent,
+                   result_queue: Any, timeout: float) -> None:
+        pub_node, sub_node = address.split("|")
+        _wait_for_interest(pub_node, sub_node, subject)
+        TreeScaleSystem.subscriber(sub_node, subject, count, ready_evt, result_queue,
+                                   timeout)
+
+
+def _node_argv(name: str, parent: str | None):
+    def argv(port: int, workdir: Path) -> list[str]:
+        config = workdir / "node.json"
+        config.write_text(json.dumps({"node": {
+            "slow_consumer_bytes": 4 << 30, "slow_consumer_messages": 1_000_000}}))
+        cmd = [sys.executable, "-m", "tsctl.main", "node", "start", "--name", name,
+               "--port", str(port), "--config", str(config)]
+        return cmd + (["--parent", _address(parent)] if parent else [])
+    return argv
+
+
+def _wait_for_interest(pub_node: str, sub_node: str, subject: str) -> None:
+    """Interest crosses the tree after subscribe() returns at the subscriber's node:
+    probe until an event from the publisher's node arrives, so the timed run does
+    not start into a tree that has not heard of the subscriber yet."""
+    probe = subject + ".probe"
+    deadline = Deadline(30)
+    with Client(_address(sub_node), name="probe-sub") as sub, \
+            Client(_address(pub_node), name="probe-pub") as pub:
+        sub.subscribe(probe)
+        while not deadline.expired():
+            pub.publish(probe, b"?")
+            if sub.next_event(0.1) is not None:
+                break
+        # the subscriber's own subject rides the same links; give its interest the
+        # same proof: subscribe it here first, then hand over
+        sub.subscribe(subject)
+        while not deadline.expired():
+            pub.publish(probe, b"?")
+            if sub.next_event(0.1) is not None:
+                return
+
+
+SYSTEMS = [TreeScaleSystem(), TreeScaleThreeHops()]
