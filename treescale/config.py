@@ -46,6 +46,7 @@ class NodeConfig:
     # Address of the parent node (tcp://host:port); None for a root.
     parent: str | None = None
     parent_token: str | None = None
+    join: bool = False  # parent is a contact: let the tree place us (auto-join)
     exec_enabled: bool = False
     metrics_port: int | None = None
     extra: dict = field(default_factory=dict)

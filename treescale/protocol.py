@@ -51,14 +51,16 @@ BYE = 12
 # 20-39: node-to-node links. Acks and credits will take the numbers after FORWARD.
 LINK = 20
 LINKED = 21
+REDIRECT = 22
 INTEREST = 23
+STATS = 24
 FORWARD = 26
 
 KIND_NAMES = {
     HELLO: "hello", READY: "ready", SUB: "sub", UNSUB: "unsub", PUB: "pub",
     DELIVER: "deliver", REQUEST: "request", REPLY: "reply", ERROR: "error",
     PING: "ping", PONG: "pong", BYE: "bye", LINK: "link", LINKED: "linked",
-    INTEREST: "interest", FORWARD: "forward",
+    REDIRECT: "redirect", INTEREST: "interest", STATS: "stats", FORWARD: "forward",
 }
 
 MODE_ALL = 0
@@ -210,6 +212,7 @@ class Link:
     groups: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     address: str = ""  # where the child listens: its siblings may need to reach it
+    join: bool = False  # True: place me where the tree stays balanced (auto-join)
 
 
 @dataclass(slots=True)
@@ -220,6 +223,22 @@ class Linked:
     node: str
     ancestors: list = field(default_factory=list)
     siblings: list = field(default_factory=list)  # the parent's children, [name, addr]
+
+
+@dataclass(slots=True)
+class Redirect:
+    """A full node sends a joiner toward the shallowest open slot below it."""
+
+    node: str
+    address: str
+
+
+@dataclass(slots=True)
+class Stats:
+    """A child's periodic word to its parent about its subtree (``open_depth``: how
+    far below the child the nearest node with room for another child is)."""
+
+    info: dict
 
 
 @dataclass(slots=True)
@@ -284,9 +303,10 @@ def encode_bye() -> list[bytes]:
 
 
 def encode_link(name: str, token: str | None = None, groups: Sequence[str] = (),
-                tags: Sequence[str] = (), address: str = "",
+                tags: Sequence[str] = (), address: str = "", join: bool = False,
                 version: int = PROTOCOL_VERSION) -> list[bytes]:
-    return [packb([LINK, version, token, name, list(groups), list(tags), address])]
+    return [packb([LINK, version, token, name, list(groups), list(tags), address,
+                   bool(join)])]
 
 
 def encode_linked(node: str, ancestors: Sequence[tuple[str, str]] = (),
@@ -294,6 +314,14 @@ def encode_linked(node: str, ancestors: Sequence[tuple[str, str]] = (),
     """Sent when a child links, and again to every child when the children change."""
     return [packb([LINKED, node, [list(a) for a in ancestors],
                    [list(s) for s in siblings]])]
+
+
+def encode_redirect(node: str, address: str) -> list[bytes]:
+    return [packb([REDIRECT, node, address])]
+
+
+def encode_stats(info: dict) -> list[bytes]:
+    return [packb([STATS, info])]
 
 
 def encode_interest(seq: int, ops: Iterable[tuple[bool, str, str | None]]) -> list[bytes]:
@@ -755,7 +783,7 @@ def _decode_bye(header: list, frames: Sequence, max_payload: int) -> Bye:
 
 def _decode_link(header: list, frames: Sequence, max_payload: int) -> Link:
     _expect_frames(frames, LINK, 1)
-    version, token, name, groups, tags, address = _fields(header, 6, LINK)
+    version, token, name, groups, tags, address, join = _fields(header, 7, LINK)
     version = _int(version, "protocol version")
     if version != PROTOCOL_VERSION:
         raise VersionMismatch(
@@ -763,7 +791,7 @@ def _decode_link(header: list, frames: Sequence, max_payload: int) -> Link:
             f"{PROTOCOL_VERSION})")
     return Link(version, _str(token, "token", optional=True), _str(name, "node name"),
                 _strs(groups, "groups"), _strs(tags, "tags"),
-                _str(address, "address", optional=True) or "")
+                _str(address, "address", optional=True) or "", join is True)
 
 
 def _decode_linked(header: list, frames: Sequence, max_payload: int) -> Linked:
@@ -781,6 +809,18 @@ def _pairs(value: Any, what: str) -> list[tuple[str, str]]:
             for a in value):
         raise FieldError(f"{what} must be a list of [name, address]")
     return [tuple(a) for a in value]
+
+
+def _decode_redirect(header: list, frames: Sequence, max_payload: int) -> Redirect:
+    _expect_frames(frames, REDIRECT, 1)
+    node, address = _fields(header, 2, REDIRECT)
+    return Redirect(_str(node, "node"), _str(address, "address"))
+
+
+def _decode_stats(header: list, frames: Sequence, max_payload: int) -> Stats:
+    _expect_frames(frames, STATS, 1)
+    (info,) = _fields(header, 1, STATS)
+    return Stats(_dict(info, "stats") or {})
 
 
 def _decode_interest(header: list, frames: Sequence, max_payload: int) -> Interest:
@@ -812,7 +852,9 @@ _DECODERS = {
     BYE: _decode_bye,
     LINK: _decode_link,
     LINKED: _decode_linked,
+    REDIRECT: _decode_redirect,
     INTEREST: _decode_interest,
+    STATS: _decode_stats,
     FORWARD: _decode_batch,
 }
 

@@ -88,8 +88,10 @@ def node() -> None:
 @click.option("--token", "tokens", multiple=True,
               help="Accept this client token (repeatable); default: no auth.")
 @click.option("--max-payload", type=int, help="Largest payload in bytes.")
-@click.option("--parent", help="Join the tree under the node at this address "
-              "(tcp://HOST:PORT).")
+@click.option("--parent", help="Link under the node at this address (tcp://HOST:PORT); "
+              "if it is full it redirects us below it.")
+@click.option("--join", help="Join the tree through any node at this address: the tree "
+              "places us where it stays shallow and balanced.")
 @click.option("--parent-token", envvar="TREESCALE_PARENT_TOKEN",
               help="Token the parent node expects (or $TREESCALE_PARENT_TOKEN).")
 @click.option("--local", is_flag=True,
@@ -97,12 +99,14 @@ def node() -> None:
 @friendly
 def node_start(name: str | None, port: int | None, host: str | None,
                config_path: str | None, tokens: tuple[str, ...],
-               max_payload: int | None, parent: str | None,
+               max_payload: int | None, parent: str | None, join: str | None,
                parent_token: str | None, local: bool) -> None:
     """Start a node in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
     from treescale.brokers.node import Node
 
     cfg = load_node_config(config_path, name)
+    if join:
+        cfg.parent, cfg.join = join, True
     if local:
         cfg.host = "127.0.0.1"
         if cfg.parent:

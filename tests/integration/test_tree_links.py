@@ -194,3 +194,42 @@ def test_root_loss_smallest_sibling_takes_over(node_factory, clients):
     assert ev is not None and ev.json()["node"] == "a1"  # smallest name of r0's children
     # b2 (with c3 below it) attaches under a1; events flow a1 -> b2 -> c3 again
     assert arrives(sub, pub, "news", timeout=15) == b"ping"
+
+
+def test_auto_join_through_any_node_stays_balanced(node_factory, clients, tmp_path):
+    """Six nodes join through the root (max two children each): full nodes redirect
+    joiners down to the shallowest open slot, so the tree fills level by level."""
+    import json as _json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    root = node_factory("j0", {"max_children": 2})
+    joined = [root]
+    for i in range(1, 7):
+        contact = joined[0] if i % 2 else joined[-1]  # the root, or the newest node
+        joined.append(node_factory(f"j{i}", {"max_children": 2},
+                                   args=("--join", contact.address)))
+
+        def linked(n=i) -> bool:
+            r = subprocess.run([sys.executable, "-m", "tsctl.main", "status", "--json",
+                                "-a", root.address, "--wait", "1.2"], cwd=ROOT,
+                               capture_output=True, timeout=30)
+            return len(_json.loads(r.stdout or b"[]")) == n + 1
+
+        wait_until(linked, 20, f"node j{i} to join")
+    r = subprocess.run([sys.executable, "-m", "tsctl.main", "status", "--json", "-a",
+                        root.address, "--wait", "1.5"], cwd=ROOT, capture_output=True,
+                       timeout=30)
+    nodes = {n["node"]: n for n in _json.loads(r.stdout)}
+    assert all(len(n["children"]) <= 2 for n in nodes.values())
+
+    def depth(name: str) -> int:
+        parent = nodes[name]["parent"]
+        return 0 if parent is None else 1 + depth(parent)
+
+    assert max(depth(n) for n in nodes) == 2  # 7 nodes, 2 children each: optimal
+    sub = clients(joined[-1].address)
+    sub.subscribe("hello")
+    assert arrives(sub, clients(joined[3].address), "hello") == b"ping"

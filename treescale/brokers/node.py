@@ -126,6 +126,8 @@ class Node:
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._link_fds: dict[int, bytes] = {}
         self._pending_links: dict[bytes, P.Link] = {}
+        self._child_open: dict[bytes, int] = {}  # child -> its subtree's open depth
+        self._tree_open: int | None = None  # depth of the tree's shallowest open slot
         self.siblings: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------ lifecycle
@@ -596,16 +598,63 @@ class Node:
     def _accept_child(self, session: Session) -> None:
         rid = session.routing_id
         children = sum(1 for m in self.links if m != PARENT)
-        if children >= self.config.max_children:
+        joining = getattr(self._pending_links.get(rid), "join", False)
+        shallower = (joining and PARENT in self.links and self._tree_open is not None
+                     and self._tree_open < self._depth())
+        if children >= self.config.max_children or shallower:
             self.sessions.pop(rid, None)
-            self._send_error(rid, "full", f"node {self.name} already has {children} "
-                             f"children (max_children {self.config.max_children})")
+            self._pending_links.pop(rid, None)
+            # A node higher up has room: send the joiner up; else down to the child
+            # whose subtree has the shallowest open slot.
+            target = (self.links[PARENT], self._parent_address) if shallower \
+                else self._open_child()
+            if target is None:
+                self._send_error(rid, "full", f"node {self.name} already has {children} "
+                                 f"children (max_children {self.config.max_children})")
+            else:
+                self._send(rid, P.encode_redirect(*target))
             return
         session.address = getattr(self._pending_links.pop(rid, None), "address", "")
         # LINKED first: the child must know us before our interest reaches it.
         self._send(rid, P.encode_linked(self.name, self._ancestry(), self._children()))
         self._link_up(rid, session.name)
         self._tell_children(skip=rid)
+
+    def _depth(self) -> int:
+        return len(self.ancestors) + 1 if PARENT in self.links else 0
+
+    def _tree_changed(self) -> None:
+        """Our subtree or the tree above changed: tell the parent how deep our
+        nearest open slot is, and the children how deep the tree's shallowest one is
+        (absolute), so that joins land level by level without a coordinator."""
+        mine = self._open_depth()
+        if PARENT in self.links:
+            self._send_link(PARENT, P.encode_stats({"open_depth": mine}))
+        else:
+            self._tree_open = mine  # the root's view is the whole tree's
+        if self._tree_open is not None:
+            for member in self.links:
+                if member != PARENT:
+                    self._send(member, P.encode_stats({"tree_open": self._tree_open}))
+
+    def _open_depth(self) -> int:
+        """How far below us the nearest node with room for a child is (0: here)."""
+        if sum(1 for m in self.links if m != PARENT) < self.config.max_children:
+            return 0
+        depths = [self._child_open.get(m, 0) for m in self.links if m != PARENT]
+        return 1 + min(depths, default=0)
+
+    def _open_child(self) -> tuple[str, str] | None:
+        """The child to send a joiner to: the one whose subtree has the shallowest
+        open slot (then the fewest-known depth ties by name), so the tree stays
+        shallow and balanced whoever the joiner asked."""
+        options = [(self._child_open.get(m, 0), s.name, s.address)
+                   for m, s in self.sessions.items() if s.is_link and s.state == READY
+                   and s.address]
+        if not options:
+            return None
+        _, name, address = min(options)
+        return name, address
 
     def _children(self) -> list[tuple[str, str]]:
         return sorted((s.name, s.address) for s in self.sessions.values()
@@ -632,6 +681,7 @@ class Node:
         self._seq_in[member] = 0
         self.table.add_member(member)
         self._send_interest(self.interest.add_link(member))
+        self._tree_changed()
         self._emit("$sys.node.up", {"node": neighbour, "detected_by": self.name,
                                     "role": "parent" if member == PARENT else "child"})
 
@@ -645,8 +695,10 @@ class Node:
         self._out.pop(member, None)
         self._send_interest(self.interest.drop_link(member))
         self._link_fds = {fd: m for fd, m in self._link_fds.items() if m != member}
+        self._child_open.pop(member, None)
         if member != PARENT:
             self._tell_children()  # the remaining children's siblings changed
+        self._tree_changed()
         self._emit("$sys.node.down", {"node": neighbour, "detected_by": self.name,
                                       "reason": reason,
                                       "role": "parent" if member == PARENT else "child"})
@@ -681,6 +733,18 @@ class Node:
                               sources=msg.sources)
         elif isinstance(msg, P.Ping):
             self._send_link(member, P.encode_pong(msg.token))
+        elif isinstance(msg, P.Stats):
+            depth = msg.info.get("open_depth")
+            if isinstance(depth, int) and member != PARENT:
+                before = self._open_depth()
+                self._child_open[member] = depth
+                if self._open_depth() != before:
+                    self._tree_changed()
+            tree_open = msg.info.get("tree_open")
+            if isinstance(tree_open, int) and member == PARENT \
+                    and tree_open != self._tree_open:
+                self._tree_open = tree_open
+                self._tree_changed()
         elif isinstance(msg, P.Bye):
             self._drop_session(member, "bye")
         elif isinstance(msg, P.Error):
@@ -741,6 +805,9 @@ class Node:
             self._rehome_queue = []
             self._link_up(PARENT, msg.node)
             self._tell_children()
+        elif isinstance(msg, P.Redirect) and PARENT not in self.links:
+            log.info("node %s redirected to %s at %s", self.name, msg.node, msg.address)
+            self._move_parent(msg.address)
         elif isinstance(msg, P.Error) and PARENT not in self.links:
             log.error("parent refused the link: %s %s", msg.code, msg.message)
             if self._rehome_at is not None:
@@ -758,7 +825,7 @@ class Node:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 send_frames(self.up, P.encode_link(self.name, self.config.parent_token,
                                                    self.config.groups, self.config.tags,
-                                                   self.endpoint),
+                                                   self.endpoint, self.config.join),
                             NOBLOCK)
             elif event == zmq.EVENT_DISCONNECTED:
                 was_linked = PARENT in self.links
@@ -801,6 +868,11 @@ class Node:
             return
         name, address = self._rehome_queue.pop(0)
         log.warning("node %s re-attaching under %s at %s", self.name, name, address)
+        self._move_parent(address)
+        self._rehome_at = time.monotonic() + REHOME_ATTEMPT
+
+    def _move_parent(self, address: str) -> None:
+        """Point the parent link at another node (the LINK is sent on connect)."""
         if self._parent_address:
             try:
                 self.up.disconnect(self._parent_address)
@@ -808,7 +880,6 @@ class Node:
                 pass
         self._parent_address = address
         self.up.connect(address)
-        self._rehome_at = time.monotonic() + REHOME_ATTEMPT
 
     def _on_monitor(self) -> None:
         """A child link's socket closed: it is down now, not after a timeout."""
@@ -904,9 +975,9 @@ class Node:
         for rid, session in list(self.sessions.items()):
             if now - session.last_seen > limit:
                 self._drop_session(rid, "timeout")
-        if PARENT in self.links:
-            self._send_link(PARENT, P.encode_ping(0))  # keeps our session at the parent
-        elif self._rehome_at is not None and now > self._rehome_at:
+        self._tree_changed()  # also keeps our session alive at the parent
+        if (PARENT not in self.links and self._rehome_at is not None
+                and now > self._rehome_at):
             self._rehome_next()  # that ancestor did not take us: try the next
         self._emit("$sys.node.stats", self.snapshot())
 
