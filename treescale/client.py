@@ -440,9 +440,11 @@ class Client:
     def __init__(self, address: str, token: str | None = None, name: str | None = None,
                  groups: Iterable[str] = (), tags: Iterable[str] = (),
                  channels: Iterable[str] = (), timeout: float = 10.0,
-                 on_error: Any = None, context: zmq.Context | None = None) -> None:
+                 on_error: Any = None, context: zmq.Context | None = None,
+                 options: dict | None = None) -> None:
         self.address = address
         self.core = ClientCore(token, name, groups, tags, channels)
+        self.core.options = dict(options or {})
         self.on_error = on_error
         self.errors: deque[NodeError] = deque(maxlen=100)
         self._ctx = context or zmq.Context.instance()

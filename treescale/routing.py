@@ -105,6 +105,9 @@ class Member:
     tags: frozenset = frozenset()
     channels: frozenset = frozenset()
     subs: set = field(default_factory=set)  # {(pattern, queue)}
+    # A tree link: targets are judged by the nodes beyond it, so it admits them all
+    # (its interest still decides whether an event crosses).
+    link: bool = False
 
 
 class _TrieNode:
@@ -136,10 +139,12 @@ class RoutingTable:
     # ----------------------------------------------------------------- membership
 
     def add_member(self, mid: Hashable, groups: Iterable[str] = (),
-                   tags: Iterable[str] = (), channels: Iterable[str] = ()) -> Member:
+                   tags: Iterable[str] = (), channels: Iterable[str] = (),
+                   link: bool = False) -> Member:
         if mid in self.members:
             self.remove_member(mid)
-        m = Member(mid, frozenset(groups), frozenset(tags), frozenset(channels))
+        m = Member(mid, frozenset(groups), frozenset(tags), frozenset(channels),
+                   link=link)
         self.members[mid] = m
         self._changed()
         return m
@@ -246,7 +251,7 @@ class RoutingTable:
             self._collect(node.star, tokens, i + 1, found)
 
     def _admits(self, member: Member, target: tuple[str, str] | None) -> bool:
-        if target is None:
+        if target is None or member.link:
             return True
         kind, value = target
         if kind == "node":

@@ -208,6 +208,51 @@ def status(as_json: bool, wait: float, address: str, token: str | None,
     out.print(table)
 
 
+# --------------------------------------------------------------------- api exec
+
+
+@cli.group()
+def api() -> None:
+    """Drive the services of nodes anywhere in the tree."""
+
+
+@api.command("exec")
+@click.option("-c", "--command", "command", required=True, help="Shell command to run.")
+@click.option("-n", "--node", "via", help="Node to connect to, by name (from --config).")
+@click.option("-t", "--target", "target", help="Node to run the command on.")
+@click.option("--group", help="Run on every node of this group (one result each).")
+@click.option("--tag", help="Run on every node with this tag (one result each).")
+@click.option("--config", "config_path", default="configs/tree.toml", show_default=True,
+              type=click.Path(dir_okay=False), help="Tree file that names the nodes.")
+@click.option("--exec-timeout", type=float, default=60.0, show_default=True,
+              help="Seconds the command may run.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON result per node.")
+@address_option
+@token_option
+@timeout_option
+@friendly
+def api_exec(command: str, via: str | None, target: str | None, group: str | None,
+             tag: str | None, config_path: str, exec_timeout: float, as_json: bool,
+             address: str, token: str | None, timeout: float) -> None:
+    """Run COMMAND on a node (or a group/tag of nodes) through the tree; output streams
+    back and tsctl exits with the command's exit code."""
+    from tsctl.execute import run_exec
+
+    if sum(x is not None for x in (target, group, tag)) != 1:
+        raise click.UsageError("give exactly one of -t NODE, --group G, --tag T")
+    if via is not None:
+        if not Path(config_path).exists():
+            raise ConfigError(f"-n {via}: no tree file {config_path} to find it in "
+                              "(use -a ADDRESS)")
+        tree = load_tree(config_path)
+        if via not in tree.names:
+            raise ConfigError(f"{config_path}: no node named {via!r}")
+        address = tree.spec(via).address
+    code = run_exec(address, token, timeout, command, exec_timeout, target, group, tag,
+                    as_json)
+    sys.exit(code)
+
+
 # ---------------------------------------------------------------------- pub / sub
 
 

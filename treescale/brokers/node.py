@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import secrets
 import signal
 import threading
 import time
@@ -29,6 +30,7 @@ from treescale.config import NodeConfig
 from treescale.frames import EVENTS, NOBLOCK, POLLIN, recv_frames, send_frames
 from treescale.interest import LOCAL, InterestTable
 from treescale.routing import PatternError, RoutingTable, TargetError
+from treescale.services.exec import EXEC_SUBJECT
 
 log = logging.getLogger("treescale.node")
 
@@ -71,6 +73,8 @@ class Node:
         self.sessions: dict[bytes, Session] = {}
         self.by_client_id: dict[str, bytes] = {}
         self.started = time.time()
+        self._service_secret = secrets.token_hex(16)
+        self.services: list = []
         self.stats = {"events_in": 0, "events_out": 0, "bytes_in": 0, "no_route": 0,
                       "dropped": 0, "errors_sent": 0, "batches_in": 0}
         self._out: dict[bytes, list[Segment]] = {}
@@ -156,6 +160,8 @@ class Node:
         log.info("node %s listening on %s", self.name, self.endpoint)
         if on_ready:
             on_ready(self)
+        threading.Thread(target=self._start_services, daemon=True,
+                         name="services").start()
         try:
             while not self._stop.is_set():
                 timeout = 1 if self._slow_ids else 250
@@ -181,7 +187,24 @@ class Node:
         finally:
             self.close()
 
+    def _start_services(self) -> None:
+        """The machine services run as clients of this node (after its loop runs)."""
+        from treescale.services.exec import ExecService
+
+        address = self.endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
+        try:
+            self.services.append(ExecService(address, self.name,
+                                             self.config.exec_enabled,
+                                             self._service_secret))
+        except Exception:
+            log.exception("node %s could not start its exec service", self.name)
+
     def close(self) -> None:
+        for service in self.services:
+            try:
+                service.close()
+            except Exception:
+                log.exception("closing a service")
         if self._auth_pool is not None:
             self._auth_pool.shutdown(wait=False, cancel_futures=True)
         self.sock.disable_monitor()
@@ -312,6 +335,10 @@ class Node:
             pass
         who = ClientIdentity(session.name, session.groups, session.tags, session.channels,
                              address or "")
+        if not is_link and hello.options.get("service") == self._service_secret:
+            session.quiet = True  # one of this node's own services
+            self._finish_hello(rid, hello, Decision(True, "service", frozenset({"*"})))
+            return
         if not self.auth.blocking:
             self._finish_hello(rid, hello, self.auth.check(hello.token, who))
             return
@@ -340,6 +367,7 @@ class Node:
                                               "reason": decision.reason})
             return
         session.state = READY
+        session.permissions = decision.permissions
         if session.is_link:
             self._accept_child(session)
             return
@@ -404,7 +432,21 @@ class Node:
         except P.ProtocolError as exc:
             self._send_error(session.routing_id, exc.code, str(exc), exc.ref)
             return
+        if not self._may_publish(session, view.names):
+            return
         self._route_batch(session, view, frames[2:])
+
+    def _may_publish(self, session: Session, names: list) -> bool:
+        """Service subjects need a permission: ``$svc.exec…`` needs ``exec``."""
+        for name in names:
+            if name.startswith(EXEC_SUBJECT):
+                perms = session.permissions
+                if "exec" not in perms and "*" not in perms:
+                    self._send_error(session.routing_id, "permission_denied",
+                                     f"{name!r}: this client's token does not allow exec",
+                                     name)
+                    return False
+        return True
 
     def _lookup(self, session: Session | None, name: str, target: str | None,
                 errors: dict):
@@ -679,7 +721,7 @@ class Node:
         self.links[member] = neighbour
         self._seq_out[member] = 0
         self._seq_in[member] = 0
-        self.table.add_member(member)
+        self.table.add_member(member, link=True)
         self._send_interest(self.interest.add_link(member))
         self._tree_changed()
         self._emit("$sys.node.up", {"node": neighbour, "detected_by": self.name,
@@ -984,17 +1026,17 @@ class Node:
     def snapshot(self) -> dict:
         """What this node says about itself once a second ($sys.node.stats)."""
         clients = sum(1 for s in self.sessions.values()
-                      if s.state == READY and not s.is_link)
+                      if s.state == READY and not s.is_link and not s.quiet)
         return {"node": self.name, "address": self.endpoint,
                 "parent": self.links.get(PARENT),
                 "children": sorted(n for m, n in self.links.items() if m != PARENT),
                 "groups": list(self.config.groups), "tags": list(self.config.tags),
                 "uptime": round(time.time() - self.started, 1),
                 "clients": clients,
-                "subscriptions": sum(len(self.table.members[m].subs)
+                "subscriptions": sum(len(self.table.members[m].subs) - 1
                                      for m, s in self.sessions.items()
                                      if s.state == READY and not s.is_link
-                                     and m in self.table.members) - clients,
+                                     and not s.quiet and m in self.table.members),
                 "slow_clients": len(self._slow_ids), **self.stats}
 
 

@@ -36,6 +36,7 @@ class Session:
     quiet: bool = False  # a client's direct request link: not announced on $sys
     is_link: bool = False  # a child node, not a client
     address: str = ""  # a child node's own listening address
+    permissions: frozenset = frozenset()  # from the auth hook's decision
     events_out: int = 0
     events_in: int = 0
 

@@ -1,0 +1,117 @@
+"""Remote exec over the bus: a node runs a shell command for an authorised requester.
+
+The service is a client of its own node (so the node loop never waits on a process):
+it subscribes to ``$svc.exec.<node>`` and ``$svc.exec`` (the latter for group and
+tag targets, which the node's routing narrows), runs each command with a timeout
+and a concurrency limit, and publishes the output back in chunks as it comes:
+
+    request payload (msgpack): {"command": str, "timeout": float, "reply": subject}
+    results on ``reply``:      {"node", "stream": "stdout"|"stderr", "data": bytes}
+                               {"node", "exit": int, "duration": float[, "error"]}
+
+Every run is published as ``$sys.audit.exec``. Exec is off unless the node's config
+says ``exec_enabled = true``; a disabled node answers with an error instead of
+silence. Who may exec is checked by the node that accepted the request (permission
+``exec``).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from typing import Any
+
+import msgpack
+
+from treescale.client import Client, Event
+
+log = logging.getLogger("treescale.exec")
+
+EXEC_SUBJECT = "$svc.exec"
+MAX_CONCURRENT = 8
+CHUNK = 16 * 1024
+
+
+def exec_subject(node: str) -> str:
+    return f"{EXEC_SUBJECT}.{node}"
+
+
+class ExecService:
+    """Runs in a thread of the node process; talks to the node like any client."""
+
+    def __init__(self, address: str, node: str, enabled: bool, secret: str) -> None:
+        self.node = node
+        self.enabled = enabled
+        self.client = Client(address, name=f"exec@{node}", timeout=30,
+                             options={"service": secret})
+        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        for subject in (exec_subject(node), EXEC_SUBJECT):
+            self.client.subscribe(subject, handler=self._on_request)
+
+    def close(self) -> None:
+        self.client.close(timeout=2)
+
+    def _on_request(self, ev: Event) -> None:
+        try:
+            req = msgpack.unpackb(ev.data, raw=False)
+            command, reply = req["command"], req["reply"]
+            timeout = float(req.get("timeout", 60.0))
+            if not isinstance(command, str) or not isinstance(reply, str):
+                raise TypeError("command and reply must be strings")
+        except Exception as exc:
+            log.warning("bad exec request from %s: %s", ev.source, exc)
+            return
+        if not self.enabled:
+            self._result(reply, {"exit": 126, "duration": 0.0,
+                                 "error": f"exec is disabled on node {self.node} "
+                                          "(set exec_enabled = true in its config)"})
+            return
+        if not self._slots.acquire(blocking=False):
+            self._result(reply, {"exit": 126, "duration": 0.0,
+                                 "error": f"node {self.node} is already running "
+                                          f"{MAX_CONCURRENT} commands"})
+            return
+        threading.Thread(target=self._run, args=(command, reply, timeout, ev.source),
+                         daemon=True, name="exec").start()
+
+    def _run(self, command: str, reply: str, timeout: float, requester: str) -> None:
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+            pumps = [threading.Thread(target=self._pump, args=(pipe, name, reply),
+                                      daemon=True)
+                     for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]
+            for p in pumps:
+                p.start()
+            error = None
+            try:
+                code = proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+                error = f"timed out after {timeout:g}s on node {self.node}"
+            for p in pumps:
+                p.join(5)
+            result: dict[str, Any] = {"exit": code, "duration": time.monotonic() - started}
+            if error:
+                result["error"] = error
+            self._result(reply, result)
+            self.client.publish("$sys.audit.exec", msgpack.packb({
+                "node": self.node, "command": command, "requester": requester,
+                "exit": code, "duration": result["duration"]}))
+        except Exception as exc:  # report, never die silently
+            self._result(reply, {"exit": 127, "duration": 0.0,
+                                 "error": f"cannot run on node {self.node}: {exc}"})
+        finally:
+            self._slots.release()
+
+    def _pump(self, pipe: Any, stream: str, reply: str) -> None:
+        for chunk in iter(lambda: pipe.read1(CHUNK), b""):
+            self._result(reply, {"stream": stream, "data": chunk})
+
+    def _result(self, reply: str, body: dict) -> None:
+        self.client.publish(reply, msgpack.packb({"node": self.node, **body}))
