@@ -303,8 +303,8 @@ def sub(pattern: str, queue: str | None, as_json: bool, count: int | None,
     with connect(address, token, timeout, name=name, groups=groups, tags=tags,
                  channels=channels) as c:
         c.subscribe(pattern, queue)
-        if not as_json:
-            console.print(f"subscribed to {pattern} on node {c.node}")
+        # stderr, so scripts reading JSON from stdout can also wait for this line
+        console.print(f"subscribed to {pattern} on node {c.node}")
         seen = 0
         for ev in c.events(timeout=wait):
             if as_json:
