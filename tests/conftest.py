@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import msgpack
 import pytest
-import zmq
+
+from treescale.local import answers_ping
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,18 +25,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ping(address: str, timeout: float = 0.2) -> bool:
-    """True if a TreeScale node answers a ping at ``address``."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(address)
-        sock.send(msgpack.packb([10, 7]))
-        if sock.poll(int(timeout * 1000)):
-            return msgpack.unpackb(sock.recv())[0] == 11
-        return False
-    finally:
-        sock.close()
+ping = answers_ping  # a node answers at this address (shared with `tsctl up`)
 
 
 def wait_until(predicate, timeout: float = 10.0, what: str = "condition",

@@ -7,20 +7,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import NodeProcess, wait_until
+from tests.reference import ref_match as matches
 from treescale import Client
 
 PATTERNS = ["a.*", "a.>", "b.x", ">", "a.b"]
 NAMES = ["a.b", "a.c", "a.b.c", "b.x", "c"]
-
-
-def matches(pattern: str, name: str) -> bool:
-    p, n = pattern.split("."), name.split(".")
-    for i, tok in enumerate(p):
-        if tok == ">":
-            return len(n) > i
-        if i >= len(n) or (tok != "*" and tok != n[i]):
-            return False
-    return len(p) == len(n)
 
 
 @st.composite

@@ -7,6 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.reference import ref_match as matches
 from treescale.interest import LOCAL, InterestTable, covers, minimal_cover
 
 TOKENS = ["a", "b", "$s"]
@@ -15,19 +16,6 @@ patterns = st.lists(st.sampled_from(["a", "b", "$s", "*"]), min_size=1, max_size
     lambda toks: st.sampled_from([".".join(toks), ".".join(toks[:-1] + [">"])]))
 queues = st.sampled_from([None, None, "q"])
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None)
-
-
-def matches(pattern: str, name: str) -> bool:
-    """Reference matcher, token by token, with the leading-wildcard $ rule."""
-    p, n = pattern.split("."), name.split(".")
-    if p[0] in ("*", ">") and n[0].startswith("$"):
-        return False
-    for i, tok in enumerate(p):
-        if tok == ">":
-            return len(n) > i
-        if i >= len(n) or (tok != "*" and tok != n[i]):
-            return False
-    return len(p) == len(n)
 
 
 @SETTINGS
