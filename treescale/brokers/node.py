@@ -850,6 +850,10 @@ class Node:
         elif isinstance(msg, P.Redirect) and PARENT not in self.links:
             log.info("node %s redirected to %s at %s", self.name, msg.node, msg.address)
             self._move_parent(msg.address)
+        elif isinstance(msg, P.Error) and msg.code == "not_ready":
+            # The parent lost our session (it restarted, or timed us out): link again.
+            self._link_down(PARENT, "parent forgot us")
+            send_frames(self.up, self._link_message(), NOBLOCK)
         elif isinstance(msg, P.Error) and PARENT not in self.links:
             log.error("parent refused the link: %s %s", msg.code, msg.message)
             if self._rehome_at is not None:
@@ -865,10 +869,7 @@ class Node:
                 return
             event = parse_monitor_message(msg)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                send_frames(self.up, P.encode_link(self.name, self.config.parent_token,
-                                                   self.config.groups, self.config.tags,
-                                                   self.endpoint, self.config.join),
-                            NOBLOCK)
+                send_frames(self.up, self._link_message(), NOBLOCK)
             elif event == zmq.EVENT_DISCONNECTED:
                 was_linked = PARENT in self.links
                 self._link_down(PARENT, "disconnected")
@@ -901,6 +902,10 @@ class Node:
         self._rehome_queue = []
         self._rehome_next()
 
+    def _link_message(self) -> list:
+        return P.encode_link(self.name, self.config.parent_token, self.config.groups,
+                             self.config.tags, self.endpoint, self.config.join)
+
     def _rehome_next(self) -> None:
         """Point the parent link at the next ancestor to try (cycling back to the
         original parent when all were tried)."""
@@ -931,8 +936,16 @@ class Node:
             except zmq.Again:
                 return
             event = parse_monitor_message(msg)
-            rid = self._link_fds.pop(event["value"], None)
-            if rid is not None and rid in self.sessions:
+            rid = self._link_fds.get(event["value"])
+            if rid is None or rid not in self.sessions:
+                continue
+            # The fd may already belong to a newer connection (the OS reuses numbers
+            # and monitor events trail messages): a ping tells. ROUTER_MANDATORY makes
+            # a send to a vanished peer fail at once.
+            try:
+                send_frames(self.sock, [rid, *P.encode_ping(0)], NOBLOCK)
+            except zmq.ZMQError:
+                self._link_fds.pop(event["value"], None)
                 self._drop_session(rid, "disconnected")
 
     def _send_up(self, frames: list, n_events: int) -> None:
