@@ -49,7 +49,7 @@ def main() -> None:
         cfg, state = Path(tmp) / "tree.json", Path(tmp) / "up.json"
         tree_file(cfg, args.nodes)
         started = time.monotonic()
-        nodes = up(cfg, state, timeout=120)
+        nodes = up(cfg, state, timeout=180)
         answering = time.monotonic() - started
         clients: list[Client] = []
         try:
