@@ -167,15 +167,20 @@ def test_kill_9_middle_node_leaf_reattaches_and_events_flow(chain, clients):
     while watcher.next_event(0.2) is not None:  # forget the start-up chatter
         pass
     n2.kill()
-    ev = watcher.next_event(10)  # how fast is for the benchmarks, not this test
-    assert ev is not None and ev.name == "$sys.node.down", ev
-    assert ev.json()["node"] == "n2" and ev.json()["detected_by"] == "n1"
-    # n3 lost its parent and re-attaches to its grandparent n1 by itself
+    # n1 reports n2 down; n3 re-attaches to its grandparent n1 by itself. Either can
+    # come first: n3 may notice the closed socket before n1 does.
+    seen: dict = {}
+    while "down" not in seen or "up" not in seen:
+        ev = watcher.next_event(10)  # how fast is for the benchmarks, not this test
+        assert ev is not None, f"only saw {seen}"
+        info = ev.json()
+        if ev.name == "$sys.node.down" and info["node"] == "n2":
+            seen["down"] = info
+        if ev.name == "$sys.node.up" and info["node"] == "n3":
+            seen["up"] = info
+    assert seen["down"]["detected_by"] == "n1"
+    assert seen["up"] == {"node": "n3", "detected_by": "n1", "role": "child"}
     assert arrives(sub, pub, "news", timeout=15) == b"ping"
-    ups = []
-    while (ev := watcher.next_event(1)) is not None:
-        ups.append(ev.json())
-    assert {"node": "n3", "detected_by": "n1", "role": "child"} in ups
 
 
 def test_root_loss_smallest_sibling_takes_over(node_factory, clients):
