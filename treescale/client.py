@@ -33,7 +33,15 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from treescale import protocol as P
-from treescale.frames import EVENTS, NOBLOCK, POLLIN, POLLOUT, recv_frames, send_frames
+from treescale.frames import (
+    EVENTS,
+    NOBLOCK,
+    POLLIN,
+    POLLOUT,
+    monitor_events,
+    recv_frames,
+    send_frames,
+)
 from treescale.routing import RoutingTable, parse_target, split_pattern
 
 log = logging.getLogger("treescale.client")
@@ -714,12 +722,8 @@ class Client:
                 slot[0].set()
 
     def _on_monitor(self, monitor: zmq.Socket, sock: zmq.Socket) -> None:
-        while True:
-            try:
-                msg = monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            event = parse_monitor_message(msg)["event"]
+        for info in monitor_events(monitor):
+            event = info["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 sock.send_multipart(self.core.hello())
             elif event == zmq.EVENT_DISCONNECTED:

@@ -12,6 +12,7 @@ from typing import Any
 
 import zmq
 from zmq.backend import Socket as _BackendSocket
+from zmq.utils.monitor import parse_monitor_message
 
 # The Cython methods themselves: the sugar layer's wrappers cost as much as the call.
 _send = _BackendSocket.send
@@ -50,3 +51,13 @@ def recv_frames(sock: zmq.Socket, flags: int = 0, copy: bool = True) -> list[Any
         frame = _recv(sock, 0, False)
         parts.append(frame)
     return parts
+
+
+def monitor_events(monitor: zmq.Socket) -> list[dict]:
+    """Every event waiting on a socket monitor, parsed (``event``, ``value``...)."""
+    events = []
+    while True:
+        try:
+            events.append(parse_monitor_message(monitor.recv_multipart(NOBLOCK)))
+        except zmq.Again:
+            return events

@@ -21,13 +21,12 @@ from itertools import repeat
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from treescale import protocol as P
-from treescale.auth import AllowAll, AuthHook, ClientIdentity, Decision, hook_from_config
+from treescale.auth import AuthHook, ClientIdentity, Decision, hook_from_config
 from treescale.brokers.sessions import AUTHENTICATING, READY, Session, client_id_of
 from treescale.config import NodeConfig
-from treescale.frames import EVENTS, NOBLOCK, POLLIN, recv_frames, send_frames
+from treescale.frames import EVENTS, NOBLOCK, POLLIN, monitor_events, recv_frames, send_frames
 from treescale.interest import LOCAL, InterestTable
 from treescale.routing import PatternError, RoutingTable, TargetError
 from treescale.services.exec import EXEC_SUBJECT
@@ -39,6 +38,7 @@ HOUSEKEEPING_INTERVAL = 1.0
 MERGE_BELOW = 64
 PARENT = b"\x00parent"  # routing-table member id of the link to our parent
 QUEUES_HEADER = "$queues"
+LINK_TIMEOUT = 5.0  # seconds without a word from a child node before it is dropped
 REHOME_ATTEMPT = 2.0  # seconds to wait for an ancestor to accept us before the next  # on a forwarded mode-one event: the groups left to serve  # segments with fewer events are packed together per destination
 
 
@@ -862,12 +862,8 @@ class Node:
             self._on_link_message(PARENT, msg, frames)
 
     def _on_up_monitor(self) -> None:
-        while True:
-            try:
-                msg = self.up_monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            event = parse_monitor_message(msg)["event"]
+        for info in monitor_events(self.up_monitor):
+            event = info["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 send_frames(self.up, self._link_message(), NOBLOCK)
             elif event == zmq.EVENT_DISCONNECTED:
@@ -930,12 +926,7 @@ class Node:
 
     def _on_monitor(self) -> None:
         """A child link's socket closed: it is down now, not after a timeout."""
-        while True:
-            try:
-                msg = self.monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            event = parse_monitor_message(msg)
+        for event in monitor_events(self.monitor):
             rid = self._link_fds.get(event["value"])
             if rid is None or rid not in self.sessions:
                 continue
@@ -1026,8 +1017,10 @@ class Node:
         self._send(rid, P.encode_error(code, message, ref))
 
     def _housekeeping(self, now: float) -> None:
-        limit = self.config.client_timeout
         for rid, session in list(self.sessions.items()):
+            # Children report every second; five silent seconds is a dead link even
+            # when no socket event said so (a close can be missed behind a reused fd).
+            limit = LINK_TIMEOUT if session.is_link else self.config.client_timeout
             if now - session.last_seen > limit:
                 self._drop_session(rid, "timeout")
         self._tree_changed()  # also keeps our session alive at the parent
@@ -1101,13 +1094,3 @@ def _merge(segs: list[Segment], header: Callable = P.encode_deliver_header
                 sources.append([src, count])
     meta, body, large = P.encode_events(events)
     return [header(sources), meta, body, *large], len(events)
-
-
-def serve(config: NodeConfig, auth: AuthHook | None = None) -> None:
-    """Run a node in this process until SIGTERM/SIGINT."""
-    node = Node(config, auth if auth is not None else None)
-    node.install_signal_handlers()
-    node.run()
-
-
-__all__ = ["Node", "serve", "AllowAll"]
