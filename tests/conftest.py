@@ -49,6 +49,8 @@ class NodeProcess:
         self.config = config
         self.args = args
         self.log_path = tmp / f"node-{name}-{self.port}.log"
+        # Each node its own database; a restarted node (same object) finds it again.
+        self.db_path = tmp / f"node-{name}-{self.port}.db"
         self.config_path: Path | None = None
         if config is not None:
             self.config_path = tmp / f"node-{name}-{self.port}.json"
@@ -62,7 +64,8 @@ class NodeProcess:
             cmd += ["--config", str(self.config_path)]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                                "TREE_DB_PATH": str(self.db_path)})
         log.close()
         deadline = time.monotonic() + timeout
         while not ping(self.address):

@@ -49,7 +49,16 @@ class NodeConfig:
     join: bool = False  # parent is a contact: let the tree place us (auto-join)
     exec_enabled: bool = False
     metrics_port: int | None = None
+    # The node's local database (tree, handlers, load-balancer state); default
+    # $TREE_DB_PATH, else /etc/treescale/tree.db (the seed's).
+    db_path: str | None = None
     extra: dict = field(default_factory=dict)
+
+    @property
+    def resolved_db_path(self) -> str:
+        from treescale.store import default_db_path
+
+        return self.db_path or default_db_path()
 
     @property
     def bind_address(self) -> str:

@@ -67,9 +67,12 @@ def up(config: str | Path, state: Path = DEFAULT_STATE, local: bool = True,
                    str(config), "--name", name]
             if local:
                 cmd.append("--local")
+            # Each local node its own database beside its log (one machine, many nodes).
+            env = {**os.environ, "TREE_DB_PATH": str(state.parent / "db" / f"{name}.db")}
             with open(log, "ab") as out:
                 proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        env=env)
             nodes.append(LocalNode(name, f"tcp://{host}:{spec.port}", proc.pid, str(log)))
             write_state(state, nodes)
         deadline = time.monotonic() + timeout

@@ -75,6 +75,7 @@ class Node:
         self.started = time.time()
         self._service_secret = secrets.token_hex(16)
         self.services: list = []
+        self.service_context = None
         self.stats = {"events_in": 0, "events_out": 0, "bytes_in": 0, "no_route": 0,
                       "dropped": 0, "errors_sent": 0, "batches_in": 0}
         self._out: dict[bytes, list[Segment]] = {}
@@ -189,15 +190,18 @@ class Node:
 
     def _start_services(self) -> None:
         """The machine services run as clients of this node (after its loop runs)."""
-        from treescale.services.exec import ExecService
+        from treescale.services import SERVICES, ServiceContext, load_factory
 
         address = self.endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
-        try:
-            self.services.append(ExecService(address, self.name,
-                                             self.config.exec_enabled,
-                                             self._service_secret))
-        except Exception:
-            log.exception("node %s could not start its exec service", self.name)
+        self.service_context = ServiceContext(address, self.name, self.config,
+                                              self._service_secret)
+        for spec in SERVICES:
+            if self._stop.is_set():
+                return
+            try:
+                self.services.append(load_factory(spec)(self.service_context))
+            except Exception:
+                log.exception("node %s could not start service %s", self.name, spec)
 
     def close(self) -> None:
         for service in self.services:
@@ -205,6 +209,8 @@ class Node:
                 service.close()
             except Exception:
                 log.exception("closing a service")
+        if self.service_context is not None:
+            self.service_context.close()
         if self._auth_pool is not None:
             self._auth_pool.shutdown(wait=False, cancel_futures=True)
         self.sock.disable_monitor()

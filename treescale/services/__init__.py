@@ -1,0 +1,61 @@
+"""Machine services. Each runs in its node's process as a client of that node, so the
+broker loop never waits on a subprocess, Docker or netlink.
+
+A service is listed in ``SERVICES`` as ``"module:factory"``; the node calls
+``factory(ctx)`` once its loop runs and ``close()`` on the result when it stops. A
+service that fails to start is logged and the node runs on without it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from treescale.config import NodeConfig
+
+SERVICES: list[str] = [
+    "treescale.services.exec:ExecService.start",
+]
+
+
+@dataclass
+class ServiceContext:
+    """What a service gets from its node."""
+
+    address: str  # the node's endpoint, reachable from this process
+    node: str  # the node's name
+    config: NodeConfig
+    secret: str  # hello option {"service": secret} marks a client as this node's service
+    _store: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def client_options(self) -> dict:
+        return {"service": self.secret}
+
+    @property
+    def store(self) -> Any:
+        """The node's local database (treescale.store.Store), opened on first use."""
+        with self._lock:
+            if self._store is None:
+                from treescale.store import Store
+
+                self._store = Store(self.config.resolved_db_path)
+            return self._store
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+
+def load_factory(spec: str) -> Any:
+    """``"pkg.module:attr.attr"`` -> the callable it names."""
+    import importlib
+
+    module, _, attrs = spec.partition(":")
+    obj: Any = importlib.import_module(module)
+    for attr in attrs.split("."):
+        obj = getattr(obj, attr)
+    return obj

@@ -26,6 +26,7 @@ from typing import Any
 import msgpack
 
 from treescale.client import Client, Event
+from treescale.services import ServiceContext
 
 log = logging.getLogger("treescale.exec")
 
@@ -49,6 +50,10 @@ class ExecService:
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
         for subject in (exec_subject(node), EXEC_SUBJECT):
             self.client.subscribe(subject, handler=self._on_request)
+
+    @classmethod
+    def start(cls, ctx: ServiceContext) -> ExecService:
+        return cls(ctx.address, ctx.node, ctx.config.exec_enabled, ctx.secret)
 
     def close(self) -> None:
         self.client.close(timeout=2)
