@@ -2,63 +2,26 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
-import zmq
-from rich.console import Console
 
-from treescale import Client, NodeError
 from treescale.config import ConfigError, load_node_config, load_tree
 from treescale.local import DEFAULT_STATE
-from treescale.routing import PatternError, TargetError
-from treescale.tree import TreeError
-
-DEFAULT_ADDRESS = "tcp://127.0.0.1:8888"
-console = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
-
-USER_ERRORS = (ConfigError, NodeError, PatternError, TargetError, TimeoutError,
-               ValueError, OSError, zmq.ZMQError, RuntimeError, TreeError)
-
-
-def friendly(fn: Callable) -> Callable:
-    """Turn user-facing failures into one readable line and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as exc:
-            console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            sys.exit(130)
-
-    return wrapper
-
-
-address_option = click.option(
-    "-a", "--address", default=lambda: os.environ.get("TREESCALE_ADDRESS", DEFAULT_ADDRESS),
-    show_default=f"$TREESCALE_ADDRESS or {DEFAULT_ADDRESS}",
-    help="Node to attach to.")
-token_option = click.option("--token", envvar="TREESCALE_TOKEN", default=None,
-                            help="Auth token (or $TREESCALE_TOKEN).")
-timeout_option = click.option("--timeout", type=float, default=10.0, show_default=True,
-                              help="Seconds to wait for the node.")
-
-
-def connect(address: str, token: str | None, timeout: float, **kw: Any) -> Client:
-    # Node errors are collected in client.errors and reported by the command itself.
-    return Client(address, token=token, name=kw.pop("name", None) or "tsctl",
-                  timeout=timeout, on_error=lambda err: None, **kw)
+from tsctl.common import (
+    address_option,
+    connect,
+    console,
+    event_dict,
+    friendly,
+    out,
+    render_data,
+    timeout_option,
+    token_option,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -352,24 +315,13 @@ def demo(duration: float | None, rate: int) -> None:
     run_demo(duration, rate)
 
 
-def render_data(data: Any) -> str:
-    raw = bytes(data)
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError:
-        return f"<{len(raw)} bytes>"
-    return text if len(text) <= 200 else text[:200] + f"... ({len(raw)} bytes)"
+# Command groups that live in modules of their own (each defines a click group/command).
+COMMAND_MODULES: list[str] = []
 
-
-def event_dict(ev: Any) -> dict:
-    raw = bytes(ev.data)
-    try:
-        data: Any = raw.decode()
-        encoding = "utf-8"
-    except UnicodeDecodeError:
-        data, encoding = raw.hex(), "hex"
-    return {"name": ev.name, "data": data, "encoding": encoding, "source": ev.source,
-            "headers": dict(ev.headers), "reply": ev.reply}
+for _module in COMMAND_MODULES:
+    _mod = __import__(f"tsctl.{_module}", fromlist=["COMMANDS"])
+    for _command in _mod.COMMANDS:
+        cli.add_command(_command)
 
 
 def main() -> None:

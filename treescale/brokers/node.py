@@ -29,7 +29,7 @@ from treescale.config import NodeConfig
 from treescale.frames import EVENTS, NOBLOCK, POLLIN, monitor_events, recv_frames, send_frames
 from treescale.interest import LOCAL, InterestTable
 from treescale.routing import PatternError, RoutingTable, TargetError
-from treescale.services.exec import EXEC_SUBJECT
+from treescale.services.rpc import SERVICE_PREFIX
 
 log = logging.getLogger("treescale.node")
 
@@ -443,14 +443,15 @@ class Node:
         self._route_batch(session, view, frames[2:])
 
     def _may_publish(self, session: Session, names: list) -> bool:
-        """Service subjects need a permission: ``$svc.exec…`` needs ``exec``."""
+        """Service subjects need a permission: ``$svc.S…`` needs ``S`` (exec, docker…)."""
         for name in names:
-            if name.startswith(EXEC_SUBJECT):
+            if name.startswith(SERVICE_PREFIX):
+                service = name[len(SERVICE_PREFIX):].split(".", 1)[0]
                 perms = session.permissions
-                if "exec" not in perms and "*" not in perms:
+                if service not in perms and "*" not in perms:
                     self._send_error(session.routing_id, "permission_denied",
-                                     f"{name!r}: this client's token does not allow exec",
-                                     name)
+                                     f"{name!r}: this client's token does not allow "
+                                     f"{service}", name)
                     return False
         return True
 

@@ -27,10 +27,11 @@ import msgpack
 
 from treescale.client import Client, Event
 from treescale.services import ServiceContext
+from treescale.services.rpc import service_subject
 
 log = logging.getLogger("treescale.exec")
 
-EXEC_SUBJECT = "$svc.exec"
+EXEC_SUBJECT = service_subject("exec")
 MAX_CONCURRENT = 8
 CHUNK = 16 * 1024
 

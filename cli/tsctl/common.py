@@ -1,0 +1,94 @@
+"""What every tsctl command shares: connection options, one-line errors, rendering."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import zmq
+from rich.console import Console
+
+from treescale import Client, NodeError
+from treescale.config import ConfigError
+from treescale.routing import PatternError, TargetError
+from treescale.tree import TreeError
+
+DEFAULT_ADDRESS = "tcp://127.0.0.1:8888"
+console = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+USER_ERRORS = (ConfigError, NodeError, PatternError, TargetError, TimeoutError,
+               ValueError, OSError, zmq.ZMQError, RuntimeError, TreeError)
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn user-facing failures into one readable line and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper
+
+
+address_option = click.option(
+    "-a", "--address", default=lambda: os.environ.get("TREESCALE_ADDRESS", DEFAULT_ADDRESS),
+    show_default=f"$TREESCALE_ADDRESS or {DEFAULT_ADDRESS}",
+    help="Node to attach to.")
+token_option = click.option("--token", envvar="TREESCALE_TOKEN", default=None,
+                            help="Auth token (or $TREESCALE_TOKEN).")
+timeout_option = click.option("--timeout", type=float, default=10.0, show_default=True,
+                              help="Seconds to wait for the node.")
+
+
+def connect(address: str, token: str | None, timeout: float, **kw: Any) -> Client:
+    # Node errors are collected in client.errors and reported by the command itself.
+    return Client(address, token=token, name=kw.pop("name", None) or "tsctl",
+                  timeout=timeout, on_error=lambda err: None, **kw)
+
+
+
+def target_options(fn: Callable) -> Callable:
+    """-t NODE / --group G / --tag T: where a service command runs (exactly one)."""
+    fn = click.option("--tag", help="Every node with this tag (results labelled).")(fn)
+    fn = click.option("--group", help="Every node of this group (results labelled).")(fn)
+    return click.option("-t", "--target", "node", help="The node to act on.")(fn)
+
+
+def one_target(node: str | None, group: str | None, tag: str | None) -> dict:
+    """The node/group/tag keywords for treescale.services.rpc.call, checked."""
+    if sum(x is not None for x in (node, group, tag)) != 1:
+        raise click.UsageError("give exactly one of -t NODE, --group G, --tag T")
+    return {"node": node, "group": group, "tag": tag}
+
+
+def render_data(data: Any) -> str:
+    raw = bytes(data)
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        return f"<{len(raw)} bytes>"
+    return text if len(text) <= 200 else text[:200] + f"... ({len(raw)} bytes)"
+
+
+def event_dict(ev: Any) -> dict:
+    raw = bytes(ev.data)
+    try:
+        data: Any = raw.decode()
+        encoding = "utf-8"
+    except UnicodeDecodeError:
+        data, encoding = raw.hex(), "hex"
+    return {"name": ev.name, "data": data, "encoding": encoding, "source": ev.source,
+            "headers": dict(ev.headers), "reply": ev.reply}
+
+

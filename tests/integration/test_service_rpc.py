@@ -1,0 +1,73 @@
+"""Service calls over the bus (treescale.services.rpc) against a real node process."""
+
+from __future__ import annotations
+
+import pytest
+
+from treescale.config import NodeConfig
+from treescale.services import ServiceContext
+from treescale.services.rpc import ServiceEndpoint, ServiceError, call
+
+
+def _echo(args: dict, emit) -> dict:
+    if args.get("fail"):
+        raise ServiceError("asked to fail")
+    if args.get("crash"):
+        raise KeyError("boom")
+    for i in range(args.get("chunks", 0)):
+        emit("log", f"line {i}")
+    return {"echo": args["text"], "requester": args["_requester"]}
+
+
+@pytest.fixture
+def echo_service(node):
+    """An echo service attached to the node as an ordinary client (named as the node)."""
+    ctx = ServiceContext(node.address, "n1", NodeConfig(name="n1"), secret="not-the-node's")
+    svc = ServiceEndpoint(ctx, "echo", {"echo": _echo})
+    yield svc
+    svc.close()
+
+
+def test_call_returns_the_result_and_streams_in_order(node, clients, echo_service):
+    c = clients(node.address, name="caller")
+    seen = []
+    [r] = call(c, "echo", "echo", {"text": "hi", "chunks": 3}, node="n1", timeout=5,
+               on_stream=lambda n, s, d: seen.append((n, s, d)))
+    assert r.ok and r.node == "n1" and r.result["echo"] == "hi"
+    assert r.result["requester"]  # the service learns who asked
+    assert seen == [("n1", "log", f"line {i}") for i in range(3)]
+
+
+def test_refusals_unknown_ops_and_crashes_come_back_as_errors(node, clients, echo_service):
+    c = clients(node.address)
+    [r] = call(c, "echo", "echo", {"fail": True}, node="n1", timeout=5)
+    assert not r.ok and r.error == "asked to fail"
+    [r] = call(c, "echo", "nope", {}, node="n1", timeout=5)
+    assert not r.ok and "unknown echo operation 'nope'" in r.error
+    [r] = call(c, "echo", "echo", {"crash": True}, node="n1", timeout=5)
+    assert not r.ok and "KeyError" in r.error and "n1" in r.error
+    [r] = call(c, "echo", "echo", {"text": "still serving"}, node="n1", timeout=5)
+    assert r.ok
+
+
+def test_a_missing_node_times_out_with_a_clear_message(node, clients, echo_service):
+    c = clients(node.address)
+    with pytest.raises(TimeoutError, match="no answer from echo on node 'ghost'"):
+        call(c, "echo", "echo", {"text": "x"}, node="ghost", timeout=0.5)
+
+
+def test_service_subjects_need_the_service_permission(node_factory, clients):
+    n = node_factory("n1", {"tokens": {"admin": ["*"], "viewer": ["pub", "sub"],
+                                       "op": ["pub", "sub", "echo"]}})
+    ctx = ServiceContext(n.address, "n1", NodeConfig(name="n1"), secret="x")
+    svc = ServiceEndpoint(ctx, "echo", {"echo": _echo},
+                          client=clients(n.address, token="admin"))
+    try:
+        viewer = clients(n.address, token="viewer", on_error=lambda e: None)
+        with pytest.raises(Exception, match="does not allow echo"):
+            call(viewer, "echo", "echo", {"text": "x"}, node="n1", timeout=2)
+        [r] = call(clients(n.address, token="op"), "echo", "echo", {"text": "y"},
+                   node="n1", timeout=5)
+        assert r.ok and r.result["echo"] == "y"
+    finally:
+        svc._pool.shutdown(wait=False)
