@@ -55,12 +55,14 @@ REDIRECT = 22
 INTEREST = 23
 STATS = 24
 FORWARD = 26
+RESYNC = 27
 
 KIND_NAMES = {
     HELLO: "hello", READY: "ready", SUB: "sub", UNSUB: "unsub", PUB: "pub",
     DELIVER: "deliver", REQUEST: "request", REPLY: "reply", ERROR: "error",
     PING: "ping", PONG: "pong", BYE: "bye", LINK: "link", LINKED: "linked",
     REDIRECT: "redirect", INTEREST: "interest", STATS: "stats", FORWARD: "forward",
+    RESYNC: "resync",
 }
 
 MODE_ALL = 0
@@ -248,6 +250,14 @@ class Interest:
 
     seq: int
     ops: list
+    full: bool = False  # a snapshot: ops are all adds and replace what came before
+
+
+@dataclass(slots=True)
+class Resync:
+    """The receiver saw a gap after ``seq``: it asks for a full interest snapshot."""
+
+    seq: int
 
 
 # ------------------------------------------------------------------------- encoding
@@ -324,8 +334,14 @@ def encode_stats(info: dict) -> list[bytes]:
     return [packb([STATS, info])]
 
 
-def encode_interest(seq: int, ops: Iterable[tuple[bool, str, str | None]]) -> list[bytes]:
-    return [packb([INTEREST, seq, [[1 if add else 0, p, q] for add, p, q in ops]])]
+def encode_interest(seq: int, ops: Iterable[tuple[bool, str, str | None]],
+                    full: bool = False) -> list[bytes]:
+    header = [INTEREST, seq, [[1 if add else 0, p, q] for add, p, q in ops]]
+    return [packb(header + [True] if full else header)]
+
+
+def encode_resync(seq: int) -> list[bytes]:
+    return [packb([RESYNC, seq])]
 
 
 def encode_forward_header(sources: list) -> bytes:
@@ -825,7 +841,7 @@ def _decode_stats(header: list, frames: Sequence, max_payload: int) -> Stats:
 
 def _decode_interest(header: list, frames: Sequence, max_payload: int) -> Interest:
     _expect_frames(frames, INTEREST, 1)
-    seq, ops = _fields(header, 2, INTEREST)
+    seq, ops, full = _fields(header, 3, INTEREST)
     if not isinstance(ops, list):
         raise FieldError("interest ops must be a list of [add, pattern, queue]")
     out = []
@@ -834,7 +850,17 @@ def _decode_interest(header: list, frames: Sequence, max_payload: int) -> Intere
             raise FieldError("interest ops must be a list of [add, pattern, queue]")
         out.append((bool(op[0]), _str(op[1], "pattern"),
                     _str(op[2], "queue", optional=True)))
-    return Interest(_int(seq, "interest sequence"), out)
+    if full not in (None, True, False):
+        raise FieldError("interest snapshot flag must be true or false")
+    if full and not all(add for add, _, _ in out):
+        raise FieldError("an interest snapshot holds only additions")
+    return Interest(_int(seq, "interest sequence"), out, bool(full))
+
+
+def _decode_resync(header: list, frames: Sequence, max_payload: int) -> Resync:
+    _expect_frames(frames, RESYNC, 1)
+    (seq,) = _fields(header, 1, RESYNC)
+    return Resync(_int(seq, "resync sequence"))
 
 
 _DECODERS = {
@@ -856,6 +882,7 @@ _DECODERS = {
     INTEREST: _decode_interest,
     STATS: _decode_stats,
     FORWARD: _decode_batch,
+    RESYNC: _decode_resync,
 }
 
 

@@ -170,6 +170,21 @@ def test_reply_round_trip() -> None:
     assert decode(P.encode_reply("$inbox.n1.c1.8", b"")).source == ""
 
 
+def test_interest_and_resync_round_trip() -> None:
+    ops = [(True, "orders.>", None), (False, "a.b", "w")]
+    assert decode(P.encode_interest(7, ops)) == P.Interest(7, ops, False)
+    snap = [(True, "orders.>", None), (True, "x", "q")]
+    assert decode(P.encode_interest(8, snap, full=True)) == P.Interest(8, snap, True)
+    assert decode(P.encode_resync(41)) == P.Resync(41)
+
+
+def test_an_interest_snapshot_holds_only_additions() -> None:
+    expect(FieldError, P.encode_interest(1, [(False, "a", None)], full=True),
+           "an interest snapshot holds only additions")
+    expect(FieldError, [packb([P.INTEREST, 1, [], "yes"])],
+           "interest snapshot flag must be true or false")
+
+
 def test_unknown_trailing_header_fields_are_ignored() -> None:
     """Newer peers may append header fields; older decoders must not choke."""
     assert decode([packb([P.SUB, "a", None, "future", 1])]) == Subscribe("a", None)
@@ -397,7 +412,7 @@ def test_header_kind_not_int(kind) -> None:
     expect(EncodingError, [packb([kind])], "message kind")
 
 
-@pytest.mark.parametrize("kind", [0, 13, 25, 39, 99, -1, 2**64 - 1])
+@pytest.mark.parametrize("kind", [0, 13, 25, 28, 39, 99, -1, 2**64 - 1])
 def test_unknown_kind(kind: int) -> None:
     expect(UnknownKind, [packb([kind])], f"unknown message kind {kind}")
 
@@ -417,7 +432,8 @@ def test_hello_version_must_be_int(version) -> None:
 SINGLE = {"hello": P.encode_hello("x"), "ready": P.encode_ready("n", "c", {}),
           "sub": P.encode_sub("a"), "unsub": P.encode_unsub("a"),
           "error": P.encode_error("c", "m"), "ping": P.encode_ping(),
-          "pong": P.encode_pong(), "bye": P.encode_bye()}
+          "pong": P.encode_pong(), "bye": P.encode_bye(),
+          "resync": P.encode_resync(1)}
 
 
 @pytest.mark.parametrize("kind", sorted(SINGLE))

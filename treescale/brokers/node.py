@@ -28,7 +28,7 @@ from treescale.brokers.sessions import AUTHENTICATING, READY, Session, client_id
 from treescale.config import NodeConfig
 from treescale.frames import EVENTS, NOBLOCK, POLLIN, monitor_events, recv_frames, send_frames
 from treescale.interest import LOCAL, InterestTable
-from treescale.routing import PatternError, RoutingTable, TargetError
+from treescale.routing import PatternError, RoutingTable, TargetError, split_pattern
 from treescale.services.rpc import SERVICE_PREFIX
 
 log = logging.getLogger("treescale.node")
@@ -107,6 +107,8 @@ class Node:
         self.interest = InterestTable()
         self._seq_out: dict[bytes, int] = {}
         self._seq_in: dict[bytes, int] = {}
+        self._snapshot_due: set[bytes] = set()  # links whose interest send was dropped
+        self._resyncing: set[bytes] = set()  # links we asked for a snapshot
         self.interest.add(LOCAL, f"$inbox.{self.name}.>")  # replies find their way back
         self.up: zmq.Socket | None = None
         self.up_monitor: zmq.Socket | None = None
@@ -728,6 +730,8 @@ class Node:
         self.links[member] = neighbour
         self._seq_out[member] = 0
         self._seq_in[member] = 0
+        self._snapshot_due.discard(member)
+        self._resyncing.discard(member)
         self.table.add_member(member, link=True)
         self._send_interest(self.interest.add_link(member))
         self._tree_changed()
@@ -740,6 +744,8 @@ class Node:
             return
         self._seq_out.pop(member, None)
         self._seq_in.pop(member, None)
+        self._snapshot_due.discard(member)
+        self._resyncing.discard(member)
         self.table.remove_member(member)
         self._out.pop(member, None)
         self._send_interest(self.interest.drop_link(member))
@@ -759,23 +765,41 @@ class Node:
             per_link.setdefault(u.link, []).append((u.add, u.pattern, u.queue))
         for link, ops in per_link.items():
             if link in self.links:
+                if link in self._snapshot_due:
+                    continue  # the snapshot that is due will carry this change too
                 self._seq_out[link] += 1
-                self._send_link(link, P.encode_interest(self._seq_out[link], ops))
+                if not self._send_link(link, P.encode_interest(self._seq_out[link], ops)):
+                    self._snapshot_due.add(link)
 
-    def _send_link(self, member: bytes, frames: list) -> None:
-        if member == PARENT:
-            try:
-                send_frames(self.up, frames, NOBLOCK)
-            except zmq.Again:
-                log.warning("link to parent %s is full; control message dropped",
-                            self.links.get(PARENT))
+    def _send_snapshot(self, link: bytes) -> None:
+        """Everything we advertise to ``link``, replacing what it heard before."""
+        self._seq_out[link] += 1
+        keys = sorted(self.interest.advertised.get(link, ()), key=lambda k: (k[0], k[1] or ""))
+        if self._send_link(link, P.encode_interest(self._seq_out[link],
+                                                   [(True, p, q) for p, q in keys], full=True)):
+            self._snapshot_due.discard(link)
         else:
-            self._send(member, frames)
+            self._snapshot_due.add(link)  # still full: housekeeping tries again
+
+    def _send_link(self, member: bytes, frames: list) -> bool:
+        """Send a control message on a link; False if it had to be dropped."""
+        sock, out = (self.up, frames) if member == PARENT else (self.sock, [member, *frames])
+        try:
+            send_frames(sock, out, NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            log.warning("link to %s is full or gone; control message dropped",
+                        self.links.get(member))
+            return False
 
     def _on_link_message(self, member: bytes, msg, frames: list) -> None:
         """Interest changes and forwarded events from a neighbour node."""
         if isinstance(msg, P.Interest):
             self._on_interest(member, msg)
+        elif isinstance(msg, P.Resync):
+            log.warning("link to %s lost our interest after #%d: sending a snapshot",
+                        self.links.get(member), msg.seq)
+            self._send_snapshot(member)
         elif isinstance(msg, P.Batch):
             self._route_batch(self.sessions.get(member), msg.meta,
                               [msg.meta_frame, msg.body, *msg.large], origin=member,
@@ -805,11 +829,20 @@ class Node:
             log.warning("interest from an unlinked neighbour ignored")
             return
         expected = self._seq_in.get(member, 0) + 1
+        if msg.full:
+            self._resyncing.discard(member)
+            self._seq_in[member] = msg.seq
+            self._replace_interest(member, msg.ops)
+            return
+        if member in self._resyncing:
+            return  # the snapshot asked for will supersede this
         if msg.seq != expected:
-            # TCP keeps order within a connection, and a reconnect starts at 1, so a
-            # gap means a bug; log it loudly (a snapshot resync is the next step).
-            log.error("interest gap on link to %s: got %d, expected %d",
-                      self.links.get(member), msg.seq, expected)
+            # An update went missing (a full link dropped it): ask for the whole state.
+            log.warning("interest gap on link to %s: got #%d, expected #%d; resyncing",
+                        self.links.get(member), msg.seq, expected)
+            self._resyncing.add(member)
+            self._send_link(member, P.encode_resync(expected - 1))
+            return
         self._seq_in[member] = msg.seq
         updates: list = []
         for add, pattern, q in msg.ops:
@@ -823,6 +856,22 @@ class Node:
             except PatternError as exc:
                 log.warning("bad interest from %s: %s", self.links.get(member), exc)
         self._send_interest(updates)
+
+    def _replace_interest(self, member: bytes, ops: list) -> None:
+        """A link's snapshot: make its routes and advertised interest exactly ``ops``."""
+        keys = set()
+        for _, pattern, q in ops:
+            try:
+                split_pattern(pattern)
+                keys.add((pattern, q))
+            except PatternError as exc:
+                log.warning("bad interest from %s: %s", self.links.get(member), exc)
+        before = set(self.interest.held.get(member, ()))
+        for pattern, q in before - keys:
+            self.table.unsubscribe(member, pattern, q)
+        for pattern, q in keys - before:
+            self.table.subscribe(member, pattern, q)
+        self._send_interest(self.interest.replace(member, keys))
 
     def _drain_up(self) -> None:
         """Messages from our parent."""
@@ -1031,6 +1080,9 @@ class Node:
             if now - session.last_seen > limit:
                 self._drop_session(rid, "timeout")
         self._tree_changed()  # also keeps our session alive at the parent
+        for link in list(self._snapshot_due):
+            if link in self.links:
+                self._send_snapshot(link)
         if (PARENT not in self.links and self._rehome_at is not None
                 and now > self._rehome_at):
             self._rehome_next()  # that ancestor did not take us: try the next
