@@ -44,6 +44,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any, Protocol
 
+from treescale.local import free_port as _free_port
+
 HOST = "127.0.0.1"
 
 #: Workers give up after this long even if the harness did not kill them.
@@ -301,11 +303,8 @@ class RoundTrips:
 
 
 def free_port() -> int:
-    """An unused TCP port on 127.0.0.1 (small race until the broker binds it; acceptable
-    on a quiet benchmark machine)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """An unused TCP port on 127.0.0.1, below the ephemeral range (treescale.local)."""
+    return _free_port(HOST)
 
 
 def _tail(path: Path, limit: int = 2000) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -22,10 +23,7 @@ from treescale.local import down, up
 def tree_file(path: Path, n: int, fanout: int = 10) -> None:
     """A complete tree of ``n`` nodes, ``fanout`` children each, on free ports."""
     names = [f"n{i:03d}" for i in range(n)]
-    ports: set[int] = set()
-    while len(ports) < n:  # free_port() may hand out a port twice in a row
-        ports.add(free_port())
-    port_of = dict(zip(names, sorted(ports), strict=True))
+    port_of = {name: free_port() for name in names}  # never the same port twice
     nodes = {}
     for i, name in enumerate(names):
         kids = [names[j] for j in range(i * fanout + 1, min(n, i * fanout + fanout + 1))]
@@ -45,49 +43,51 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, default=100)
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="treescale-scale-") as tmp:
-        cfg, state = Path(tmp) / "tree.json", Path(tmp) / "up.json"
-        tree_file(cfg, args.nodes)
-        started = time.monotonic()
-        nodes = up(cfg, state, timeout=180)
-        answering = time.monotonic() - started
-        clients: list[Client] = []
-        try:
-            seen: dict = {}
-            with Client(nodes[0].address, name="scale-watch") as watch:
-                watch.subscribe("$sys.node.stats")
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    ev = watch.next_event(1)
-                    if ev is not None:
-                        r = ev.json()
-                        seen[r["node"]] = r
-                    linked = sum(1 for r in seen.values() if r["parent"] or
-                                 r["node"] == nodes[0].name)
-                    if linked == len(nodes):
-                        break
-            all_linked = time.monotonic() - started
-            for n in nodes:
-                c = Client(n.address, name=f"sub-{n.name}", timeout=30)
-                c.subscribe("scale.hello")
-                clients.append(c)
-            pub = Client(nodes[-1].address, name="scale-pub")
-            clients.append(pub)
-            reached: set = set()
-            deadline = time.monotonic() + 60
-            while len(reached) < len(nodes) and time.monotonic() < deadline:
-                pub.publish("scale.hello", b"hi")
-                for n, c in zip(nodes, clients, strict=False):
-                    if n.name not in reached and c.next_event(0.0) is not None:
-                        reached.add(n.name)
-                time.sleep(0.05)  # a bounded probe loop, not synchronisation
-            rss = [rss_mb(n.pid) for n in nodes]
-        finally:
-            for c in clients:
-                c.close(timeout=1)
-            down(state)
+    tmp = tempfile.mkdtemp(prefix="treescale-scale-")  # kept if anything fails: logs
+    cfg, state = Path(tmp) / "tree.json", Path(tmp) / "up.json"
+    tree_file(cfg, args.nodes)
+    started = time.monotonic()
+    nodes = up(cfg, state, timeout=180)
+    answering = time.monotonic() - started
+    clients: list[Client] = []
+    try:
+        seen: dict = {}
+        with Client(nodes[0].address, name="scale-watch") as watch:
+            watch.subscribe("$sys.node.stats")
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                ev = watch.next_event(1)
+                if ev is not None:
+                    r = ev.json()
+                    seen[r["node"]] = r
+                linked = sum(1 for r in seen.values() if r["parent"] or
+                             r["node"] == nodes[0].name)
+                if linked == len(nodes):
+                    break
+        all_linked = time.monotonic() - started
+        for n in nodes:
+            c = Client(n.address, name=f"sub-{n.name}", timeout=30)
+            c.subscribe("scale.hello")
+            clients.append(c)
+        pub = Client(nodes[-1].address, name="scale-pub")
+        clients.append(pub)
+        reached: set = set()
+        deadline = time.monotonic() + 60
+        while len(reached) < len(nodes) and time.monotonic() < deadline:
+            pub.publish("scale.hello", b"hi")
+            for n, c in zip(nodes, clients, strict=False):
+                if n.name not in reached and c.next_event(0.0) is not None:
+                    reached.add(n.name)
+            time.sleep(0.05)  # a bounded probe loop, not synchronisation
+        rss = [rss_mb(n.pid) for n in nodes]
+    finally:
+        for c in clients:
+            c.close(timeout=1)
+        down(state)
+    shutil.rmtree(tmp)
     print(f"{args.nodes}-node tree on one machine (fanout 10)")
-    print(f"  all processes answering: {answering:.1f} s; all linked: {all_linked:.1f} s")
+    print(f"  all processes answering: {answering:.1f} s; {linked}/{len(nodes)} linked "
+          f"after {all_linked:.1f} s")
     print(f"  one event from leaf {nodes[-1].name} reached subscribers on "
           f"{len(reached)}/{len(nodes)} nodes")
     print(f"  node RSS: median {statistics.median(rss):.1f} MB, max {max(rss):.1f} MB")

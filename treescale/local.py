@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +33,35 @@ class LocalNode:
     address: str
     pid: int
     log: str
+
+
+_handed_out: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port for a node to listen on, chosen *below* the kernel's ephemeral
+    range: an outgoing connection (a child dialling, a client pinging) can then never
+    take it between our pick and the node's bind, nor connect to itself on it. Never
+    the same port twice in one process."""
+    low = 32768
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    floor = 10000 if low > 12000 else 1024
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(floor, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port in {floor}-{low - 1} on {host}")
 
 
 def answers_ping(address: str, timeout: float = 0.2) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import socket
 import tempfile
 import threading
 import time
@@ -27,7 +26,7 @@ from rich.tree import Tree as RichTree
 
 from treescale import Client
 from treescale.config import load_tree
-from treescale.local import down, up
+from treescale.local import down, free_port, up
 
 
 @dataclass
@@ -44,12 +43,6 @@ class Tally:
             return 0.0
         (t0, c0), (t1, c1) = self.marks[0], self.marks[-1]
         return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _consume(client: Client, tally: Tally, recent: deque, stop: threading.Event) -> None:
@@ -132,7 +125,7 @@ def run_demo(duration: float | None, rate: int, shape: str = "configs/tree.toml"
         tree = load_tree(shape)
         seed = tree.to_seed()
         for spec in seed["tree_node"].values():
-            spec["tree_port"] = _free_port()  # never collide with a running tree
+            spec["tree_port"] = free_port()  # never collide with a running tree
             spec["tree_ip"] = "127.0.0.1"
         config.write_text(json.dumps(seed))
         state = Path(tmp) / "up.json"

@@ -59,11 +59,13 @@ def node() -> None:
               help="Token the parent node expects (or $TREESCALE_PARENT_TOKEN).")
 @click.option("--local", is_flag=True,
               help="Rewrite this node's and its parent's addresses to 127.0.0.1.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Serve Prometheus /metrics on this port (0: pick a free one).")
 @friendly
 def node_start(name: str | None, port: int | None, host: str | None,
                config_path: str | None, tokens: tuple[str, ...],
                max_payload: int | None, parent: str | None, join: str | None,
-               parent_token: str | None, local: bool) -> None:
+               parent_token: str | None, local: bool, metrics_port: int | None) -> None:
     """Start a node in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
     from treescale.brokers.node import Node
 
@@ -75,7 +77,8 @@ def node_start(name: str | None, port: int | None, host: str | None,
         if cfg.parent:
             cfg.parent = "tcp://127.0.0.1:" + cfg.parent.rsplit(":", 1)[1]
     for key, value in (("port", port), ("host", host), ("max_payload", max_payload),
-                       ("parent", parent), ("parent_token", parent_token)):
+                       ("parent", parent), ("parent_token", parent_token),
+                       ("metrics_port", metrics_port)):
         if value is not None:
             setattr(cfg, key, value)
     if tokens:
@@ -160,13 +163,14 @@ def status(as_json: bool, wait: float, address: str, token: str | None,
         print(json.dumps(nodes, indent=1))
         return
     table = Table(title=f"{len(nodes)} node(s) seen from {address}")
-    for col in ("node", "parent", "children", "address", "up s", "clients", "in", "out"):
-        table.add_column(col, no_wrap=col != "children",
-                         justify="right" if col in ("up s", "clients", "in", "out")
-                         else "left")
+    numeric = ("up s", "clients", "in", "out")
+    for col in ("node", "parent", "children", "address", "groups", "tags", *numeric):
+        table.add_column(col, no_wrap=col not in ("children", "groups", "tags"),
+                         justify="right" if col in numeric else "left")
     for r in nodes:
         table.add_row(r["node"], r.get("parent") or "—", " ".join(r.get("children", [])),
-                      r["address"].removeprefix("tcp://"), f"{r['uptime']:.0f}",
+                      r["address"].removeprefix("tcp://"), " ".join(r.get("groups", [])),
+                      " ".join(r.get("tags", [])), f"{r['uptime']:.0f}",
                       str(r["clients"]), f"{r['events_in']:,}", f"{r['events_out']:,}")
     out.print(table)
 
@@ -316,7 +320,7 @@ def demo(duration: float | None, rate: int) -> None:
 
 
 # Command groups that live in modules of their own (each defines a click group/command).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["event_cmd", "lb_cmd"]
 
 for _module in COMMAND_MODULES:
     _mod = __import__(f"tsctl.{_module}", fromlist=["COMMANDS"])

@@ -24,7 +24,8 @@ def seed_file(path) -> dict:
     for name, kids in SHAPE.items():
         lines += [f"[tree_node.{name}]", f'name = "{name}"', f"tree_port = {ports[name]}",
                   'tree_ip = "10.9.9.9"',  # rewritten to 127.0.0.1 by `up`
-                  "tags = []", "groups = []",
+                  f"tags = {json.dumps(['edge'] if name == 'tree5' else [])}",
+                  f"groups = {json.dumps(['frontend'] if name == 'tree5' else [])}",
                   f"childs = {json.dumps(kids)}"]
     path.write_text("\n".join(lines) + "\n")
     return ports
@@ -34,7 +35,8 @@ def seed_file(path) -> dict:
 def tree(tmp_path):
     cfg = tmp_path / "tree.toml"
     ports = seed_file(cfg)
-    env = {**os.environ, "TREESCALE_STATE": str(tmp_path / "state" / "up.json")}
+    env = {**os.environ, "TREESCALE_STATE": str(tmp_path / "state" / "up.json"),
+           "COLUMNS": "160"}  # wide enough that table rows do not wrap
 
     def tsctl(*args: str, timeout: float = 60):
         return subprocess.run([sys.executable, "-m", "tsctl.main", *args], cwd=ROOT,
@@ -58,6 +60,10 @@ def test_up_status_down(tree):
             for kid in kids)
 
     wait_until(all_linked, 30, "seven linked nodes in `tsctl status`")
+    table = tsctl("status", "-a", leaf, "--wait", "1.5").stdout.decode()
+    row = next(line for line in table.splitlines()
+               if "│" in line and line.split("│")[1].strip() == "tree5")
+    assert "frontend" in row and "edge" in row  # tree5's group and tag from the file
     with Client(f"tcp://127.0.0.1:{ports['tree3']}") as sub, Client(leaf) as pub:
         sub.subscribe("demo.>")
         seen: list = []
