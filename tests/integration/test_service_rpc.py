@@ -26,6 +26,7 @@ def echo_service(node):
     svc = ServiceEndpoint(ctx, "echo", {"echo": _echo})
     yield svc
     svc.close()
+    ctx.close()
 
 
 def test_call_returns_the_result_and_streams_in_order(node, clients, echo_service):

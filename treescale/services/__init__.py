@@ -28,10 +28,24 @@ class ServiceContext:
     config: NodeConfig
     secret: str  # hello option {"service": secret} marks a client as this node's service
     _store: Any = None
+    _client: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def client_options(self) -> dict:
         return {"service": self.secret}
+
+    @property
+    def client(self) -> Any:
+        """The one bus client all services of this node share (one connection, one I/O
+        thread per node, however many services). Services never close it; the node
+        does, after closing them."""
+        with self._lock:
+            if self._client is None:
+                from treescale.client import Client
+
+                self._client = Client(self.address, name=f"services@{self.node}",
+                                      timeout=30, options=self.client_options())
+            return self._client
 
     @property
     def store(self) -> Any:
@@ -45,6 +59,9 @@ class ServiceContext:
 
     def close(self) -> None:
         with self._lock:
+            if self._client is not None:
+                self._client.close(timeout=2)
+                self._client = None
             if self._store is not None:
                 self._store.close()
                 self._store = None

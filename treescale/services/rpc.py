@@ -54,15 +54,15 @@ class ServiceEndpoint:
                  workers: int = 8, client: Client | None = None) -> None:
         self.ctx, self.service, self.ops = ctx, service, ops
         self.node = ctx.node
-        self.client = client or Client(ctx.address, name=f"{service}@{ctx.node}",
-                                       timeout=30, options=ctx.client_options())
+        self.client = client or ctx.client  # shared by the node's services
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=service)
         for subject in (service_subject(service, ctx.node), service_subject(service)):
             self.client.subscribe(subject, handler=self._on_request)
 
     def close(self) -> None:
+        """Stop serving (the client belongs to whoever made it: the node closes its
+        shared one after its services)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close(timeout=2)
 
     def publish(self, name: str, data: Any) -> None:
         """Publish ``data`` (msgpack) as event ``name``, e.g. ``$sys.docker.N.start``."""
