@@ -18,22 +18,20 @@ silence. Who may exec is checked by the node that accepted the request (permissi
 from __future__ import annotations
 
 import logging
-import subprocess
 import threading
-import time
 from typing import Any
 
 import msgpack
 
 from treescale.client import Client, Event
 from treescale.services import ServiceContext
+from treescale.services.process import run_command
 from treescale.services.rpc import service_subject
 
 log = logging.getLogger("treescale.exec")
 
 EXEC_SUBJECT = service_subject("exec")
 MAX_CONCURRENT = 8
-CHUNK = 16 * 1024
 
 
 def exec_subject(node: str) -> str:
@@ -43,21 +41,20 @@ def exec_subject(node: str) -> str:
 class ExecService:
     """Runs in a thread of the node process; talks to the node like any client."""
 
-    def __init__(self, address: str, node: str, enabled: bool, secret: str) -> None:
+    def __init__(self, client: Client, node: str, enabled: bool) -> None:
         self.node = node
         self.enabled = enabled
-        self.client = Client(address, name=f"exec@{node}", timeout=30,
-                             options={"service": secret})
+        self.client = client
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
         for subject in (exec_subject(node), EXEC_SUBJECT):
             self.client.subscribe(subject, handler=self._on_request)
 
     @classmethod
     def start(cls, ctx: ServiceContext) -> ExecService:
-        return cls(ctx.address, ctx.node, ctx.config.exec_enabled, ctx.secret)
+        return cls(ctx.client, ctx.node, ctx.config.exec_enabled)
 
     def close(self) -> None:
-        self.client.close(timeout=2)
+        """Nothing to release: the client is the node's shared one."""
 
     def _on_request(self, ev: Event) -> None:
         try:
@@ -83,41 +80,21 @@ class ExecService:
                          daemon=True, name="exec").start()
 
     def _run(self, command: str, reply: str, timeout: float, requester: str) -> None:
-        started = time.monotonic()
         try:
-            proc = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-            pumps = [threading.Thread(target=self._pump, args=(pipe, name, reply),
-                                      daemon=True)
-                     for pipe, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]
-            for p in pumps:
-                p.start()
-            error = None
-            try:
-                code = proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
-                error = f"timed out after {timeout:g}s on node {self.node}"
-            for p in pumps:
-                p.join(5)
-            result: dict[str, Any] = {"exit": code, "duration": time.monotonic() - started}
-            if error:
-                result["error"] = error
+            run = run_command(command, lambda stream, chunk: self._result(
+                reply, {"stream": stream, "data": chunk}), timeout=timeout)
+            result: dict[str, Any] = {"exit": run.exit, "duration": run.duration}
+            if run.timed_out:
+                result["error"] = f"timed out after {timeout:g}s on node {self.node}"
             self._result(reply, result)
             self.client.publish("$sys.audit.exec", msgpack.packb({
                 "node": self.node, "command": command, "requester": requester,
-                "exit": code, "duration": result["duration"]}))
+                "exit": run.exit, "duration": run.duration}))
         except Exception as exc:  # report, never die silently
             self._result(reply, {"exit": 127, "duration": 0.0,
                                  "error": f"cannot run on node {self.node}: {exc}"})
         finally:
             self._slots.release()
-
-    def _pump(self, pipe: Any, stream: str, reply: str) -> None:
-        for chunk in iter(lambda: pipe.read1(CHUNK), b""):
-            self._result(reply, {"stream": stream, "data": chunk})
 
     def _result(self, reply: str, body: dict) -> None:
         self.client.publish(reply, msgpack.packb({"node": self.node, **body}))

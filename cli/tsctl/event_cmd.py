@@ -1,0 +1,281 @@
+"""`tsctl event`: custom event handlers on nodes (add, ls, rm) and triggering them.
+
+Management goes through the nodes' ``handlers`` service (treescale.services.handlers),
+so it needs a token with the ``handlers`` permission. Without -t/--group/--tag a
+command acts on the node tsctl is attached to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import click
+
+from tsctl.common import (
+    address_option,
+    connect,
+    console,
+    friendly,
+    one_target,
+    out,
+    target_options,
+    timeout_option,
+    token_option,
+)
+
+call_timeout_option = click.option(
+    "--call-timeout", type=float, default=10.0, show_default=True,
+    help="Seconds to wait for the node(s) to answer.")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print JSON (for scripts).")
+
+
+def _target(client: Any, node: str | None, group: str | None, tag: str | None) -> dict:
+    """rpc.call keywords: the given target, else the node tsctl is attached to."""
+    if node is None and group is None and tag is None:
+        node = client.node
+    return one_target(node, group, tag)
+
+
+def _call(client: Any, op: str, args: dict, target: dict, timeout: float) -> list:
+    from treescale.services.handlers import SERVICE
+    from treescale.services.rpc import call
+
+    return call(client, SERVICE, op, args, timeout=timeout, **target)
+
+
+def _fail_on_errors(results: list) -> None:
+    """One line per node that refused; exit 1 if any did."""
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        label = f"[{r.node}] " if len(results) > 1 else ""
+        console.print(f"[bold red]error:[/] {label}{r.error}", soft_wrap=True)
+    if failed:
+        sys.exit(1)
+
+
+@click.group()
+def event() -> None:
+    """Custom event handlers: run a command on nodes when an event reaches them."""
+
+
+@event.command("add")
+@click.argument("pattern")
+@click.option("--run", "command", required=True,
+              help="Shell command (/bin/sh -c); gets the payload on stdin, the event in "
+                   "TREESCALE_* variables.")
+@click.option("--id", "hid", help="Handler id [default: the pattern].")
+@click.option("--timeout", "run_timeout", type=float, default=60.0, show_default=True,
+              help="Seconds a run may take before it is killed.")
+@click.option("--max-concurrent", type=int, default=4, show_default=True,
+              help="Runs of this handler at the same time on a node.")
+@click.option("--queue", type=int, default=16, show_default=True,
+              help="Events that may wait for a free run; beyond that they are refused.")
+@target_options
+@json_option
+@address_option
+@token_option
+@call_timeout_option
+@friendly
+def add_cmd(pattern: str, command: str, hid: str | None, run_timeout: float,
+            max_concurrent: int, queue: int, node: str | None, group: str | None,
+            tag: str | None, as_json: bool, address: str, token: str | None,
+            call_timeout: float) -> None:
+    """Run COMMAND on the target node(s) whenever an event matching PATTERN reaches
+    them (`*` one token, `>` the rest). Stored in each node's database: it survives
+    restarts. Adding an existing id replaces that handler."""
+    from treescale.services.handlers import spec_from_args
+
+    args = {"pattern": pattern, "run": command, "id": hid, "timeout": run_timeout,
+            "max_concurrent": max_concurrent, "queue": queue}
+    spec_from_args(args)  # bad input fails here, before any connection
+    with connect(address, token, call_timeout) as c:
+        results = _call(c, "add", args, _target(c, node, group, tag), call_timeout)
+    if as_json:
+        print(json.dumps([r.as_dict() for r in results]))
+    for r in results:
+        if r.ok and not as_json:
+            verb = "replaced" if r.result["replaced"] else "added"
+            console.print(f"[green]{verb}[/] handler {r.result['id']} "
+                          f"(on {r.result['pattern']}) on node {r.node}")
+    _fail_on_errors(results)
+
+
+@event.command("rm")
+@click.argument("hid", metavar="ID")
+@target_options
+@json_option
+@address_option
+@token_option
+@call_timeout_option
+@friendly
+def rm_cmd(hid: str, node: str | None, group: str | None, tag: str | None, as_json: bool,
+           address: str, token: str | None, call_timeout: float) -> None:
+    """Remove the handler ID (the pattern it was added with, unless --id was given)."""
+    with connect(address, token, call_timeout) as c:
+        results = _call(c, "rm", {"id": hid}, _target(c, node, group, tag), call_timeout)
+    if as_json:
+        print(json.dumps([r.as_dict() for r in results]))
+    for r in results:
+        if r.ok and not as_json:
+            console.print(f"[green]removed[/] handler {hid} from node {r.node}")
+    _fail_on_errors(results)
+
+
+@event.command("ls")
+@target_options
+@json_option
+@address_option
+@token_option
+@call_timeout_option
+@friendly
+def ls_cmd(node: str | None, group: str | None, tag: str | None, as_json: bool,
+           address: str, token: str | None, call_timeout: float) -> None:
+    """List the handlers of the target node(s): pattern, command, limits, runs since
+    the node started and the last exit status."""
+    from rich.table import Table
+
+    with connect(address, token, call_timeout) as c:
+        results = _call(c, "ls", {}, _target(c, node, group, tag), call_timeout)
+    rows = [{"node": r.node, **h} for r in sorted(results, key=lambda r: r.node) if r.ok
+            for h in r.result]
+    if as_json:
+        print(json.dumps(rows))
+    else:
+        table = Table(title=f"{len(rows)} handler(s) on {len(results)} node(s)")
+        for col in ("node", "id", "event", "command", "timeout", "max", "runs",
+                    "last exit"):
+            table.add_column(col, justify="right" if col in ("timeout", "max", "runs")
+                             else "left", overflow="fold")
+        for h in rows:
+            table.add_row(h["node"], h["id"], h["pattern"], h["run"], f"{h['timeout']:g}s",
+                          str(h["max_concurrent"]), str(h["runs"]), _last_exit(h))
+        out.print(table)
+    _fail_on_errors(results)
+
+
+def _last_exit(h: dict) -> str:
+    if h["runs"] == 0:
+        return "—"
+    if h["last_error"]:
+        return f"[red]{h['last_exit']} ({h['last_error'].split(' on node')[0]})[/]"
+    return str(h["last_exit"]) if h["last_exit"] == 0 else f"[red]{h['last_exit']}[/]"
+
+
+@event.command("trigger")
+@click.argument("name")
+@click.argument("data", required=False, default="")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the payload from stdin.")
+@click.option("-H", "--header", "headers", multiple=True, metavar="KEY=VALUE",
+              help="Event header (repeatable); the command sees TREESCALE_HEADER_KEY.")
+@target_options
+@json_option
+@address_option
+@token_option
+@timeout_option
+@friendly
+def trigger_cmd(name: str, data: str, from_stdin: bool, headers: tuple[str, ...],
+                node: str | None, group: str | None, tag: str | None, as_json: bool,
+                address: str, token: str | None, timeout: float) -> None:
+    """Publish event NAME (payload DATA) to the target node(s) only, wait for each of
+    their matching handlers and print its result. Exit 1 if any handler failed, or
+    none matched or answered."""
+    from treescale.routing import split_name
+
+    split_name(name)
+    hdrs = _parse_headers(headers)
+    payload = sys.stdin.buffer.read() if from_stdin else data.encode()
+    with connect(address, token, timeout) as c:
+        target = _target(c, node, group, tag)
+        expected = _expected_runs(_call(c, "match", {"event": name}, target, timeout),
+                                  name, target)
+        results = _publish_and_collect(c, name, payload, hdrs, target, expected, timeout)
+    failed = 0
+    for key in sorted(expected):
+        r = results.get(key) or {
+            "node": key[0], "handler": key[1], "event": name, "ok": False, "exit": None,
+            "error": f"no result from handler {key[1]!r} on node {key[0]} within "
+                     f"{expected[key] + timeout:g}s"}
+        failed += not r["ok"]
+        if as_json:
+            print(json.dumps(r), flush=True)
+        else:
+            _print_result(r, labelled=len(expected) > 1)
+    sys.exit(1 if failed else 0)
+
+
+def _parse_headers(headers: tuple[str, ...]) -> dict[str, str] | None:
+    parsed = {}
+    for h in headers:
+        key, sep, value = h.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{h!r} is not KEY=VALUE", param_hint="--header")
+        parsed[key] = value
+    return parsed or None
+
+
+def _expected_runs(matches: list, name: str, target: dict) -> dict[tuple[str, str], float]:
+    """(node, handler) -> its timeout, for each handler the event will run."""
+    _fail_on_errors(matches)
+    expected = {(r.node, h["id"]): float(h["timeout"]) for r in matches for h in r.result}
+    if not expected:
+        where = " ".join(f"{k} {v}" for k, v in target.items() if v is not None)
+        raise RuntimeError(f"no handler on {where} matches {name} "
+                           "(`tsctl event ls` shows them)")
+    return expected
+
+
+def _publish_and_collect(client: Any, name: str, payload: bytes, headers: dict | None,
+                         target: dict, expected: dict, timeout: float) -> dict:
+    """Publish with a unique trigger header; collect the results that carry it."""
+    from treescale.services.handlers import TRIGGER_HEADER, result_subject
+
+    trigger = f"{client.node}.{os.getpid()}.{time.monotonic_ns()}"
+    kind = next(k for k, v in target.items() if v is not None)
+    client.subscribe(result_subject("*"))
+    client.publish(name, payload, target=f"{kind}:{target[kind]}",
+                   headers={**(headers or {}), TRIGGER_HEADER: trigger})
+    client.flush(timeout)
+    if client.errors:
+        raise client.errors.popleft()
+    results: dict[tuple[str, str], dict] = {}
+    deadline = time.monotonic() + max(expected.values()) + timeout
+    while len(results) < len(expected):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ev = client.next_event(left)
+        if ev is None:
+            break
+        r = ev.json()
+        key = (r.get("node"), r.get("handler"))
+        if r.get("trigger") == trigger and key in expected:
+            results[key] = r
+    return results
+
+
+def _print_result(r: dict, labelled: bool) -> None:
+    prefix = f"[{r['node']}/{r['handler']}] " if labelled else ""
+    for stream, sink in (("stdout", sys.stdout), ("stderr", sys.stderr)):
+        text = r.get(stream) or ""
+        for line in text.splitlines(keepends=True):
+            sink.write(prefix + line)
+        if text and not text.endswith("\n"):
+            sink.write("\n")
+        sink.flush()
+    what = f"handler {r['handler']} on node {r['node']}"
+    if r.get("error"):
+        console.print(f"[bold red]error:[/] {r['error']}", soft_wrap=True)
+    elif r["ok"]:
+        console.print(f"[green]ok[/] {what}: exit 0 in {r['duration']:.3f}s")
+    else:
+        console.print(f"[red]failed[/] {what}: exit {r['exit']} in {r['duration']:.3f}s")
+    if r.get("truncated"):
+        console.print(f"[yellow]note:[/] output of {what} was truncated")
+
+
+COMMANDS = [event]
