@@ -1,7 +1,8 @@
 """Node configuration: load from TOML, JSON or YAML and validate.
 
 A file may hold a single ``[node]`` table, or a tree in the seed's format
-(``[tree_node.NAME]`` tables); ``load_node_config(path, name)`` picks the node's table.
+(``[tree_node.NAME]`` tables), or be a compiled tree database (``.db``, see
+treescale.fabric); ``load_node_config(path, name)`` picks the node's table.
 Every problem is reported as one ConfigError line naming the file, node and field.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,18 @@ from treescale.tree import Tree, TreeError
 
 DEFAULT_PORT = 8888
 DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
+DB_SUFFIXES = (".db", ".mdb", ".lmdb")  # a compiled tree database (LMDB)
 
 
 class ConfigError(ValueError):
-    """A config problem, phrased as one readable line."""
+    """Config problems, one readable line each naming the file, node and field.
+
+    ``problems`` holds every line (validation reports all it finds, not the first);
+    ``str()`` joins them with newlines."""
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
 
 
 @dataclass
@@ -49,6 +59,10 @@ class NodeConfig:
     join: bool = False  # parent is a contact: let the tree place us (auto-join)
     exec_enabled: bool = False
     metrics_port: int | None = None
+    # Docker service: the engine (default $DOCKER_HOST, else the local socket) and how
+    # often each running container's stats are published ($sys.docker.NODE.stats).
+    docker_host: str | None = None
+    docker_stats_interval: float = 2.0
     # The node's local database (tree, handlers, load-balancer state); default
     # $TREE_DB_PATH, else /etc/treescale/tree.db (the seed's).
     db_path: str | None = None
@@ -173,6 +187,17 @@ def load_node_config(path: str | Path | None, name: str | None = None) -> NodeCo
     """The config of node ``name`` from ``path`` (a [node] table or a tree file)."""
     if path is None:
         return NodeConfig(name=name or "node")
+    if Path(path).suffix in DB_SUFFIXES:
+        from treescale.fabric import read_db
+
+        fabric = read_db(path)
+        if name is None or name not in fabric.nodes:
+            raise ConfigError(f"{path}: holds a tree; say which node with --name"
+                              if name is None else f"{path}: no node named {name!r} "
+                              f"(nodes: {', '.join(fabric.tree.names)})")
+        cfg = fabric.node_config(name)
+        cfg.extra["fabric_source"] = str(path)
+        return cfg
     raw = read_file(path)
     if "tree_node" in raw:
         nodes = raw["tree_node"]
@@ -190,9 +215,23 @@ def load_node_config(path: str | Path | None, name: str | None = None) -> NodeCo
             section = found
         cfg = node_config_from_dict(section, str(path), name)
         cfg.parent = cfg.parent or _parent_address(raw, str(path), name)
+        cfg.extra["fabric_source"] = str(path)  # the config service keeps the whole tree
         return cfg
     section = raw.get("node", raw)
     cfg = node_config_from_dict(section, str(path), section.get("name", name))
     if name:
         cfg.name = name
     return cfg
+
+
+_FABRIC_NAMES = {"Fabric", "SshTarget", "load_fabric", "fabric_from_dict", "fabric_to_dict",
+                 "compile_db", "read_db"}
+
+
+def __getattr__(name: str) -> Any:
+    """The whole-tree model lives in treescale.fabric; importable from here too."""
+    if name in _FABRIC_NAMES:
+        from treescale import fabric
+
+        return getattr(fabric, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

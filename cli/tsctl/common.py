@@ -11,6 +11,7 @@ from typing import Any
 import click
 import zmq
 from rich.console import Console
+from rich.markup import escape
 
 from treescale import Client, NodeError
 from treescale.config import ConfigError
@@ -33,7 +34,7 @@ def friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as exc:
-            console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             sys.exit(1)
         except KeyboardInterrupt:
             sys.exit(130)

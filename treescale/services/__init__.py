@@ -16,6 +16,7 @@ from treescale.config import NodeConfig
 
 SERVICES: list[str] = [
     "treescale.services.exec:ExecService.start",
+    "treescale.services.config:ConfigService.start",
     "treescale.services.handlers:HandlerService.start",
 ]
 
