@@ -18,6 +18,7 @@ SERVICES: list[str] = [
     "treescale.services.exec:ExecService.start",
     "treescale.services.config:ConfigService.start",
     "treescale.services.handlers:HandlerService.start",
+    "treescale.services.lb:LbService.start",
 ]
 
 

@@ -1,0 +1,228 @@
+"""`tsctl lb`: L4 load balancing on nodes (virtual services, real servers, following).
+
+Every command goes through the nodes' ``lb`` service (treescale.services.lb), so it
+needs a token with the ``lb`` permission. Without -t/--group/--tag a command acts on
+the node tsctl is attached to. VIP:PORT may carry the protocol: ``udp/10.0.0.1:53``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from tsctl.common import (
+    address_option,
+    connect,
+    console,
+    friendly,
+    one_target,
+    out,
+    target_options,
+    timeout_option,
+    token_option,
+)
+
+PROTOS = ("tcp", "udp")
+
+
+def _common(fn: Callable) -> Callable:
+    """-t/--group/--tag, --json, -a, --token, --timeout: shared by every lb command."""
+    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")(fn)
+    for option in (target_options, address_option, token_option, timeout_option):
+        fn = option(fn)
+    return friendly(fn)
+
+
+def _run(address: str, token: str | None, timeout: float, node: str | None,
+         group: str | None, tag: str | None, op: str, args: dict) -> list:
+    from treescale.services.rpc import call
+
+    with connect(address, token, timeout) as c:
+        if node is None and group is None and tag is None:
+            node = c.node
+        return call(c, "lb", op, args, timeout=timeout, **one_target(node, group, tag))
+
+
+def _finish(results: list, as_json: bool, render: Callable[[Any, str], None],
+            rendered: Callable[[], None] | None = None) -> None:
+    """Print each node's answer (JSON lines, or rendered, then ``rendered()``); one
+    error line per node that refused, and exit status 1 if any did."""
+    labelled = len(results) > 1
+    for r in results:
+        if as_json:
+            print(json.dumps(r.as_dict()))
+        elif r.ok:
+            render(r.result, f"[{r.node}] " if labelled else "")
+    if rendered is not None and not as_json:
+        rendered()
+    failed = [r for r in results if not r.ok]
+    if not as_json:
+        for r in failed:
+            label = f"[{r.node}] " if labelled else ""
+            console.print(f"[bold red]error:[/] {label}{r.error}", soft_wrap=True)
+    if failed:
+        sys.exit(1)
+
+
+def _reals_text(service: dict, sep: str = ", ") -> str:
+    return sep.join(f"{r['address']}:{r['port']}@{r['weight']}" for r in service["reals"]) \
+        or "none"
+
+
+def _backend_text(service: dict) -> str:
+    """``nft`` or ``nft (auto)``: the reasons are in the add reply and under ``ls``."""
+    return service["backend"] + (" (auto)" if service["why"].startswith("auto") else "")
+
+
+@click.group()
+def lb() -> None:
+    """L4 load balancing: virtual services spread over real servers (ipvs/nft/proxy)."""
+
+
+@lb.command("add")
+@click.argument("vip")
+@click.option("--proto", type=click.Choice(PROTOS), default="tcp", show_default=True)
+@click.option("--scheduler", type=click.Choice(["rr", "wrr", "lc", "sh"]), default="rr",
+              show_default=True, help="rr round robin, wrr weighted, lc least connections, "
+                                      "sh source hash.")
+@click.option("--backend", type=click.Choice(["auto", "ipvs", "nft", "proxy"]),
+              default="auto", show_default=True,
+              help="auto takes the best available: ipvs > nft > proxy.")
+@click.option("--real", "reals", multiple=True, metavar="IP:PORT[@WEIGHT]",
+              help="A real server (repeat for more).")
+@click.option("--follow-label", metavar="KEY=VALUE",
+              help="Add/remove containers with this label as they start/stop.")
+@click.option("--follow-image", metavar="IMAGE",
+              help="Add/remove containers of this image as they start/stop.")
+@click.option("--target-port", type=click.IntRange(1, 65535),
+              help="The port followed containers serve on.")
+@_common
+def add(vip: str, proto: str, scheduler: str, backend: str, reals: tuple[str, ...],
+        follow_label: str | None, follow_image: str | None, target_port: int | None,
+        as_json: bool, node: str | None, group: str | None, tag: str | None,
+        address: str, token: str | None, timeout: float) -> None:
+    """Create virtual service VIP:PORT."""
+    if follow_label and follow_image:
+        raise click.UsageError("give --follow-label or --follow-image, not both")
+    if (follow_label or follow_image) and target_port is None:
+        raise click.UsageError("following containers needs --target-port")
+    args = {"vip": vip, "proto": proto, "scheduler": scheduler, "backend": backend,
+            "reals": list(reals), "follow_label": follow_label,
+            "follow_image": follow_image, "target_port": target_port}
+    results = _run(address, token, timeout, node, group, tag, "add", args)
+
+    def render(s: dict, label: str) -> None:
+        out.print(f"{label}added {s['key']}: {s['scheduler']} over {_reals_text(s)}; "
+                  f"backend {s['why']}", soft_wrap=True)
+    _finish(results, as_json, render)
+
+
+@lb.command("rm")
+@click.argument("vip")
+@click.option("--proto", type=click.Choice(PROTOS), default="tcp", show_default=True)
+@_common
+def rm(vip: str, proto: str, as_json: bool, node: str | None, group: str | None,
+       tag: str | None, address: str, token: str | None, timeout: float) -> None:
+    """Remove virtual service VIP:PORT."""
+    results = _run(address, token, timeout, node, group, tag, "rm",
+                   {"vip": vip, "proto": proto})
+    _finish(results, as_json, lambda s, label: out.print(f"{label}removed {s['key']}"))
+
+
+@lb.command("real-add")
+@click.argument("vip")
+@click.argument("reals", nargs=-1, required=True, metavar="IP:PORT[@WEIGHT]...")
+@click.option("--proto", type=click.Choice(PROTOS), default="tcp", show_default=True)
+@_common
+def real_add(vip: str, reals: tuple[str, ...], proto: str, as_json: bool,
+             node: str | None, group: str | None, tag: str | None, address: str,
+             token: str | None, timeout: float) -> None:
+    """Add real servers to VIP:PORT (an existing one gets the new weight)."""
+    results = _run(address, token, timeout, node, group, tag, "real_add",
+                   {"vip": vip, "proto": proto, "reals": list(reals)})
+    _finish(results, as_json,
+            lambda s, label: out.print(f"{label}{s['key']}: {_reals_text(s)}"))
+
+
+@lb.command("real-rm")
+@click.argument("vip")
+@click.argument("reals", nargs=-1, required=True, metavar="IP:PORT...")
+@click.option("--proto", type=click.Choice(PROTOS), default="tcp", show_default=True)
+@_common
+def real_rm(vip: str, reals: tuple[str, ...], proto: str, as_json: bool,
+            node: str | None, group: str | None, tag: str | None, address: str,
+            token: str | None, timeout: float) -> None:
+    """Take real servers out of VIP:PORT."""
+    results = _run(address, token, timeout, node, group, tag, "real_rm",
+                   {"vip": vip, "proto": proto, "reals": list(reals)})
+    _finish(results, as_json,
+            lambda s, label: out.print(f"{label}{s['key']}: {_reals_text(s)}"))
+
+
+@lb.command("ls")
+@_common
+def ls(as_json: bool, node: str | None, group: str | None, tag: str | None,
+       address: str, token: str | None, timeout: float) -> None:
+    """List the virtual services and the backend each runs on."""
+    from rich.table import Table
+
+    results = _run(address, token, timeout, node, group, tag, "ls", {})
+    table = Table(title="virtual services")
+    for col in ("node", "service", "scheduler", "backend", "real servers", "follows",
+                "error"):
+        table.add_column(col, no_wrap=col not in ("follows", "error"),
+                         overflow="fold")
+
+    unavailable: dict[str, str] = {}
+
+    def render(result: dict, label: str) -> None:
+        for s in result["services"]:
+            table.add_row(label.strip(" []") or results[0].node, s["key"], s["scheduler"],
+                          _backend_text(s), _reals_text(s, "\n"), s["follow_text"] or "",
+                          s["error"] or "")
+        unavailable.update(result.get("unavailable") or {})
+
+    def rendered() -> None:
+        out.print(table)
+        for reason in unavailable.values():
+            out.print(f"[dim]{reason}[/]", soft_wrap=True)
+    _finish(results, as_json, render, rendered)
+
+
+@lb.command("show")
+@click.argument("vip")
+@click.option("--proto", type=click.Choice(PROTOS), default="tcp", show_default=True)
+@_common
+def show(vip: str, proto: str, as_json: bool, node: str | None, group: str | None,
+         tag: str | None, address: str, token: str | None, timeout: float) -> None:
+    """One virtual service: its real servers, weights and open connections."""
+    from rich.table import Table
+
+    results = _run(address, token, timeout, node, group, tag, "show",
+                   {"vip": vip, "proto": proto})
+
+    def render(s: dict, label: str) -> None:
+        follows = f"; follows {s['follow_text']}" if s["follow_text"] else ""
+        table = Table(title=f"{label}{s['key']}: {s['scheduler']}, backend "
+                            f"{_backend_text(s)}{follows}")
+        for col in ("real server", "weight", "container", "active"):
+            table.add_column(col, justify="right" if col in ("weight", "active") else "left")
+        active = s.get("active")
+        for r in s["reals"]:
+            key = f"{r['address']}:{r['port']}"
+            table.add_row(key, str(r["weight"]), (r.get("container") or "")[:12],
+                          "n/a" if active is None else str(active.get(key, 0)))
+        out.print(table)
+        if s.get("error"):
+            console.print(f"[bold red]not applied:[/] {s['error']}", soft_wrap=True)
+        elif not s.get("installed") and s["reals"]:
+            console.print(f"[bold yellow]warning:[/] {s['key']} is not in {s['backend']} "
+                          "(removed behind the node's back?)", soft_wrap=True)
+    _finish(results, as_json, render)
+
+
+COMMANDS = [lb]
