@@ -72,3 +72,21 @@ def test_service_subjects_need_the_service_permission(node_factory, clients):
         assert r.ok and r.result["echo"] == "y"
     finally:
         svc._pool.shutdown(wait=False)
+
+
+def test_sys_events_are_reserved_for_nodes_services_and_sys_tokens(node_factory, clients):
+    """A forged $sys.docker… start event could add a real server to a load balancer:
+    with auth on, only tokens with `sys` (or `*`) may publish under $sys."""
+    n = node_factory("n1", {"tokens": {"viewer": ["pub", "sub"], "ops": ["pub", "sub", "sys"]}})
+    watcher = clients(n.address, token="ops")
+    watcher.subscribe("$sys.audit.forged")
+    errors: list = []
+    viewer = clients(n.address, token="viewer", on_error=errors.append)
+    viewer.publish("$sys.audit.forged", b"forged")
+    viewer.publish("plain.event", b"fine")
+    viewer.flush()
+    assert any("does not allow sys" in str(e) for e in errors), errors
+    clients(n.address, token="ops").publish("$sys.audit.forged", b"real")
+    ev = watcher.next_event(5)
+    assert ev is not None and bytes(ev.data) == b"real"
+    assert watcher.next_event(0.3) is None  # the forged one never arrived

@@ -28,6 +28,7 @@ from treescale.brokers.sessions import AUTHENTICATING, READY, Session, client_id
 from treescale.config import NodeConfig
 from treescale.frames import EVENTS, NOBLOCK, POLLIN, monitor_events, recv_frames, send_frames
 from treescale.interest import LOCAL, InterestTable
+from treescale.metrics import CLIENTS, LINKS, SERVICES, ProcessUsage, Traffic
 from treescale.routing import PatternError, RoutingTable, TargetError, split_pattern
 from treescale.services.rpc import SERVICE_PREFIX
 
@@ -78,6 +79,15 @@ class Node:
         self.service_context = None
         self.stats = {"events_in": 0, "events_out": 0, "bytes_in": 0, "no_route": 0,
                       "dropped": 0, "errors_sent": 0, "batches_in": 0}
+        # Metrics: counted per batch; RTT to the parent; this process's CPU/memory.
+        self.traffic = Traffic()
+        self._service_ids: set[bytes] = set()
+        self.rtt: float | None = None
+        self.rtt_ewma: float | None = None
+        self._rtt_parent: str | None = None
+        self._usage = ProcessUsage()
+        self._cpu: tuple[float, int] = (0.0, 0)
+        self.metrics_server = None
         self._out: dict[bytes, list[Segment]] = {}
         self._slow_ids: set[bytes] = set()
         self._stop = threading.Event()
@@ -160,6 +170,8 @@ class Node:
             poller.register(self.up, zmq.POLLIN)
             poller.register(self.up_monitor, zmq.POLLIN)
         next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+        if self.config.metrics_port is not None:
+            self._start_metrics()
         log.info("node %s listening on %s", self.name, self.endpoint)
         if on_ready:
             on_ready(self)
@@ -205,7 +217,23 @@ class Node:
             except Exception:
                 log.exception("node %s could not start service %s", self.name, spec)
 
+    def _start_metrics(self) -> None:
+        """Serve /metrics on the node's host (port 0: a free one, logged and reported
+        in the stats as metrics_port)."""
+        from treescale.metrics import MetricsServer
+
+        try:
+            self.metrics_server = MetricsServer(self, self.config.host,
+                                                self.config.metrics_port)
+        except OSError as exc:
+            self.close()
+            raise OSError(f"metrics port {self.config.metrics_port} on "
+                          f"{self.config.host}: {exc.strerror or exc}") from None
+
     def close(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         for service in self.services:
             try:
                 service.close()
@@ -345,6 +373,7 @@ class Node:
                              address or "")
         if not is_link and hello.options.get("service") == self._service_secret:
             session.quiet = True  # one of this node's own services
+            self._service_ids.add(rid)
             self._finish_hello(rid, hello, Decision(True, "service", frozenset({"*"})))
             return
         if not self.auth.blocking:
@@ -420,6 +449,7 @@ class Node:
         self.table.remove_member(rid)
         self._out.pop(rid, None)
         self._slow_ids.discard(rid)
+        self._service_ids.discard(rid)
         if session.state == READY and not session.quiet:
             self._emit("$sys.client.disconnect", {"node": self.name,
                                                   "client": session.name,
@@ -445,16 +475,24 @@ class Node:
         self._route_batch(session, view, frames[2:])
 
     def _may_publish(self, session: Session, names: list) -> bool:
-        """Service subjects need a permission: ``$svc.S…`` needs ``S`` (exec, docker…)."""
+        """Reserved names need a permission: ``$svc.S…`` needs ``S`` (exec, docker…);
+        ``$sys.…`` (what nodes and services say about the fabric, which the monitor
+        and the load balancer believe) needs ``sys``. Links and services carry ``*``."""
+        perms = session.permissions
+        if "*" in perms:
+            return True
         for name in names:
             if name.startswith(SERVICE_PREFIX):
-                service = name[len(SERVICE_PREFIX):].split(".", 1)[0]
-                perms = session.permissions
-                if service not in perms and "*" not in perms:
-                    self._send_error(session.routing_id, "permission_denied",
-                                     f"{name!r}: this client's token does not allow "
-                                     f"{service}", name)
-                    return False
+                needed = name[len(SERVICE_PREFIX):].split(".", 1)[0]
+            elif name.startswith("$sys."):
+                needed = "sys"
+            else:
+                continue
+            if needed not in perms:
+                self._send_error(session.routing_id, "permission_denied",
+                                 f"{name!r}: this client's token does not allow "
+                                 f"{needed}", name)
+                return False
         return True
 
     def _lookup(self, session: Session | None, name: str, target: str | None,
@@ -480,6 +518,11 @@ class Node:
         n = view.n
         self.stats["events_in"] += n
         self.stats["batches_in"] += 1
+        if origin is not None:
+            self.traffic.count_in(LINKS, self._link_key(origin), view)
+        else:
+            self.traffic.count_in(SERVICES if session.routing_id in self._service_ids
+                                  else CLIENTS, None, view)
         errors: dict = {}
         queues_for: dict = {}  # (link, event) -> queue groups that link must serve
         if session is not None:
@@ -598,6 +641,18 @@ class Node:
             raise
         session.events_out += n_events
         self.stats["events_out"] += n_events
+        self._count_out(session, n_events, frames)
+
+    def _count_out(self, session: Session, n_events: int, frames: list) -> None:
+        if session.is_link:
+            self.traffic.count_out(LINKS, (session.name, "child"), n_events, frames)
+        else:
+            self.traffic.count_out(SERVICES if session.routing_id in self._service_ids
+                                   else CLIENTS, None, n_events, frames)
+
+    def _link_key(self, member: bytes) -> tuple[str, str]:
+        """(neighbour, role) of a tree link: the label of its traffic counters."""
+        return self.links.get(member, "?"), "parent" if member == PARENT else "child"
 
     def _park(self, session: Session, frames: list, n_events: int) -> None:
         size = sum(len(P._buffer(f)) for f in frames)
@@ -632,6 +687,7 @@ class Node:
                     break
                 session.events_out += item[1]
                 self.stats["events_out"] += item[1]
+                self._count_out(session, item[1], item[0])
             if not session.pending and rid in self.sessions:
                 self._slow_ids.discard(rid)
                 if session.slow:
@@ -806,6 +862,8 @@ class Node:
                               sources=msg.sources)
         elif isinstance(msg, P.Ping):
             self._send_link(member, P.encode_pong(msg.token))
+        elif isinstance(msg, P.Pong) and member == PARENT:
+            self._on_parent_pong(msg.token)
         elif isinstance(msg, P.Stats):
             depth = msg.info.get("open_depth")
             if isinstance(depth, int) and member != PARENT:
@@ -1007,6 +1065,7 @@ class Node:
             self.stats["dropped"] += n_events
             return
         self.stats["events_out"] += n_events
+        self.traffic.count_out(LINKS, (self.links[PARENT], "parent"), n_events, frames)
 
     # --------------------------------------------------------- request / reply
 
@@ -1086,7 +1145,19 @@ class Node:
         if (PARENT not in self.links and self._rehome_at is not None
                 and now > self._rehome_at):
             self._rehome_next()  # that ancestor did not take us: try the next
+        self._cpu = self._usage.sample()
+        if PARENT in self.links:  # the pong carries the send time back: link RTT
+            self._send_link(PARENT, P.encode_ping(time.monotonic_ns()))
         self._emit("$sys.node.stats", self.snapshot())
+
+    def _on_parent_pong(self, token: int) -> None:
+        rtt = (time.monotonic_ns() - token) / 1e9
+        if not 0 <= rtt < 60:
+            return  # not one of our timing pings
+        if self._rtt_parent != self.links.get(PARENT):  # re-homed: start afresh
+            self._rtt_parent, self.rtt_ewma = self.links.get(PARENT), None
+        self.rtt = rtt
+        self.rtt_ewma = rtt if self.rtt_ewma is None else 0.8 * self.rtt_ewma + 0.2 * rtt
 
     def snapshot(self) -> dict:
         """What this node says about itself once a second ($sys.node.stats)."""
@@ -1102,7 +1173,17 @@ class Node:
                                      for m, s in self.sessions.items()
                                      if s.state == READY and not s.is_link
                                      and not s.quiet and m in self.table.members),
-                "slow_clients": len(self._slow_ids), **self.stats}
+                "slow_clients": len(self._slow_ids),
+                "pending_messages": sum(len(self.sessions[r].pending)
+                                        for r in list(self._slow_ids) if r in self.sessions),
+                "pending_bytes": sum(self.sessions[r].pending_bytes
+                                     for r in list(self._slow_ids) if r in self.sessions),
+                "depth": self._depth(),
+                "rtt": self.rtt if PARENT in self.links else None,
+                "rtt_ewma": self.rtt_ewma if PARENT in self.links else None,
+                "cpu_percent": self._cpu[0], "rss_bytes": self._cpu[1],
+                "metrics_port": self.metrics_server.port if self.metrics_server else None,
+                **self.stats}
 
 
 def _heartbeats(sock: zmq.Socket) -> None:
