@@ -63,6 +63,9 @@ class NodeConfig:
     # often each running container's stats are published ($sys.docker.NODE.stats).
     docker_host: str | None = None
     docker_stats_interval: float = 2.0
+    # Machine services to run (treescale.services.SERVICES names); None: all of them.
+    # A tree of many nodes on one machine wants Docker on one node, not on each.
+    services: tuple[str, ...] | None = None
     # The node's local database (tree, handlers, load-balancer state); default
     # $TREE_DB_PATH, else /etc/treescale/tree.db (the seed's).
     db_path: str | None = None
@@ -152,9 +155,18 @@ def _coerce(value: Any, key: str, source: str, node: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")
         return value
-    if kind == "tuple[str, ...]":
+    if kind.startswith("tuple[str, ...]"):
+        if value is None and "None" in kind:
+            return None
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where} must be a list of strings")
+        if key == "services":
+            from treescale.services import SERVICES
+
+            unknown = [v for v in value if v not in SERVICES]
+            if unknown:
+                raise ConfigError(f"{where}: unknown service(s) {', '.join(unknown)} "
+                                  f"(known: {', '.join(SERVICES)})")
         return tuple(value)
     if kind == "str" or kind == "str | None":
         if not isinstance(value, str):

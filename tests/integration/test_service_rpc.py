@@ -90,3 +90,12 @@ def test_sys_events_are_reserved_for_nodes_services_and_sys_tokens(node_factory,
     ev = watcher.next_event(5)
     assert ev is not None and bytes(ev.data) == b"real"
     assert watcher.next_event(0.3) is None  # the forged one never arrived
+
+
+def test_a_node_runs_only_the_services_its_config_names(node_factory, clients):
+    full = node_factory("n1")
+    lean = node_factory("n2", {"services": ["exec"]})
+    [r] = call(clients(full.address), "handlers", "ls", node="n1", timeout=10)
+    assert r.ok
+    with pytest.raises(TimeoutError, match="no answer from handlers on node 'n2'"):
+        call(clients(lean.address), "handlers", "ls", node="n2", timeout=1.5)

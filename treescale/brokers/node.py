@@ -209,13 +209,14 @@ class Node:
         address = self.endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
         self.service_context = ServiceContext(address, self.name, self.config,
                                               self._service_secret)
-        for spec in SERVICES:
+        wanted = SERVICES if self.config.services is None else self.config.services
+        for name in wanted:
             if self._stop.is_set():
                 return
             try:
-                self.services.append(load_factory(spec)(self.service_context))
+                self.services.append(load_factory(SERVICES[name])(self.service_context))
             except Exception:
-                log.exception("node %s could not start service %s", self.name, spec)
+                log.exception("node %s could not start service %s", self.name, name)
 
     def _start_metrics(self) -> None:
         """Serve /metrics on the node's host (port 0: a free one, logged and reported

@@ -1,9 +1,10 @@
 """Machine services. Each runs in its node's process as a client of that node, so the
 broker loop never waits on a subprocess, Docker or netlink.
 
-A service is listed in ``SERVICES`` as ``"module:factory"``; the node calls
-``factory(ctx)`` once its loop runs and ``close()`` on the result when it stops. A
-service that fails to start is logged and the node runs on without it.
+A service is listed in ``SERVICES`` as ``name: "module:factory"``; a node runs the
+ones its config names (``services``, default all), calls ``factory(ctx)`` once its
+loop runs and ``close()`` on the result when it stops. A service that fails to start
+is logged and the node runs on without it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from typing import Any
 
 from treescale.config import NodeConfig
 
-SERVICES: list[str] = [
-    "treescale.services.exec:ExecService.start",
-    "treescale.services.config:ConfigService.start",
-    "treescale.services.handlers:HandlerService.start",
-    "treescale.services.lb:LbService.start",
-]
+SERVICES: dict[str, str] = {
+    "exec": "treescale.services.exec:ExecService.start",
+    "config": "treescale.services.config:ConfigService.start",
+    "docker": "treescale.services.docker:DockerService.start",
+    "handlers": "treescale.services.handlers:HandlerService.start",
+    "lb": "treescale.services.lb:LbService.start",
+}
 
 
 @dataclass

@@ -1,0 +1,405 @@
+"""`tsctl docker`: drive the Docker engine of any node (or of a group/tag of nodes)
+through that node's docker service. Every result is labelled with its node."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from tsctl.common import (
+    address_option,
+    connect,
+    console,
+    friendly,
+    one_target,
+    out,
+    target_options,
+    timeout_option,
+    token_option,
+)
+
+SERVICE = "docker"
+# IMAGE/CONTAINER then a command line of its own: options go before, as with docker.
+ARGV_TAIL = {"allow_interspersed_args": False, "ignore_unknown_options": True}
+
+
+def _common(fn: Callable) -> Callable:
+    """Connection, target and --json options every docker command takes."""
+    fn = click.option("--json", "as_json", is_flag=True, help="One JSON document.")(fn)
+    fn = target_options(fn)
+    fn = timeout_option(fn)
+    fn = token_option(fn)
+    return address_option(fn)
+
+
+def _call(opts: dict, op: str, args: dict, *, extra_timeout: float = 0.0,
+          on_stream: Callable[[str, str, Any], None] | None = None) -> list:
+    """Run ``op`` on the chosen node(s); print failures (one line each) and return the
+    successes; the command exits 1 if any node failed."""
+    from treescale.services.rpc import call
+
+    target = one_target(opts["node"], opts["group"], opts["tag"])
+    with connect(opts["address"], opts["token"], opts["timeout"], name="tsctl-docker") as c:
+        results = call(c, SERVICE, op, args, timeout=opts["timeout"] + extra_timeout,
+                       on_stream=on_stream, **target)
+    results.sort(key=lambda r: r.node)
+    if opts["as_json"]:
+        out.print_json(json.dumps([r.as_dict() for r in results], default=str))
+    else:
+        for r in results:
+            if not r.ok:
+                console.print(f"[bold red]error:[/] {r.error}", soft_wrap=True,
+                              markup=True, highlight=False)
+    good = [r for r in results if r.ok]
+    if len(good) < len(results):
+        if not good:
+            sys.exit(1)
+        # some nodes answered: show theirs, then still exit 1
+        click.get_current_context().call_on_close(lambda: sys.exit(1))
+    return good
+
+
+def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, box=None, header_style="bold")
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    out.print(table)
+
+
+def _size(n: Any) -> str:
+    n = float(n or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)
+
+
+@click.group()
+def docker() -> None:
+    """Containers on the nodes' Docker engines (permission: docker)."""
+
+
+@docker.command("ps")
+@_common
+@click.option("--all", "show_all", is_flag=True, help="Stopped containers too.")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Engine filter, e.g. label=app=web, name=web, status=exited.")
+@friendly
+def ps(address, token, timeout, node, group, tag, as_json, show_all, filters) -> None:
+    """List containers."""
+    flt: dict[str, list[str]] = {}
+    for f in filters:
+        key, eq, value = f.partition("=")
+        if not eq:
+            raise click.UsageError(f"filter {f!r}: expected KEY=VALUE")
+        flt.setdefault(key, []).append(value)
+    results = _call(dict(address=address, token=token, timeout=timeout, node=node,
+                          group=group, tag=tag, as_json=as_json), "ps",
+                    {"all": show_all, "filters": flt})
+    if not as_json:
+        _table(["NODE", "ID", "NAME", "IMAGE", "STATE", "STATUS", "PORTS"],
+               [[r.node, c["id"], c["name"], c["image"], c["state"], c["status"],
+                 ", ".join(c["ports"])] for r in results for c in r.result])
+
+
+@docker.command("run", context_settings=ARGV_TAIL)
+@_common
+@click.argument("image")
+@click.argument("command", nargs=-1)
+@click.option("--name", help="Container name (with --count N: NAME-1..NAME-N).")
+@click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="Environment.")
+@click.option("-p", "--publish", "ports", multiple=True,
+              metavar="[IP:][HOST_PORT:]PORT[/PROTO]",
+              help="Publish a port, as docker run -p (no IP: every host address).")
+@click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE")
+@click.option("--cpus", type=float, help="CPU limit, e.g. 0.5.")
+@click.option("-m", "--memory", help="Memory limit, e.g. 64m.")
+@click.option("--restart", default="no", show_default=True,
+              help="no, always, unless-stopped or on-failure[:N].")
+@click.option("-n", "--count", type=int, default=1, show_default=True,
+              help="How many containers to start.")
+@friendly
+def run(address, token, timeout, node, group, tag, as_json, image, command, name, env,
+        ports, labels, cpus, memory, restart, count) -> None:
+    """Start containers of IMAGE (never pulls: see `tsctl docker pull`)."""
+    label_map = {}
+    for item in labels:
+        key, _, value = item.partition("=")
+        label_map[key] = value
+    args = {"image": image, "command": list(command) or None, "name": name,
+            "env": list(env), "ports": list(ports), "labels": label_map, "cpus": cpus,
+            "memory": memory, "restart": restart, "count": count}
+    results = _call(dict(address=address, token=token, timeout=timeout, node=node,
+                          group=group, tag=tag, as_json=as_json), "run", args,
+                    extra_timeout=30 + 2 * count)
+    if not as_json:
+        for r in results:
+            for c in r.result:
+                click.echo(f"{r.node}\t{c['id']}\t{c['name']}")
+
+
+def _lifecycle(op: str, verb: str, stop_timeout: bool = False, force: bool = False) -> None:
+    """start/stop/restart/rm share one shape: containers in, their new states out."""
+
+    @_common
+    @click.argument("containers", nargs=-1, required=True)
+    @friendly
+    def command(address, token, timeout, node, group, tag, as_json, containers,
+                stop_timeout=None, force=None) -> None:
+        args: dict[str, Any] = {"containers": list(containers)}
+        if stop_timeout is not None:
+            args["timeout"] = stop_timeout
+        if force is not None:
+            args["force"] = force
+        results = _call(dict(address=address, token=token, timeout=timeout, node=node,
+                             group=group, tag=tag, as_json=as_json), op, args,
+                        extra_timeout=(stop_timeout or 0) + 20)
+        if not as_json:
+            for r in results:
+                for c in r.result:
+                    click.echo(f"{r.node}\t{c['name']}\t{c['state']}")
+
+    command.__doc__ = f"{verb} containers (names or ids)."
+    if stop_timeout:
+        command = click.option("--stop-timeout", type=int, default=10, show_default=True,
+                               help="Seconds before the engine kills it.")(command)
+    if force:
+        command = click.option("-f", "--force", is_flag=True,
+                               help="Kill running containers first.")(command)
+    docker.command(op)(command)
+
+
+_lifecycle("start", "Start")
+_lifecycle("stop", "Stop", stop_timeout=True)
+_lifecycle("restart", "Restart", stop_timeout=True)
+_lifecycle("rm", "Remove", force=True)
+
+
+@docker.command("logs")
+@_common
+@click.argument("container")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output.")
+@click.option("--duration", type=float, default=60.0, show_default=True,
+              help="With -f: stop after this many seconds (or when it stops).")
+@click.option("--tail", default="all", show_default=True, help="Last N lines only.")
+@click.option("--timestamps", is_flag=True)
+@friendly
+def logs(address, token, timeout, node, group, tag, as_json, container, follow, duration,
+         tail, timestamps) -> None:
+    """Print a container's output (streamed as it comes)."""
+    if tail != "all" and not tail.isdigit():
+        raise click.UsageError(f"--tail {tail!r}: a number or 'all'")
+    labelled = node is None
+
+    def show(n: str, stream: str, data: Any) -> None:
+        if as_json:
+            return
+        if labelled:
+            for line in bytes(data).decode(errors="replace").splitlines(keepends=True):
+                sys.stdout.write(f"[{n}] {line}")
+        else:
+            sys.stdout.buffer.write(bytes(data))
+        sys.stdout.flush()
+
+    _call(dict(address=address, token=token, timeout=timeout, node=node, group=group,
+                tag=tag, as_json=as_json), "logs",
+          {"container": container, "follow": follow, "duration": duration,
+           "tail": tail if tail == "all" else int(tail), "timestamps": timestamps},
+          extra_timeout=duration if follow else 0, on_stream=show)
+
+
+@docker.command("inspect")
+@_common
+@click.argument("container")
+@friendly
+def inspect(address, token, timeout, node, group, tag, as_json, container) -> None:
+    """The engine's full description of a container (JSON)."""
+    results = _call(dict(address=address, token=token, timeout=timeout, node=node,
+                          group=group, tag=tag, as_json=as_json), "inspect",
+                    {"container": container})
+    if not as_json:
+        out.print_json(json.dumps({r.node: r.result for r in results}, default=str))
+
+
+@docker.command("exec", context_settings=ARGV_TAIL)
+@_common
+@click.option("--exec-timeout", type=float, default=60.0, show_default=True,
+              help="Give up on the command after this many seconds.")
+@click.argument("container")
+@click.argument("command", nargs=-1, required=True)
+@friendly
+def exec_(address, token, timeout, node, group, tag, as_json, exec_timeout, container,
+          command) -> None:
+    """Run COMMAND in a running container; exit with its exit code (the worst one)."""
+    results = _call(dict(address=address, token=token, timeout=timeout, node=node,
+                          group=group, tag=tag, as_json=as_json), "exec",
+                    {"container": container, "command": list(command),
+                     "timeout": exec_timeout}, extra_timeout=exec_timeout)
+    if not as_json:
+        for r in results:
+            prefix = f"[{r.node}] " if node is None else ""
+            for text, stream in ((r.result["stdout"], sys.stdout),
+                                 (r.result["stderr"], sys.stderr)):
+                for line in text.splitlines(keepends=True):
+                    stream.write(prefix + line)
+            sys.stdout.flush()
+    sys.exit(max(r.result["exit_code"] or 0 for r in results))
+
+
+def _stats_rows(samples: list[dict]) -> list[list[Any]]:
+    return [[s["node"], s["name"], f"{s['cpu_percent']:.1f}%",
+             f"{_size(s['mem_bytes'])} / {_size(s['mem_limit'])}",
+             f"{_size(s['net_rx'])} / {_size(s['net_tx'])}",
+             f"{_size(s['blk_read'])} / {_size(s['blk_write'])}"]
+            for s in sorted(samples, key=lambda s: (s["node"], s["name"]))]
+
+
+STATS_COLUMNS = ["NODE", "NAME", "CPU", "MEM / LIMIT", "NET RX / TX", "BLOCK R / W"]
+
+
+@docker.command("stats")
+@_common
+@click.option("-w", "--watch", is_flag=True,
+              help="Live view of the stats events the nodes publish.")
+@click.option("--duration", type=float, default=0.0,
+              help="With --watch: stop after this many seconds (default: Ctrl-C).")
+@friendly
+def stats(address, token, timeout, node, group, tag, as_json, watch, duration) -> None:
+    """CPU, memory, network and block I/O of running containers."""
+    opts = dict(address=address, token=token, timeout=timeout, node=node, group=group,
+                 tag=tag, as_json=as_json)
+    if not watch:
+        results = _call(opts, "stats", {})
+        if not as_json:
+            _table(STATS_COLUMNS, _stats_rows([s for r in results for s in r.result]))
+        return
+    _watch_stats(opts, duration)
+
+
+def _watch_stats(opts: dict, duration: float) -> None:
+    """Follow ``$sys.docker.<node>.stats`` events: a live table (or JSON lines)."""
+    import msgpack
+    from rich.live import Live
+    from rich.table import Table
+
+    one_target(opts["node"], opts["group"], opts["tag"])
+    pattern = f"$sys.docker.{opts['node'] or '*'}.stats"
+    latest: dict[tuple[str, str], dict] = {}
+    deadline = time.monotonic() + duration if duration > 0 else float("inf")
+    with connect(opts["address"], opts["token"], opts["timeout"], name="tsctl-docker") as c:
+        c.subscribe(pattern)
+
+        def render() -> Table:
+            table = Table(box=None, header_style="bold", title="docker stats (live)")
+            for col in STATS_COLUMNS:
+                table.add_column(col)
+            for row in _stats_rows(list(latest.values())):
+                table.add_row(*row)
+            return table
+
+        live = None if opts["as_json"] else Live(render(), console=out, auto_refresh=False)
+        if live:
+            live.start()
+        try:
+            while time.monotonic() < deadline:
+                ev = c.next_event(min(0.5, max(deadline - time.monotonic(), 0.01)))
+                if ev is None:
+                    continue
+                sample = msgpack.unpackb(ev.data, raw=False)
+                if opts["as_json"]:
+                    out.print_json(json.dumps(sample), indent=None)
+                    continue
+                latest[(sample["node"], sample["id"])] = sample
+                live.update(render(), refresh=True)
+        finally:
+            if live:
+                live.stop()
+
+
+@docker.command("info")
+@_common
+@friendly
+def info(address, token, timeout, node, group, tag, as_json) -> None:
+    """Each node's engine: address, version, whether its events and stats are followed."""
+    results = _call(dict(address=address, token=token, timeout=timeout, node=node,
+                         group=group, tag=tag, as_json=as_json), "info", {})
+    if not as_json:
+        _table(["NODE", "ENGINE", "VERSION", "API", "EVENTS", "MONITORED", "STATS EVERY"],
+               [[r.node, i["engine"], i["version"], i["api"], "followed" if i["events"]
+                 else "not followed", i["monitored"], f"{i['stats_interval']:g}s"]
+                for r in results for i in [r.result]])
+
+
+@docker.command("images")
+@_common
+@click.option("--all", "show_all", is_flag=True, help="Intermediate images too.")
+@friendly
+def images(address, token, timeout, node, group, tag, as_json, show_all) -> None:
+    """List images."""
+    results = _call(dict(address=address, token=token, timeout=timeout, node=node,
+                          group=group, tag=tag, as_json=as_json), "images",
+                    {"all": show_all})
+    if not as_json:
+        _table(["NODE", "ID", "TAGS", "SIZE"],
+               [[r.node, i["id"], ", ".join(i["tags"]) or "<none>", _size(i["size"])]
+                for r in results for i in r.result])
+
+
+@docker.command("pull")
+@_common
+@click.argument("image")
+@click.option("--pull-timeout", type=float, default=600.0, show_default=True,
+              help="Give up after this many seconds.")
+@friendly
+def pull(address, token, timeout, node, group, tag, as_json, image, pull_timeout) -> None:
+    """Pull IMAGE from its registry (progress per node and layer)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    tasks: dict[tuple[str, str], Any] = {}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                        console=console, transient=True, disable=as_json)
+
+    def show(n: str, stream: str, data: Any) -> None:
+        layer = data.get("id") or image
+        detail = data.get("progressDetail") or {}
+        key = (n, layer)
+        if key not in tasks:
+            tasks[key] = progress.add_task(f"{n} {layer}", total=None)
+        progress.update(tasks[key], description=f"{n} {layer}: {data.get('status', '')}",
+                        completed=detail.get("current"), total=detail.get("total"))
+
+    with progress:
+        results = _call(dict(address=address, token=token, timeout=timeout, node=node,
+                              group=group, tag=tag, as_json=as_json), "pull",
+                        {"image": image}, extra_timeout=pull_timeout, on_stream=show)
+    if not as_json:
+        for r in results:
+            click.echo(f"{r.node}\t{r.result['image']}\t{r.result['id']}")
+
+
+@docker.command("rmi")
+@_common
+@click.argument("image")
+@click.option("-f", "--force", is_flag=True, help="Even if containers use it.")
+@friendly
+def rmi(address, token, timeout, node, group, tag, as_json, image, force) -> None:
+    """Remove an image."""
+    results = _call(dict(address=address, token=token, timeout=timeout, node=node,
+                          group=group, tag=tag, as_json=as_json), "rmi",
+                    {"image": image, "force": force})
+    if not as_json:
+        for r in results:
+            click.echo(f"{r.node}\t{image}\tremoved")
+
+
+COMMANDS = [docker]
