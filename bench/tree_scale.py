@@ -27,8 +27,11 @@ def tree_file(path: Path, n: int, fanout: int = 10) -> None:
     nodes = {}
     for i, name in enumerate(names):
         kids = [names[j] for j in range(i * fanout + 1, min(n, i * fanout + fanout + 1))]
+        # One machine holds the whole tree: Docker and load balancing belong to a
+        # machine, not to each of its 100 nodes (each node still runs exec, config
+        # and handlers).
         nodes[name] = {"name": name, "tree_port": port_of[name], "tree_ip": "127.0.0.1",
-                       "childs": kids}
+                       "childs": kids, "services": ["exec", "config", "handlers"]}
     path.write_text(json.dumps({"tree_node": nodes}))
 
 

@@ -51,6 +51,10 @@ class NodeProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 15.0) -> NodeProcess:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> NodeProcess:
+        """Start the process without waiting for it (see start_all)."""
         cmd = [sys.executable, "-m", "tsctl.main", "node", "start", "--name", self.name,
                "--port", str(self.port), *self.args]
         if self.config_path is not None:
@@ -58,8 +62,11 @@ class NodeProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                      cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                                "TREE_DB_PATH": str(self.db_path)})
+                                                    "TREE_DB_PATH": str(self.db_path)})
         log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> NodeProcess:
         deadline = time.monotonic() + timeout
         while not ping(self.address):
             if self.proc.poll() is not None:
@@ -91,6 +98,15 @@ class NodeProcess:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def start_all(nodes: list[NodeProcess], timeout: float = 60.0) -> None:
+    """Start every node at once (children retry until their parent listens), then
+    wait until all answer: a 20-node tree starts in the time of a few nodes."""
+    for n in nodes:
+        n.launch()
+    for n in nodes:
+        n.wait_ready(timeout)
 
 
 @pytest.fixture
