@@ -1,0 +1,184 @@
+"""What `tsctl build` must change on one server, decided from what it found there. Pure.
+
+A server's install root holds everything build puts there (so teardown can remove it
+all and several nodes can share a machine):
+
+    ROOT/.treescale-install   marker: this directory belongs to tsctl build
+    ROOT/wheels/              the wheelhouse (TreeScale and every dependency)
+    ROOT/venv/                the virtual environment installed from it
+    ROOT/tree.db              the compiled tree (the node's database)
+    ROOT/run.sh               daemon mode: starts the node, writes ROOT/node.pid
+    ROOT/node.log             daemon mode: the node's output
+    ROOT/state.json           digests of what is installed, for the next build to compare
+
+Idempotence comes from comparing digests, never timestamps: the same wheelhouse, tree
+and service text on a running node mean "up to date" and nothing is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from dataclasses import dataclass, field
+
+MARKER = ".treescale-install"
+STATE_FILE = "state.json"
+SYSTEMD_DIR = "/etc/systemd/system"
+
+# Actions, in the order they run.
+INSTALL = "install"   # upload the wheelhouse and (re)create the venv from it
+WRITE_DB = "db"       # upload the compiled tree
+SERVICE = "service"   # write the run script or systemd unit
+RESTART = "restart"   # the node runs old code/config: stop it, start it
+START = "start"       # the node is not running: start it
+ORDER = (INSTALL, WRITE_DB, SERVICE, RESTART, START)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where node ``name`` lives under install root ``root`` on its server."""
+
+    root: str
+    name: str
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/") or "/", *parts])
+
+    @property
+    def marker(self) -> str:
+        return self.path(MARKER)
+
+    @property
+    def wheels(self) -> str:
+        return self.path("wheels")
+
+    @property
+    def venv(self) -> str:
+        return self.path("venv")
+
+    @property
+    def python(self) -> str:
+        return self.path("venv", "bin", "python")
+
+    @property
+    def db(self) -> str:
+        return self.path("tree.db")
+
+    @property
+    def run_script(self) -> str:
+        return self.path("run.sh")
+
+    @property
+    def pid_file(self) -> str:
+        return self.path("node.pid")
+
+    @property
+    def log_file(self) -> str:
+        return self.path("node.log")
+
+    @property
+    def state_file(self) -> str:
+        return self.path(STATE_FILE)
+
+    @property
+    def unit_name(self) -> str:
+        return f"treescale-{self.name}.service"
+
+    @property
+    def unit_path(self) -> str:
+        return f"{SYSTEMD_DIR}/{self.unit_name}"
+
+    def node_command(self, config: str) -> str:
+        """The command line that runs the node (same in both modes)."""
+        return " ".join(shlex.quote(p) for p in (
+            self.python, "-m", "tsctl.main", "node", "start", "--config", config,
+            "--name", self.name))
+
+
+def check_install_root(root: str) -> str:
+    """``root`` if it is safe to install into and later remove (absolute, not a system
+    directory); ValueError otherwise."""
+    if not root.startswith("/"):
+        raise ValueError(f"install_root {root!r} must be an absolute path")
+    parts = [p for p in root.split("/") if p]
+    if not parts or parts in (["usr"], ["etc"], ["var"], ["opt"], ["home"], ["root"],
+                              ["tmp"], ["bin"], ["lib"], ["srv"]) or ".." in parts:
+        raise ValueError(f"install_root {root!r} is too broad: give a directory of its own "
+                         "(e.g. /opt/treescale)")
+    return "/" + "/".join(parts)
+
+
+def run_script(layout: Layout, config: str) -> str:
+    """Daemon mode (no systemd): a script that records its pid and becomes the node."""
+    return (f"#!/bin/sh\n# TreeScale node {layout.name}, written by `tsctl build` "
+            "(daemon mode: this server has no systemd).\n"
+            f"echo $$ > {shlex.quote(layout.pid_file)}\n"
+            f"export TREE_DB_PATH={shlex.quote(layout.db)} PYTHONUNBUFFERED=1\n"
+            f"exec {layout.node_command(config)}\n")
+
+
+def unit_text(layout: Layout, config: str) -> str:
+    """Systemd mode: a unit that runs the node and restarts it if it crashes."""
+    return (f"# TreeScale node {layout.name}, written by `tsctl build`.\n"
+            "[Unit]\n"
+            f"Description=TreeScale node {layout.name}\n"
+            "After=network-online.target\nWants=network-online.target\n\n"
+            "[Service]\n"
+            f"Environment=TREE_DB_PATH={layout.db} PYTHONUNBUFFERED=1\n"
+            f"ExecStart={layout.node_command(config)}\n"
+            "Restart=on-failure\nRestartSec=2\n\n"
+            "[Install]\nWantedBy=multi-user.target\n")
+
+
+def digest(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the server should hold after the build."""
+
+    wheelhouse: str  # digest of the wheelhouse content
+    db: str          # digest of the compiled tree
+    service: str     # the run script or unit text (mode follows the server)
+
+
+@dataclass(frozen=True)
+class Found:
+    """What inspecting the server found (``state`` is its state.json, or {})."""
+
+    state: dict = field(default_factory=dict)
+    venv_ok: bool = False
+    running: bool = False
+
+
+def plan(desired: Desired, found: Found) -> tuple[str, ...]:
+    """The actions that bring the server from ``found`` to ``desired``, in order; empty
+    when it is up to date. A running node is restarted only if something it uses
+    changed; a stopped node is started."""
+    actions = []
+    if found.state.get("wheelhouse") != desired.wheelhouse or not found.venv_ok:
+        actions.append(INSTALL)
+    if found.state.get("db") != desired.db:
+        actions.append(WRITE_DB)
+    if found.state.get("service") != digest(desired.service):
+        actions.append(SERVICE)
+    if found.running and actions:
+        actions.append(RESTART)
+    elif not found.running:
+        actions.append(START)
+    return tuple(actions)
+
+
+def describe(actions: tuple[str, ...], systemd: bool, wheel_count: int = 0,
+             wheel_bytes: int = 0) -> str:
+    """The actions in words, for --dry-run and the summary."""
+    if not actions:
+        return "up to date"
+    size = f" ({wheel_bytes / 1e6:.0f} MB)" if wheel_bytes else ""
+    words = {INSTALL: f"install {wheel_count} wheels{size} into a venv" if wheel_count
+             else "install the wheelhouse into a venv",
+             WRITE_DB: "write the tree db",
+             SERVICE: "write the systemd unit" if systemd else "write the run script",
+             RESTART: "restart the node", START: "start the node"}
+    return ", ".join(words[a] for a in actions)
