@@ -6,7 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import zmq
@@ -17,6 +17,9 @@ from treescale import Client, NodeError
 from treescale.config import ConfigError
 from treescale.routing import PatternError, TargetError
 from treescale.tree import TreeError
+
+if TYPE_CHECKING:
+    from treescale.services.rpc import Result
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:8888"
 console = Console(stderr=True, highlight=False)
@@ -58,7 +61,6 @@ def connect(address: str, token: str | None, timeout: float, **kw: Any) -> Clien
                   timeout=timeout, on_error=lambda err: None, **kw)
 
 
-
 def target_options(fn: Callable) -> Callable:
     """-t NODE / --group G / --tag T: where a service command runs (exactly one)."""
     fn = click.option("--tag", help="Every node with this tag (results labelled).")(fn)
@@ -66,11 +68,63 @@ def target_options(fn: Callable) -> Callable:
     return click.option("-t", "--target", "node", help="The node to act on.")(fn)
 
 
-def one_target(node: str | None, group: str | None, tag: str | None) -> dict:
-    """The node/group/tag keywords for treescale.services.rpc.call, checked."""
+def one_target(node: str | None, group: str | None, tag: str | None,
+               attached: str | None = None) -> dict:
+    """The node/group/tag keywords for treescale.services.rpc.call, checked; with none
+    given, the ``attached`` node (the one tsctl is attached to) if that is given."""
+    if attached is not None and node is None and group is None and tag is None:
+        node = attached
     if sum(x is not None for x in (node, group, tag)) != 1:
         raise click.UsageError("give exactly one of -t NODE, --group G, --tag T")
     return {"node": node, "group": group, "tag": tag}
+
+
+def service_options(fn: Callable | None = None, *, json_help: str = "Print JSON (for scripts).",
+                    timeout: Callable = timeout_option) -> Callable:
+    """-t/--group/--tag, --json (``as_json``), -a, --token and --timeout: what every
+    command driving a node service takes. ``timeout`` may be another option that also
+    fills the ``timeout`` parameter. Use as ``@service_options`` or with keywords."""
+
+    def apply(fn: Callable) -> Callable:
+        json_option = click.option("--json", "as_json", is_flag=True, help=json_help)
+        for option in (timeout, token_option, address_option, json_option, target_options):
+            fn = option(fn)
+        return fn
+
+    return apply if fn is None else apply(fn)
+
+
+def call_service(service: str, op: str, args: dict, *, address: str, token: str | None,
+                 timeout: float, node: str | None, group: str | None, tag: str | None,
+                 default_to_attached: bool = True, extra_timeout: float = 0.0,
+                 on_stream: Callable[[str, str, Any], None] | None = None,
+                 name: str | None = None) -> list[Result]:
+    """Connect (as ``name``) and run ``op`` of ``service`` on the chosen node(s): the
+    node given, else the attached one (unless ``default_to_attached`` is false); wait
+    ``timeout + extra_timeout`` seconds at most. Each node's Result, failed or not."""
+    from treescale.services.rpc import call
+
+    if not default_to_attached or any(x is not None for x in (node, group, tag)):
+        one_target(node, group, tag)  # a wrong choice fails before connecting
+    with connect(address, token, timeout, name=name) as client:
+        target = one_target(node, group, tag,
+                            attached=client.node if default_to_attached else None)
+        return call(client, service, op, args, timeout=timeout + extra_timeout,
+                    on_stream=on_stream, **target)
+
+
+def report_failures(results: list[Result], *, quiet: bool = False) -> None:
+    """One error line per node that failed (``[node] `` first when several answered;
+    none if ``quiet``, e.g. with --json), and exit status 1 if any did. The line is not
+    markup: ``[node]`` and brackets in the error are printed as they are."""
+    failed = [r for r in results if not r.ok]
+    if not quiet:
+        for r in failed:
+            label = f"[{r.node}] " if len(results) > 1 else ""
+            console.print(f"[bold red]error:[/] {escape(f'{label}{r.error}')}",
+                          soft_wrap=True)
+    if failed:
+        sys.exit(1)
 
 
 def render_data(data: Any) -> str:

@@ -6,21 +6,19 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import click
 
 from tsctl.common import (
-    address_option,
+    call_service,
     connect,
     console,
     friendly,
     one_target,
     out,
-    target_options,
-    timeout_option,
-    token_option,
+    report_failures,
+    service_options,
 )
 
 SERVICE = "docker"
@@ -28,39 +26,25 @@ SERVICE = "docker"
 ARGV_TAIL = {"allow_interspersed_args": False, "ignore_unknown_options": True}
 
 
-def _common(fn: Callable) -> Callable:
-    """Connection, target and --json options every docker command takes."""
-    fn = click.option("--json", "as_json", is_flag=True, help="One JSON document.")(fn)
-    fn = target_options(fn)
-    fn = timeout_option(fn)
-    fn = token_option(fn)
-    return address_option(fn)
+_common = service_options(json_help="One JSON document.")
 
 
-def _call(opts: dict, op: str, args: dict, *, extra_timeout: float = 0.0,
-          on_stream: Callable[[str, str, Any], None] | None = None) -> list:
-    """Run ``op`` on the chosen node(s); print failures (one line each) and return the
-    successes; the command exits 1 if any node failed."""
-    from treescale.services.rpc import call
-
-    target = one_target(opts["node"], opts["group"], opts["tag"])
-    with connect(opts["address"], opts["token"], opts["timeout"], name="tsctl-docker") as c:
-        results = call(c, SERVICE, op, args, timeout=opts["timeout"] + extra_timeout,
-                       on_stream=on_stream, **target)
-    results.sort(key=lambda r: r.node)
-    if opts["as_json"]:
+def _call(op: str, args: dict, as_json: bool, target: dict, **kw: Any) -> list:
+    """Run ``op`` on the chosen node(s) (``target``: the connection and target options;
+    ``kw``: call_service's extra_timeout/on_stream) and return the successes, by node.
+    With --json all results are printed here, as one document. Failures are reported
+    once the command has shown the successes (then exit 1), at once if none succeeded."""
+    results = sorted(call_service(SERVICE, op, args, default_to_attached=False,
+                                  name="tsctl-docker", **target, **kw),
+                     key=lambda r: r.node)
+    if as_json:
         out.print_json(json.dumps([r.as_dict() for r in results], default=str))
-    else:
-        for r in results:
-            if not r.ok:
-                console.print(f"[bold red]error:[/] {r.error}", soft_wrap=True,
-                              markup=True, highlight=False)
     good = [r for r in results if r.ok]
-    if len(good) < len(results):
-        if not good:
-            sys.exit(1)
-        # some nodes answered: show theirs, then still exit 1
-        click.get_current_context().call_on_close(lambda: sys.exit(1))
+    if good:
+        click.get_current_context().call_on_close(
+            lambda: report_failures(results, quiet=as_json))
+    else:
+        report_failures(results, quiet=as_json)
     return good
 
 
@@ -95,7 +79,7 @@ def docker() -> None:
 @click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="Engine filter, e.g. label=app=web, name=web, status=exited.")
 @friendly
-def ps(address, token, timeout, node, group, tag, as_json, show_all, filters) -> None:
+def ps(as_json, show_all, filters, **target) -> None:
     """List containers."""
     flt: dict[str, list[str]] = {}
     for f in filters:
@@ -103,9 +87,7 @@ def ps(address, token, timeout, node, group, tag, as_json, show_all, filters) ->
         if not eq:
             raise click.UsageError(f"filter {f!r}: expected KEY=VALUE")
         flt.setdefault(key, []).append(value)
-    results = _call(dict(address=address, token=token, timeout=timeout, node=node,
-                          group=group, tag=tag, as_json=as_json), "ps",
-                    {"all": show_all, "filters": flt})
+    results = _call("ps", {"all": show_all, "filters": flt}, as_json, target)
     if not as_json:
         _table(["NODE", "ID", "NAME", "IMAGE", "STATE", "STATUS", "PORTS"],
                [[r.node, c["id"], c["name"], c["image"], c["state"], c["status"],
@@ -129,8 +111,8 @@ def ps(address, token, timeout, node, group, tag, as_json, show_all, filters) ->
 @click.option("-n", "--count", type=int, default=1, show_default=True,
               help="How many containers to start.")
 @friendly
-def run(address, token, timeout, node, group, tag, as_json, image, command, name, env,
-        ports, labels, cpus, memory, restart, count) -> None:
+def run(as_json, image, command, name, env, ports, labels, cpus, memory, restart, count,
+        **target) -> None:
     """Start containers of IMAGE (never pulls: see `tsctl docker pull`)."""
     label_map = {}
     for item in labels:
@@ -139,9 +121,7 @@ def run(address, token, timeout, node, group, tag, as_json, image, command, name
     args = {"image": image, "command": list(command) or None, "name": name,
             "env": list(env), "ports": list(ports), "labels": label_map, "cpus": cpus,
             "memory": memory, "restart": restart, "count": count}
-    results = _call(dict(address=address, token=token, timeout=timeout, node=node,
-                          group=group, tag=tag, as_json=as_json), "run", args,
-                    extra_timeout=30 + 2 * count)
+    results = _call("run", args, as_json, target, extra_timeout=30 + 2 * count)
     if not as_json:
         for r in results:
             for c in r.result:
@@ -154,16 +134,13 @@ def _lifecycle(op: str, verb: str, stop_timeout: bool = False, force: bool = Fal
     @_common
     @click.argument("containers", nargs=-1, required=True)
     @friendly
-    def command(address, token, timeout, node, group, tag, as_json, containers,
-                stop_timeout=None, force=None) -> None:
+    def command(as_json, containers, stop_timeout=None, force=None, **target) -> None:
         args: dict[str, Any] = {"containers": list(containers)}
         if stop_timeout is not None:
             args["timeout"] = stop_timeout
         if force is not None:
             args["force"] = force
-        results = _call(dict(address=address, token=token, timeout=timeout, node=node,
-                             group=group, tag=tag, as_json=as_json), op, args,
-                        extra_timeout=(stop_timeout or 0) + 20)
+        results = _call(op, args, as_json, target, extra_timeout=(stop_timeout or 0) + 20)
         if not as_json:
             for r in results:
                 for c in r.result:
@@ -194,12 +171,11 @@ _lifecycle("rm", "Remove", force=True)
 @click.option("--tail", default="all", show_default=True, help="Last N lines only.")
 @click.option("--timestamps", is_flag=True)
 @friendly
-def logs(address, token, timeout, node, group, tag, as_json, container, follow, duration,
-         tail, timestamps) -> None:
+def logs(as_json, container, follow, duration, tail, timestamps, **target) -> None:
     """Print a container's output (streamed as it comes)."""
     if tail != "all" and not tail.isdigit():
         raise click.UsageError(f"--tail {tail!r}: a number or 'all'")
-    labelled = node is None
+    labelled = target["node"] is None
 
     def show(n: str, stream: str, data: Any) -> None:
         if as_json:
@@ -211,22 +187,18 @@ def logs(address, token, timeout, node, group, tag, as_json, container, follow, 
             sys.stdout.buffer.write(bytes(data))
         sys.stdout.flush()
 
-    _call(dict(address=address, token=token, timeout=timeout, node=node, group=group,
-                tag=tag, as_json=as_json), "logs",
-          {"container": container, "follow": follow, "duration": duration,
-           "tail": tail if tail == "all" else int(tail), "timestamps": timestamps},
-          extra_timeout=duration if follow else 0, on_stream=show)
+    _call("logs", {"container": container, "follow": follow, "duration": duration,
+                   "tail": tail if tail == "all" else int(tail), "timestamps": timestamps},
+          as_json, target, extra_timeout=duration if follow else 0, on_stream=show)
 
 
 @docker.command("inspect")
 @_common
 @click.argument("container")
 @friendly
-def inspect(address, token, timeout, node, group, tag, as_json, container) -> None:
+def inspect(as_json, container, **target) -> None:
     """The engine's full description of a container (JSON)."""
-    results = _call(dict(address=address, token=token, timeout=timeout, node=node,
-                          group=group, tag=tag, as_json=as_json), "inspect",
-                    {"container": container})
+    results = _call("inspect", {"container": container}, as_json, target)
     if not as_json:
         out.print_json(json.dumps({r.node: r.result for r in results}, default=str))
 
@@ -238,16 +210,14 @@ def inspect(address, token, timeout, node, group, tag, as_json, container) -> No
 @click.argument("container")
 @click.argument("command", nargs=-1, required=True)
 @friendly
-def exec_(address, token, timeout, node, group, tag, as_json, exec_timeout, container,
-          command) -> None:
+def exec_(as_json, exec_timeout, container, command, **target) -> None:
     """Run COMMAND in a running container; exit with its exit code (the worst one)."""
-    results = _call(dict(address=address, token=token, timeout=timeout, node=node,
-                          group=group, tag=tag, as_json=as_json), "exec",
-                    {"container": container, "command": list(command),
-                     "timeout": exec_timeout}, extra_timeout=exec_timeout)
+    results = _call("exec", {"container": container, "command": list(command),
+                             "timeout": exec_timeout},
+                    as_json, target, extra_timeout=exec_timeout)
     if not as_json:
         for r in results:
-            prefix = f"[{r.node}] " if node is None else ""
+            prefix = f"[{r.node}] " if target["node"] is None else ""
             for text, stream in ((r.result["stdout"], sys.stdout),
                                  (r.result["stderr"], sys.stderr)):
                 for line in text.splitlines(keepends=True):
@@ -274,16 +244,14 @@ STATS_COLUMNS = ["NODE", "NAME", "CPU", "MEM / LIMIT", "NET RX / TX", "BLOCK R /
 @click.option("--duration", type=float, default=0.0,
               help="With --watch: stop after this many seconds (default: Ctrl-C).")
 @friendly
-def stats(address, token, timeout, node, group, tag, as_json, watch, duration) -> None:
+def stats(as_json, watch, duration, **target) -> None:
     """CPU, memory, network and block I/O of running containers."""
-    opts = dict(address=address, token=token, timeout=timeout, node=node, group=group,
-                 tag=tag, as_json=as_json)
     if not watch:
-        results = _call(opts, "stats", {})
+        results = _call("stats", {}, as_json, target)
         if not as_json:
             _table(STATS_COLUMNS, _stats_rows([s for r in results for s in r.result]))
         return
-    _watch_stats(opts, duration)
+    _watch_stats(dict(target, as_json=as_json), duration)
 
 
 def _watch_stats(opts: dict, duration: float) -> None:
@@ -329,10 +297,9 @@ def _watch_stats(opts: dict, duration: float) -> None:
 @docker.command("info")
 @_common
 @friendly
-def info(address, token, timeout, node, group, tag, as_json) -> None:
+def info(as_json, **target) -> None:
     """Each node's engine: address, version, whether its events and stats are followed."""
-    results = _call(dict(address=address, token=token, timeout=timeout, node=node,
-                         group=group, tag=tag, as_json=as_json), "info", {})
+    results = _call("info", {}, as_json, target)
     if not as_json:
         _table(["NODE", "ENGINE", "VERSION", "API", "EVENTS", "MONITORED", "STATS EVERY"],
                [[r.node, i["engine"], i["version"], i["api"], "followed" if i["events"]
@@ -344,11 +311,9 @@ def info(address, token, timeout, node, group, tag, as_json) -> None:
 @_common
 @click.option("--all", "show_all", is_flag=True, help="Intermediate images too.")
 @friendly
-def images(address, token, timeout, node, group, tag, as_json, show_all) -> None:
+def images(as_json, show_all, **target) -> None:
     """List images."""
-    results = _call(dict(address=address, token=token, timeout=timeout, node=node,
-                          group=group, tag=tag, as_json=as_json), "images",
-                    {"all": show_all})
+    results = _call("images", {"all": show_all}, as_json, target)
     if not as_json:
         _table(["NODE", "ID", "TAGS", "SIZE"],
                [[r.node, i["id"], ", ".join(i["tags"]) or "<none>", _size(i["size"])]
@@ -361,7 +326,7 @@ def images(address, token, timeout, node, group, tag, as_json, show_all) -> None
 @click.option("--pull-timeout", type=float, default=600.0, show_default=True,
               help="Give up after this many seconds.")
 @friendly
-def pull(address, token, timeout, node, group, tag, as_json, image, pull_timeout) -> None:
+def pull(as_json, image, pull_timeout, **target) -> None:
     """Pull IMAGE from its registry (progress per node and layer)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -379,9 +344,8 @@ def pull(address, token, timeout, node, group, tag, as_json, image, pull_timeout
                         completed=detail.get("current"), total=detail.get("total"))
 
     with progress:
-        results = _call(dict(address=address, token=token, timeout=timeout, node=node,
-                              group=group, tag=tag, as_json=as_json), "pull",
-                        {"image": image}, extra_timeout=pull_timeout, on_stream=show)
+        results = _call("pull", {"image": image}, as_json, target,
+                        extra_timeout=pull_timeout, on_stream=show)
     if not as_json:
         for r in results:
             click.echo(f"{r.node}\t{r.result['image']}\t{r.result['id']}")
@@ -392,11 +356,9 @@ def pull(address, token, timeout, node, group, tag, as_json, image, pull_timeout
 @click.argument("image")
 @click.option("-f", "--force", is_flag=True, help="Even if containers use it.")
 @friendly
-def rmi(address, token, timeout, node, group, tag, as_json, image, force) -> None:
+def rmi(as_json, image, force, **target) -> None:
     """Remove an image."""
-    results = _call(dict(address=address, token=token, timeout=timeout, node=node,
-                          group=group, tag=tag, as_json=as_json), "rmi",
-                    {"image": image, "force": force})
+    results = _call("rmi", {"image": image, "force": force}, as_json, target)
     if not as_json:
         for r in results:
             click.echo(f"{r.node}\t{image}\tremoved")

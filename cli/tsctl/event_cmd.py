@@ -11,51 +11,45 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from tsctl.common import (
-    address_option,
+    call_service,
     connect,
     console,
     friendly,
     one_target,
     out,
-    target_options,
-    timeout_option,
-    token_option,
+    report_failures,
+    service_options,
 )
 
-call_timeout_option = click.option(
-    "--call-timeout", type=float, default=10.0, show_default=True,
-    help="Seconds to wait for the node(s) to answer.")
-json_option = click.option("--json", "as_json", is_flag=True,
-                           help="Print JSON (for scripts).")
+# add has its own --timeout (for the handler's runs): the call's is --call-timeout.
+_manage_options = service_options(timeout=click.option(
+    "--call-timeout", "timeout", type=float, default=10.0, show_default=True,
+    help="Seconds to wait for the node(s) to answer."))
 
 
-def _target(client: Any, node: str | None, group: str | None, tag: str | None) -> dict:
-    """rpc.call keywords: the given target, else the node tsctl is attached to."""
-    if node is None and group is None and tag is None:
-        node = client.node
-    return one_target(node, group, tag)
-
-
-def _call(client: Any, op: str, args: dict, target: dict, timeout: float) -> list:
+def _manage(op: str, args: dict, target: dict) -> list:
+    """``op`` of the handlers service on the target node(s) (default: the attached one)."""
     from treescale.services.handlers import SERVICE
-    from treescale.services.rpc import call
 
-    return call(client, SERVICE, op, args, timeout=timeout, **target)
+    return call_service(SERVICE, op, args, **target)
 
 
-def _fail_on_errors(results: list) -> None:
-    """One line per node that refused; exit 1 if any did."""
-    failed = [r for r in results if not r.ok]
-    for r in failed:
-        label = f"[{r.node}] " if len(results) > 1 else ""
-        console.print(f"[bold red]error:[/] {label}{r.error}", soft_wrap=True)
-    if failed:
-        sys.exit(1)
+def _report(results: list, as_json: bool, done: Callable[[Any], str]) -> None:
+    """All results as one JSON array, or the line ``done(result)`` for each node that
+    did it; then one line per node that refused (also with --json) and exit 1 if any."""
+    if as_json:
+        print(json.dumps([r.as_dict() for r in results]))
+    else:
+        for r in results:
+            if r.ok:
+                console.print(done(r))
+    report_failures(results)
 
 
 @click.group()
@@ -75,16 +69,10 @@ def event() -> None:
               help="Runs of this handler at the same time on a node.")
 @click.option("--queue", type=int, default=16, show_default=True,
               help="Events that may wait for a free run; beyond that they are refused.")
-@target_options
-@json_option
-@address_option
-@token_option
-@call_timeout_option
+@_manage_options
 @friendly
 def add_cmd(pattern: str, command: str, hid: str | None, run_timeout: float,
-            max_concurrent: int, queue: int, node: str | None, group: str | None,
-            tag: str | None, as_json: bool, address: str, token: str | None,
-            call_timeout: float) -> None:
+            max_concurrent: int, queue: int, as_json: bool, **target: Any) -> None:
     """Run COMMAND on the target node(s) whenever an event matching PATTERN reaches
     them (`*` one token, `>` the rest). Stored in each node's database: it survives
     restarts. Adding an existing id replaces that handler."""
@@ -93,54 +81,30 @@ def add_cmd(pattern: str, command: str, hid: str | None, run_timeout: float,
     args = {"pattern": pattern, "run": command, "id": hid, "timeout": run_timeout,
             "max_concurrent": max_concurrent, "queue": queue}
     spec_from_args(args)  # bad input fails here, before any connection
-    with connect(address, token, call_timeout) as c:
-        results = _call(c, "add", args, _target(c, node, group, tag), call_timeout)
-    if as_json:
-        print(json.dumps([r.as_dict() for r in results]))
-    for r in results:
-        if r.ok and not as_json:
-            verb = "replaced" if r.result["replaced"] else "added"
-            console.print(f"[green]{verb}[/] handler {r.result['id']} "
-                          f"(on {r.result['pattern']}) on node {r.node}")
-    _fail_on_errors(results)
+    _report(_manage("add", args, target), as_json,
+            lambda r: f"[green]{'replaced' if r.result['replaced'] else 'added'}[/] handler "
+                      f"{r.result['id']} (on {r.result['pattern']}) on node {r.node}")
 
 
 @event.command("rm")
 @click.argument("hid", metavar="ID")
-@target_options
-@json_option
-@address_option
-@token_option
-@call_timeout_option
+@_manage_options
 @friendly
-def rm_cmd(hid: str, node: str | None, group: str | None, tag: str | None, as_json: bool,
-           address: str, token: str | None, call_timeout: float) -> None:
+def rm_cmd(hid: str, as_json: bool, **target: Any) -> None:
     """Remove the handler ID (the pattern it was added with, unless --id was given)."""
-    with connect(address, token, call_timeout) as c:
-        results = _call(c, "rm", {"id": hid}, _target(c, node, group, tag), call_timeout)
-    if as_json:
-        print(json.dumps([r.as_dict() for r in results]))
-    for r in results:
-        if r.ok and not as_json:
-            console.print(f"[green]removed[/] handler {hid} from node {r.node}")
-    _fail_on_errors(results)
+    _report(_manage("rm", {"id": hid}, target), as_json,
+            lambda r: f"[green]removed[/] handler {hid} from node {r.node}")
 
 
 @event.command("ls")
-@target_options
-@json_option
-@address_option
-@token_option
-@call_timeout_option
+@_manage_options
 @friendly
-def ls_cmd(node: str | None, group: str | None, tag: str | None, as_json: bool,
-           address: str, token: str | None, call_timeout: float) -> None:
+def ls_cmd(as_json: bool, **target: Any) -> None:
     """List the handlers of the target node(s): pattern, command, limits, runs since
     the node started and the last exit status."""
     from rich.table import Table
 
-    with connect(address, token, call_timeout) as c:
-        results = _call(c, "ls", {}, _target(c, node, group, tag), call_timeout)
+    results = _manage("ls", {}, target)
     rows = [{"node": r.node, **h} for r in sorted(results, key=lambda r: r.node) if r.ok
             for h in r.result]
     if as_json:
@@ -155,7 +119,7 @@ def ls_cmd(node: str | None, group: str | None, tag: str | None, as_json: bool,
             table.add_row(h["node"], h["id"], h["pattern"], h["run"], f"{h['timeout']:g}s",
                           str(h["max_concurrent"]), str(h["runs"]), _last_exit(h))
         out.print(table)
-    _fail_on_errors(results)
+    report_failures(results)
 
 
 def _last_exit(h: dict) -> str:
@@ -172,11 +136,7 @@ def _last_exit(h: dict) -> str:
 @click.option("--stdin", "from_stdin", is_flag=True, help="Read the payload from stdin.")
 @click.option("-H", "--header", "headers", multiple=True, metavar="KEY=VALUE",
               help="Event header (repeatable); the command sees TREESCALE_HEADER_KEY.")
-@target_options
-@json_option
-@address_option
-@token_option
-@timeout_option
+@service_options
 @friendly
 def trigger_cmd(name: str, data: str, from_stdin: bool, headers: tuple[str, ...],
                 node: str | None, group: str | None, tag: str | None, as_json: bool,
@@ -185,14 +145,17 @@ def trigger_cmd(name: str, data: str, from_stdin: bool, headers: tuple[str, ...]
     their matching handlers and print its result. Exit 1 if any handler failed, or
     none matched or answered."""
     from treescale.routing import split_name
+    from treescale.services.handlers import SERVICE
+    from treescale.services.rpc import call
 
     split_name(name)
     hdrs = _parse_headers(headers)
     payload = sys.stdin.buffer.read() if from_stdin else data.encode()
     with connect(address, token, timeout) as c:
-        target = _target(c, node, group, tag)
-        expected = _expected_runs(_call(c, "match", {"event": name}, target, timeout),
-                                  name, target)
+        target = one_target(node, group, tag, attached=c.node)
+        expected = _expected_runs(
+            call(c, SERVICE, "match", {"event": name}, timeout=timeout, **target),
+            name, target)
         results = _publish_and_collect(c, name, payload, hdrs, target, expected, timeout)
     failed = 0
     for key in sorted(expected):
@@ -220,7 +183,7 @@ def _parse_headers(headers: tuple[str, ...]) -> dict[str, str] | None:
 
 def _expected_runs(matches: list, name: str, target: dict) -> dict[tuple[str, str], float]:
     """(node, handler) -> its timeout, for each handler the event will run."""
-    _fail_on_errors(matches)
+    report_failures(matches)
     expected = {(r.node, h["id"]): float(h["timeout"]) for r in matches for h in r.result}
     if not expected:
         where = " ".join(f"{k} {v}" for k, v in target.items() if v is not None)

@@ -8,49 +8,30 @@ the node tsctl is attached to. VIP:PORT may carry the protocol: ``udp/10.0.0.1:5
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from tsctl.common import (
-    address_option,
-    connect,
+    call_service,
     console,
     friendly,
-    one_target,
     out,
-    target_options,
-    timeout_option,
-    token_option,
+    report_failures,
+    service_options,
 )
 
+SERVICE = "lb"
 PROTOS = ("tcp", "udp")
-
-
-def _common(fn: Callable) -> Callable:
-    """-t/--group/--tag, --json, -a, --token, --timeout: shared by every lb command."""
-    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")(fn)
-    for option in (target_options, address_option, token_option, timeout_option):
-        fn = option(fn)
-    return friendly(fn)
-
-
-def _run(address: str, token: str | None, timeout: float, node: str | None,
-         group: str | None, tag: str | None, op: str, args: dict) -> list:
-    from treescale.services.rpc import call
-
-    with connect(address, token, timeout) as c:
-        if node is None and group is None and tag is None:
-            node = c.node
-        return call(c, "lb", op, args, timeout=timeout, **one_target(node, group, tag))
+proto_option = click.option("--proto", type=click.Choice(PROTOS), default="tcp",
+                            show_default=True)
 
 
 def _finish(results: list, as_json: bool, render: Callable[[Any, str], None],
             rendered: Callable[[], None] | None = None) -> None:
     """Print each node's answer (JSON lines, or rendered, then ``rendered()``); one
-    error line per node that refused, and exit status 1 if any did."""
+    error line per node that refused (not with --json), and exit status 1 if any did."""
     labelled = len(results) > 1
     for r in results:
         if as_json:
@@ -59,13 +40,7 @@ def _finish(results: list, as_json: bool, render: Callable[[Any, str], None],
             render(r.result, f"[{r.node}] " if labelled else "")
     if rendered is not None and not as_json:
         rendered()
-    failed = [r for r in results if not r.ok]
-    if not as_json:
-        for r in failed:
-            label = f"[{r.node}] " if labelled else ""
-            console.print(f"[bold red]error:[/] {label}{r.error}", soft_wrap=True)
-    if failed:
-        sys.exit(1)
+    report_failures(results, quiet=as_json)
 
 
 def _reals_text(service: dict, sep: str = ", ") -> str:
@@ -85,7 +60,7 @@ def lb() -> None:
 
 @lb.command("add")
 @click.argument("vip")
-@click.option("--proto", type=click.Choice(PROTOS), default="tcp", show_default=True)
+@proto_option
 @click.option("--scheduler", type=click.Choice(["rr", "wrr", "lc", "sh"]), default="rr",
               show_default=True, help="rr round robin, wrr weighted, lc least connections, "
                                       "sh source hash.")
@@ -100,11 +75,11 @@ def lb() -> None:
               help="Add/remove containers of this image as they start/stop.")
 @click.option("--target-port", type=click.IntRange(1, 65535),
               help="The port followed containers serve on.")
-@_common
+@service_options
+@friendly
 def add(vip: str, proto: str, scheduler: str, backend: str, reals: tuple[str, ...],
         follow_label: str | None, follow_image: str | None, target_port: int | None,
-        as_json: bool, node: str | None, group: str | None, tag: str | None,
-        address: str, token: str | None, timeout: float) -> None:
+        as_json: bool, **target: Any) -> None:
     """Create virtual service VIP:PORT."""
     if follow_label and follow_image:
         raise click.UsageError("give --follow-label or --follow-image, not both")
@@ -113,7 +88,7 @@ def add(vip: str, proto: str, scheduler: str, backend: str, reals: tuple[str, ..
     args = {"vip": vip, "proto": proto, "scheduler": scheduler, "backend": backend,
             "reals": list(reals), "follow_label": follow_label,
             "follow_image": follow_image, "target_port": target_port}
-    results = _run(address, token, timeout, node, group, tag, "add", args)
+    results = call_service(SERVICE, "add", args, **target)
 
     def render(s: dict, label: str) -> None:
         out.print(f"{label}added {s['key']}: {s['scheduler']} over {_reals_text(s)}; "
@@ -123,54 +98,47 @@ def add(vip: str, proto: str, scheduler: str, backend: str, reals: tuple[str, ..
 
 @lb.command("rm")
 @click.argument("vip")
-@click.option("--proto", type=click.Choice(PROTOS), default="tcp", show_default=True)
-@_common
-def rm(vip: str, proto: str, as_json: bool, node: str | None, group: str | None,
-       tag: str | None, address: str, token: str | None, timeout: float) -> None:
+@proto_option
+@service_options
+@friendly
+def rm(vip: str, proto: str, as_json: bool, **target: Any) -> None:
     """Remove virtual service VIP:PORT."""
-    results = _run(address, token, timeout, node, group, tag, "rm",
-                   {"vip": vip, "proto": proto})
+    results = call_service(SERVICE, "rm", {"vip": vip, "proto": proto}, **target)
     _finish(results, as_json, lambda s, label: out.print(f"{label}removed {s['key']}"))
 
 
-@lb.command("real-add")
-@click.argument("vip")
-@click.argument("reals", nargs=-1, required=True, metavar="IP:PORT[@WEIGHT]...")
-@click.option("--proto", type=click.Choice(PROTOS), default="tcp", show_default=True)
-@_common
-def real_add(vip: str, reals: tuple[str, ...], proto: str, as_json: bool,
-             node: str | None, group: str | None, tag: str | None, address: str,
-             token: str | None, timeout: float) -> None:
-    """Add real servers to VIP:PORT (an existing one gets the new weight)."""
-    results = _run(address, token, timeout, node, group, tag, "real_add",
-                   {"vip": vip, "proto": proto, "reals": list(reals)})
-    _finish(results, as_json,
-            lambda s, label: out.print(f"{label}{s['key']}: {_reals_text(s)}"))
+def _reals_command(op: str, metavar: str, doc: str) -> None:
+    """real-add and real-rm: VIP:PORT and real servers in, its real servers out."""
+
+    @click.argument("vip")
+    @click.argument("reals", nargs=-1, required=True, metavar=metavar)
+    @proto_option
+    @service_options
+    @friendly
+    def command(vip: str, reals: tuple[str, ...], proto: str, as_json: bool,
+                **target: Any) -> None:
+        results = call_service(SERVICE, op, {"vip": vip, "proto": proto,
+                                             "reals": list(reals)}, **target)
+        _finish(results, as_json,
+                lambda s, label: out.print(f"{label}{s['key']}: {_reals_text(s)}"))
+
+    command.__doc__ = doc
+    lb.command(op.replace("_", "-"))(command)
 
 
-@lb.command("real-rm")
-@click.argument("vip")
-@click.argument("reals", nargs=-1, required=True, metavar="IP:PORT...")
-@click.option("--proto", type=click.Choice(PROTOS), default="tcp", show_default=True)
-@_common
-def real_rm(vip: str, reals: tuple[str, ...], proto: str, as_json: bool,
-            node: str | None, group: str | None, tag: str | None, address: str,
-            token: str | None, timeout: float) -> None:
-    """Take real servers out of VIP:PORT."""
-    results = _run(address, token, timeout, node, group, tag, "real_rm",
-                   {"vip": vip, "proto": proto, "reals": list(reals)})
-    _finish(results, as_json,
-            lambda s, label: out.print(f"{label}{s['key']}: {_reals_text(s)}"))
+_reals_command("real_add", "IP:PORT[@WEIGHT]...",
+               "Add real servers to VIP:PORT (an existing one gets the new weight).")
+_reals_command("real_rm", "IP:PORT...", "Take real servers out of VIP:PORT.")
 
 
 @lb.command("ls")
-@_common
-def ls(as_json: bool, node: str | None, group: str | None, tag: str | None,
-       address: str, token: str | None, timeout: float) -> None:
+@service_options
+@friendly
+def ls(as_json: bool, **target: Any) -> None:
     """List the virtual services and the backend each runs on."""
     from rich.table import Table
 
-    results = _run(address, token, timeout, node, group, tag, "ls", {})
+    results = call_service(SERVICE, "ls", {}, **target)
     table = Table(title="virtual services")
     for col in ("node", "service", "scheduler", "backend", "real servers", "follows",
                 "error"):
@@ -195,15 +163,14 @@ def ls(as_json: bool, node: str | None, group: str | None, tag: str | None,
 
 @lb.command("show")
 @click.argument("vip")
-@click.option("--proto", type=click.Choice(PROTOS), default="tcp", show_default=True)
-@_common
-def show(vip: str, proto: str, as_json: bool, node: str | None, group: str | None,
-         tag: str | None, address: str, token: str | None, timeout: float) -> None:
+@proto_option
+@service_options
+@friendly
+def show(vip: str, proto: str, as_json: bool, **target: Any) -> None:
     """One virtual service: its real servers, weights and open connections."""
     from rich.table import Table
 
-    results = _run(address, token, timeout, node, group, tag, "show",
-                   {"vip": vip, "proto": proto})
+    results = call_service(SERVICE, "show", {"vip": vip, "proto": proto}, **target)
 
     def render(s: dict, label: str) -> None:
         follows = f"; follows {s['follow_text']}" if s["follow_text"] else ""
