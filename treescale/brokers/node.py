@@ -40,6 +40,11 @@ MERGE_BELOW = 64
 PARENT = b"\x00parent"  # routing-table member id of the link to our parent
 QUEUES_HEADER = "$queues"
 LINK_TIMEOUT = 5.0  # seconds without a word from a child node before it is dropped
+# After losing the link to the root: how long its children wait for the connection to
+# come back before the smallest of them takes over. A killed root refuses the
+# reconnects at once; a root that is only slow (a loaded machine missing a heartbeat)
+# answers, and no second root is made.
+ROOT_GRACE = 1.0
 REHOME_ATTEMPT = 2.0  # seconds to wait for an ancestor to accept us before the next  # on a forwarded mode-one event: the groups left to serve  # segments with fewer events are packed together per destination
 
 
@@ -138,6 +143,8 @@ class Node:
         self._rehome_at: float | None = None  # deadline for the current attempt
         self._rehome_queue: list[tuple[str, str]] = []
         self._rehome_plan: list[tuple[str, str]] = []  # candidates, tried in turn
+        self._root_grace_until: float | None = None  # root link lost: take over then
+        self._root_unconfirmed = False  # lost the root, not linked to it again yet
         # Child links are told dead by their socket closing, not only by silence:
         # the ROUTER's monitor reports the file descriptor, SRCFD maps it back.
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
@@ -196,6 +203,11 @@ class Node:
                 if self._out:
                     self._flush()
                 now = time.monotonic()
+                if self._root_grace_until is not None and now >= self._root_grace_until:
+                    self._root_grace_until = None
+                    if PARENT not in self.links:
+                        self._root_unconfirmed = False
+                        self._root_lost()
                 if now >= next_housekeeping:
                     self._housekeeping(now)
                     next_housekeeping = now + HOUSEKEEPING_INTERVAL
@@ -960,6 +972,7 @@ class Node:
                 return
             self._rehome_at = None
             self._rehome_queue = []
+            self._root_unconfirmed = False
             self._link_up(PARENT, msg.node)
             self._tell_children()
         elif isinstance(msg, P.Redirect) and PARENT not in self.links:
@@ -968,7 +981,7 @@ class Node:
         elif isinstance(msg, P.Error) and msg.code == "not_ready":
             # The parent lost our session (it restarted, or timed us out): link again.
             self._link_down(PARENT, "parent forgot us")
-            send_frames(self.up, self._link_message(), NOBLOCK)
+            self._send_link(PARENT, self._link_message())
         elif isinstance(msg, P.Error) and PARENT not in self.links:
             log.error("parent refused the link: %s %s", msg.code, msg.message)
             if self._rehome_at is not None:
@@ -980,7 +993,8 @@ class Node:
         for info in monitor_events(self.up_monitor):
             event = info["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                send_frames(self.up, self._link_message(), NOBLOCK)
+                self._root_grace_until = None  # whoever is there is alive: no take-over
+                self._send_link(PARENT, self._link_message())
             elif event == zmq.EVENT_DISCONNECTED:
                 was_linked = PARENT in self.links
                 self._link_down(PARENT, "disconnected")
@@ -989,8 +1003,10 @@ class Node:
                     self._rehome_plan = list(self.ancestors)
                     self._rehome_queue = []
                     self._rehome_next()
-                elif was_linked:
-                    self._root_lost()
+                elif was_linked or self._root_unconfirmed:
+                    # (unconfirmed: it answered the reconnect but died before LINKED)
+                    self._root_unconfirmed = True
+                    self._root_grace_until = time.monotonic() + ROOT_GRACE
 
     def _root_lost(self) -> None:
         """Our parent was the root. Its children agree without talking: the one with
