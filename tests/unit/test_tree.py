@@ -200,7 +200,8 @@ def test_repo_seed_loads_and_round_trips():
     assert t.path("tree3", "tree7") == ["tree3", "tree2", "tree1", "tree4", "tree7"]
     # the tree model keeps the topology; node options (exec_enabled, ...) are the
     # node config's business and are not part of the round trip
-    topology = {"tree_node": {name: {k: v for k, v in spec.items() if k != "exec_enabled"}
+    seed_keys = {"name", "tree_port", "tree_ip", "tags", "groups", "childs"}
+    topology = {"tree_node": {name: {k: v for k, v in spec.items() if k in seed_keys}
                               for name, spec in raw["tree_node"].items()}}
     assert t.to_seed() == topology
     assert Tree.from_seed(t.to_seed()) == t
