@@ -27,6 +27,8 @@ integration: install
 bench: install  ## TreeScale against Redis, NATS, Mosquitto and raw pyzmq, same run
 	$(PYTHON) -m bench.run $(BENCH_ARGS)
 	$(PYTHON) -m bench.tree_failover
+	$(PYTHON) -m bench.silent_link     # root: two network namespaces
+	$(PYTHON) -m bench.tree_scale --nodes 100
 
 bench-quick: install
 	$(PYTHON) -m bench.run --quick $(BENCH_ARGS)
