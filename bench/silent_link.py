@@ -14,53 +14,14 @@ import json
 import os
 import select
 import statistics
-import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import msgpack
 
+from tests.netns import sh, two_hosts
+
 PARENT_IP, CHILD_IP, PORT = "10.231.7.1", "10.231.7.2", 7401
-
-
-def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, timeout=20)
-
-
-@contextmanager
-def two_hosts() -> Iterator[tuple]:
-    tag = uuid.uuid4().hex[:6]
-    a, b, va, vb = f"bsa{tag}", f"bsb{tag}", f"bva{tag}", f"bvb{tag}"
-    procs: list[subprocess.Popen] = []
-    try:
-        sh("ip", "netns", "add", a)
-        sh("ip", "netns", "add", b)
-        sh("ip", "link", "add", va, "type", "veth", "peer", "name", vb)
-        sh("ip", "link", "set", va, "netns", a)
-        sh("ip", "link", "set", vb, "netns", b)
-        sh("ip", "-n", a, "addr", "add", f"{PARENT_IP}/24", "dev", va)
-        sh("ip", "-n", b, "addr", "add", f"{CHILD_IP}/24", "dev", vb)
-        for ns, dev in ((a, va), (b, vb)):
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-
-        def run(ns: str, *args: str) -> subprocess.Popen:
-            p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m",
-                                  "tsctl.main", *args], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE)
-            procs.append(p)
-            return p
-
-        yield run, a, b, vb
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        for ns in (a, b):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def wait_for(stream, name: str, node: str, deadline: float) -> float:
@@ -83,7 +44,7 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
     results: list[float] = []
-    with two_hosts() as (run, a, b, vb):
+    with two_hosts(PARENT_IP, CHILD_IP, prefix="bs") as (run, (a, _), (b, vb)):
         parent = f"tcp://{PARENT_IP}:{PORT}"
         run(a, "node", "start", "--name", "pa", "--host", PARENT_IP, "--port", str(PORT))
         watch = run(a, "sub", "$sys.node.*", "--json", "-a", parent, "--timeout", "20")

@@ -95,13 +95,17 @@ def _render(results: list, as_json: bool, title: str) -> None:
         console.print(f"all {len(results)} server(s) ok")
 
 
+def server_options(fn: Callable) -> Callable:
+    """What build and teardown share: the files, how many servers at once, dry run,
+    JSON, the known hosts and the connect timeout."""
+    for option in (connect_timeout_option, known_hosts_option, json_option,
+                   dry_run_option, parallel_option, files_option):
+        fn = option(fn)
+    return fn
+
+
 @click.command("build")
-@files_option
-@parallel_option
-@dry_run_option
-@json_option
-@known_hosts_option
-@connect_timeout_option
+@server_options
 @click.option("--wheelhouse", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help="Use the wheels in this directory as they are (offline, CI) instead of "
               "building them.")
@@ -147,12 +151,7 @@ def build_cmd(files: tuple[str, ...], parallel: int, dry_run: bool, as_json: boo
 
 
 @click.command("teardown")
-@files_option
-@parallel_option
-@dry_run_option
-@json_option
-@known_hosts_option
-@connect_timeout_option
+@server_options
 @friendly
 def teardown_cmd(files: tuple[str, ...], parallel: int, dry_run: bool, as_json: bool,
                  known_hosts: Path | None, connect_timeout: float) -> None:

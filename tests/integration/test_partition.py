@@ -7,57 +7,23 @@ from __future__ import annotations
 import json
 import os
 import select
-import subprocess
-import sys
 import time
-import uuid
 
 import msgpack
 import pytest
 
-from tests.conftest import ROOT
+from tests.netns import sh
+from tests.netns import two_hosts as netns_hosts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
-
-
-def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True, timeout=20)
 
 
 @pytest.fixture
 def two_hosts():
     """Namespaces a/b with 10.231.0.1 and 10.231.0.2 on a veth pair (test-assigned
     addresses inside namespaces this test creates; removed afterwards)."""
-    tag = uuid.uuid4().hex[:6]
-    a, b = f"tsa{tag}", f"tsb{tag}"
-    va, vb = f"va{tag}", f"vb{tag}"
-    procs: list[subprocess.Popen] = []
-    try:
-        sh("ip", "netns", "add", a)
-        sh("ip", "netns", "add", b)
-        sh("ip", "link", "add", va, "type", "veth", "peer", "name", vb)
-        sh("ip", "link", "set", va, "netns", a)
-        sh("ip", "link", "set", vb, "netns", b)
-        sh("ip", "-n", a, "addr", "add", "10.231.0.1/24", "dev", va)
-        sh("ip", "-n", b, "addr", "add", "10.231.0.2/24", "dev", vb)
-        for ns, dev in ((a, va), (b, vb)):
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-
-        def run(ns: str, *args: str) -> subprocess.Popen:
-            p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m",
-                                  "tsctl.main", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE)
-            procs.append(p)
-            return p
-
-        yield run, (a, va), (b, vb)
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-        for ns in (a, b):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    with netns_hosts("10.231.0.1", "10.231.0.2") as hosts:
+        yield hosts
 
 
 def next_sys_event(stream, deadline: float) -> tuple[str, dict]:
