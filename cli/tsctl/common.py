@@ -147,3 +147,16 @@ def event_dict(ev: Any) -> dict:
             "headers": dict(ev.headers), "reply": ev.reply}
 
 
+def address_of_node(name: str, config_path: str) -> str:
+    """`-n NODE`: the node's address from the tree file that names it."""
+    from pathlib import Path
+
+    from treescale.config import load_tree
+
+    if not Path(config_path).exists():
+        raise ConfigError(f"-n {name}: no tree file {config_path} to find it in "
+                          "(use -a ADDRESS)")
+    tree = load_tree(config_path)
+    if name not in tree.names:
+        raise ConfigError(f"{config_path}: no node named {name!r}")
+    return tree.spec(name).address

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import click
 
-from treescale.config import ConfigError, load_node_config, load_tree
+from treescale.config import load_node_config, load_tree
 from treescale.local import DEFAULT_STATE
 from tsctl.common import (
+    address_of_node,
     address_option,
     connect,
     console,
@@ -208,13 +209,7 @@ def api_exec(command: str, via: str | None, target: str | None, group: str | Non
     if sum(x is not None for x in (target, group, tag)) != 1:
         raise click.UsageError("give exactly one of -t NODE, --group G, --tag T")
     if via is not None:
-        if not Path(config_path).exists():
-            raise ConfigError(f"-n {via}: no tree file {config_path} to find it in "
-                              "(use -a ADDRESS)")
-        tree = load_tree(config_path)
-        if via not in tree.names:
-            raise ConfigError(f"{config_path}: no node named {via!r}")
-        address = tree.spec(via).address
+        address = address_of_node(via, config_path)
     code = run_exec(address, token, timeout, command, exec_timeout, target, group, tag,
                     as_json)
     sys.exit(code)

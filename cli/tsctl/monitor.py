@@ -8,12 +8,12 @@ import os
 import select
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
 
 from tsctl.common import (
+    address_of_node,
     address_option,
     connect,
     friendly,
@@ -52,23 +52,11 @@ def monitor(via: str | None, config_path: str, once: bool, as_json: bool, wait: 
     if as_json and not once:
         raise click.UsageError("--json needs --once")
     if via is not None:
-        address = _address_of(via, config_path)
+        address = address_of_node(via, config_path)
     if once:
         snapshot(address, token, timeout, wait, as_json)
     else:
         live(address, token, timeout, refresh)
-
-
-def _address_of(name: str, config_path: str) -> str:
-    from treescale.config import ConfigError, load_tree
-
-    if not Path(config_path).exists():
-        raise ConfigError(f"-n {name}: no tree file {config_path} to find it in "
-                          "(use -a ADDRESS)")
-    tree = load_tree(config_path)
-    if name not in tree.names:
-        raise ConfigError(f"{config_path}: no node named {name!r}")
-    return tree.spec(name).address
 
 
 def _subscribe(address: str, token: str | None, timeout: float):
