@@ -227,7 +227,11 @@ class Node:
                 return
             try:
                 self.services.append(load_factory(SERVICES[name])(self.service_context))
-            except Exception:
+            except Exception as exc:
+                if self._stop.is_set():  # stopped while the service was starting
+                    log.info("node %s stopping: service %s not started (%s)", self.name,
+                             name, exc)
+                    return
                 log.exception("node %s could not start service %s", self.name, name)
 
     def _start_metrics(self) -> None:
