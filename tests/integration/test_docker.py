@@ -231,6 +231,29 @@ def test_stats_events_and_the_stats_op(docker_node, test_label):
     assert [x["id"] for x in latest] == [s["full_id"]]
 
 
+def test_monitor_shows_the_containers_the_docker_service_reports(docker_node, test_label):
+    """`tsctl monitor --once --json` lists a running container under its node, with the
+    CPU and memory from the Docker service's live stats."""
+    n, c = docker_node
+    [s] = web(c, test_label, memory="32m")
+
+    def listed() -> dict | None:
+        r = subprocess.run([sys.executable, "-m", "tsctl.main", "monitor", "--once",
+                            "--json", "--wait", "1.5", "-a", n.address], cwd=ROOT,
+                           capture_output=True, timeout=60)
+        nodes = {x["node"]: x for x in json.loads(r.stdout or b"[]")}
+        boxes = [b for b in nodes.get("d1", {}).get("containers", [])
+                 if b["id"] == s["full_id"] and b.get("mem_bytes")]
+        return boxes[0] if boxes else None
+
+    seen: list[dict] = []
+    wait_until(lambda: seen.append(listed()) or seen[-1] is not None, 30,
+               "the container in the monitor")
+    box = seen[-1]
+    assert box["name"] == s["name"] and box["state"] == "running"
+    assert box["mem_limit"] == 32 * 1024 * 1024
+
+
 def test_clear_errors_and_the_service_keeps_serving(docker_node, test_label):
     _, c = docker_node
     for op, args in (("inspect", {"container": "no-such-box"}),
