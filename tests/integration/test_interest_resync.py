@@ -56,6 +56,12 @@ class RawChild:
 
 
 @pytest.fixture
+def node(node_factory):
+    """A node without machine services: its interest changes only when the test says."""
+    return node_factory("n1", {"services": []})
+
+
+@pytest.fixture
 def child(node):
     c = RawChild(node.address)
     yield c
@@ -96,3 +102,20 @@ def test_the_node_answers_a_resync_with_its_whole_interest(node, clients, child)
     sub.subscribe("late.news")
     nxt = child.expect(P.Interest, where=lambda m: any(p == "late.news" for _, p, _ in m.ops))
     assert nxt.seq == snap.seq + 1 and not nxt.full
+
+
+def test_each_event_of_a_split_forwarded_batch_keeps_its_own_publisher(node, clients,
+                                                                       child):
+    """A forwarded batch carries several publishers' events ([source, count] runs); a
+    subscriber that wants only some of them must see each one's real publisher."""
+    sub = clients(node.address, name="sub")
+    sub.subscribe("x.b")
+    sub.subscribe("x.c")
+    child.expect(P.Interest, where=lambda m: any(p == "x.c" for _, p, _ in m.ops))
+    meta, body, large = P.encode_events([("x.a", b"1", None, 0, None, None),
+                                         ("x.b", b"2", None, 0, None, None),
+                                         ("x.c", b"3", None, 0, None, None)])
+    child.send([P.encode_forward_header([["pa", 1], ["pb", 1], ["pc", 1]]), meta, body,
+                *large])
+    got = [(ev.name, ev.source) for ev in sub.events(timeout=5)][:2]
+    assert got == [("x.b", "pb"), ("x.c", "pc")]

@@ -81,6 +81,8 @@ class Node:
         self.started = time.time()
         self._service_secret = secrets.token_hex(16)
         self.services: list = []
+        self._services_lock = threading.Lock()
+        self._services_closed = False
         self.service_context = None
         self.stats = {"events_in": 0, "events_out": 0, "bytes_in": 0, "no_route": 0,
                       "dropped": 0, "errors_sent": 0, "batches_in": 0}
@@ -226,7 +228,13 @@ class Node:
             if self._stop.is_set():
                 return
             try:
-                self.services.append(load_factory(SERVICES[name])(self.service_context))
+                service = load_factory(SERVICES[name])(self.service_context)
+                with self._services_lock:
+                    if not self._services_closed:
+                        self.services.append(service)
+                        continue
+                service.close()  # the node closed while this one was starting
+                return
             except Exception as exc:
                 if self._stop.is_set():  # stopped while the service was starting
                     log.info("node %s stopping: service %s not started (%s)", self.name,
@@ -251,7 +259,10 @@ class Node:
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
-        for service in self.services:
+        with self._services_lock:  # a service still starting closes itself
+            self._services_closed = True
+            services = list(self.services)
+        for service in services:
             try:
                 service.close()
             except Exception:
@@ -596,15 +607,18 @@ class Node:
         if not by_dest:
             return
         events = view.events()
-        if isinstance(source, list):
-            source = source[0][0] if source else ""  # a split keeps the first publisher
+        # A forwarded batch may hold several publishers' events (runs): each part of
+        # a split keeps the publisher of each of its events.
+        per_event = [src for src, count in source for _ in range(count)] \
+            if isinstance(source, list) else None
         for dest, idx in by_dest.items():
             if dest in self.links:
                 chosen = [_with_queues(events[i], queues_for.get((dest, i)))
                           for i in idx]
             else:
                 chosen = [_without_queues(events[i]) for i in idx]
-            self._queue(dest, Segment(source, len(idx), None, chosen))
+            part = source if per_event is None else _runs_of(per_event, idx)
+            self._queue(dest, Segment(part, len(idx), None, chosen))
 
     def _queue(self, dest: bytes, seg: Segment) -> None:
         segs = self._out.get(dest)
@@ -1232,6 +1246,18 @@ def _without_queues(event: tuple) -> tuple:
         return event
     rest = {k: v for k, v in headers.items() if k != QUEUES_HEADER}
     return (*event[:5], rest or None)
+
+
+def _runs_of(per_event: list, idx: list) -> list:
+    """[source, count] runs of the events ``idx`` (an index into ``per_event``)."""
+    runs: list = []
+    for i in idx:
+        src = per_event[i] if i < len(per_event) else ""
+        if runs and runs[-1][0] == src:
+            runs[-1][1] += 1
+        else:
+            runs.append([src, 1])
+    return runs
 
 
 def _runs(seg: Segment) -> list:
