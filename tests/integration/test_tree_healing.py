@@ -124,3 +124,32 @@ def test_a_stream_survives_kill_and_restart_of_the_node_it_crosses(node_factory,
     assert got == sorted(got), "events arrived out of order"
     assert len(got) == len(set(got)), "an event arrived twice"
     assert got[-1] > got[0]
+
+
+def test_a_returning_root_takes_its_tree_back(tmp_path):
+    """r0 is killed: a1 (smallest child) leads and b2 attaches under it. r0 restarts on
+    its address: a1 links under it again, with b2, so there is one tree, rooted at r0
+    (a restart of the root, e.g. by `tsctl build`, must not split the fabric)."""
+    names = {"r0", "a1", "b2"}
+    r0 = NodeProcess(tmp_path, "r0", {"services": []})
+    a1 = NodeProcess(tmp_path, "a1", {"services": []}, ("--parent", r0.address))
+    b2 = NodeProcess(tmp_path, "b2", {"services": []}, ("--parent", r0.address))
+    start_all([r0, a1, b2])
+    watch = Client(b2.address, name="watch", timeout=30)
+    try:
+        watch.subscribe("$sys.node.stats")
+        wait_until(lambda: is_one_tree(tree_views(watch, names), names), 30, "the tree")
+        r0.kill()
+        live = {"a1", "b2"}
+        wait_until(lambda: is_one_tree(tree_views(watch, live), live), 30,
+                   "a1 leading, b2 under it")
+        r0.start()  # same name, same port
+        wait_until(lambda: is_one_tree(tree_views(watch, names), names), 30,
+                   "one tree again after r0 returned")
+        views = tree_views(watch, names)
+        assert views["r0"]["parent"] is None and views["a1"]["parent"] == "r0"
+        assert views["b2"]["parent"] in ("a1", "r0")
+    finally:
+        watch.close(timeout=1)
+        for n in (r0, a1, b2):
+            n.kill()

@@ -36,16 +36,16 @@ log = logging.getLogger("treescale.node")
 
 DRAIN_LIMIT = 2000
 HOUSEKEEPING_INTERVAL = 1.0
-MERGE_BELOW = 64
+MERGE_BELOW = 64  # segments with fewer events are packed together per destination
 PARENT = b"\x00parent"  # routing-table member id of the link to our parent
-QUEUES_HEADER = "$queues"
+QUEUES_HEADER = "$queues"  # on a forwarded mode-one event: the groups left to serve
 LINK_TIMEOUT = 5.0  # seconds without a word from a child node before it is dropped
 # After losing the link to the root: how long its children wait for the connection to
 # come back before the smallest of them takes over. A killed root refuses the
 # reconnects at once; a root that is only slow (a loaded machine missing a heartbeat)
 # answers, and no second root is made.
 ROOT_GRACE = 1.0
-REHOME_ATTEMPT = 2.0  # seconds to wait for an ancestor to accept us before the next  # on a forwarded mode-one event: the groups left to serve  # segments with fewer events are packed together per destination
+REHOME_ATTEMPT = 2.0  # seconds to wait for an ancestor to accept us before the next
 
 
 class Segment:
@@ -736,6 +736,12 @@ class Node:
     def _accept_child(self, session: Session) -> None:
         rid = session.routing_id
         children = sum(1 for m in self.links if m != PARENT)
+        if session.name == self.name or session.name in {n for n, _ in self.ancestors}:
+            self.sessions.pop(rid, None)
+            self._pending_links.pop(rid, None)
+            self._send_error(rid, "cycle", f"node {session.name} is {self.name} itself or "
+                             "one of its ancestors: linking would make a cycle")
+            return
         joining = getattr(self._pending_links.get(rid), "join", False)
         shallower = (joining and PARENT in self.links and self._tree_open is not None
                      and self._tree_open < self._depth())
@@ -1031,13 +1037,10 @@ class Node:
         the smallest name becomes the root, the others attach under it."""
         successor = min([*self.siblings, (self.name, self.endpoint)])
         if successor[0] == self.name:
+            # We lead until the old root answers again (it restarted, or the partition
+            # healed): the parent socket keeps dialling it, and when it answers we
+            # link under it again, our subtree with us. One tree, not two.
             log.warning("root lost: node %s takes over as root", self.name)
-            if self._parent_address:
-                try:
-                    self.up.disconnect(self._parent_address)
-                except zmq.ZMQError:
-                    pass
-            self._parent_address = None
             self._rehome_at = None
             self.ancestors, self.siblings = [], []
             self._emit("$sys.node.root", {"node": self.name, "previous": "lost"})
