@@ -51,8 +51,8 @@ def main() -> None:
         ready, _, _ = select.select([watch.stderr], [], [], 30)
         assert ready and b"subscribed" in watch.stderr.readline()
         for trial in range(args.trials):
-            # A fresh child each time: cut off from its root, the child becomes the
-            # root of its own side (a healed partition is not merged back yet).
+            # A fresh child each time, so every trial starts from the same state (cut
+            # off, the child leads its own side until the link returns).
             child = run(b, "node", "start", "--name", "cb", "--host", CHILD_IP,
                         "--port", str(7402 + trial), "--parent", parent)
             wait_for(watch.stdout, "$sys.node.up", "cb", time.monotonic() + 30)
