@@ -100,6 +100,14 @@ class NodeProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+@pytest.fixture(autouse=True)
+def own_database(tmp_path, monkeypatch) -> None:
+    """Every node a test starts without a database of its own (plain subprocesses,
+    `tsctl` commands) writes into this test's directory, never /etc/treescale: no
+    handler or load-balancer state leaks from one test (or run) into another."""
+    monkeypatch.setenv("TREE_DB_PATH", str(tmp_path / "default-tree.db"))
+
+
 def start_all(nodes: list[NodeProcess], timeout: float = 60.0) -> None:
     """Start every node at once (children retry until their parent listens), then
     wait until all answer: a 20-node tree starts in the time of a few nodes."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -89,6 +90,13 @@ def node_start(name: str | None, port: int | None, host: str | None,
     logging.getLogger("treescale").setLevel(logging.INFO)
     console.print(f"node [bold]{cfg.name}[/] listening on {n.endpoint}")
     n.run()
+    # The node has closed its socket and services in order. A service thread still
+    # blocked somewhere (an engine stream, a starting client) must not keep the
+    # process alive: a supervisor's SIGTERM means exit now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # -------------------------------------------------------------------- local tree

@@ -46,6 +46,7 @@ LINK_TIMEOUT = 5.0  # seconds without a word from a child node before it is drop
 # answers, and no second root is made.
 ROOT_GRACE = 1.0
 REHOME_ATTEMPT = 2.0  # seconds to wait for an ancestor to accept us before the next
+SERVICES_CLOSE_TIMEOUT = 5.0  # a stop never waits longer than this on the services
 
 
 class Segment:
@@ -242,6 +243,15 @@ class Node:
                     return
                 log.exception("node %s could not start service %s", self.name, name)
 
+    def _close_services(self, services: list) -> None:
+        for service in services:
+            try:
+                service.close()
+            except Exception:
+                log.exception("closing a service")
+        if self.service_context is not None:
+            self.service_context.close()
+
     def _start_metrics(self) -> None:
         """Serve /metrics on the node's host (port 0: a free one, logged and reported
         in the stats as metrics_port)."""
@@ -262,13 +272,13 @@ class Node:
         with self._services_lock:  # a service still starting closes itself
             self._services_closed = True
             services = list(self.services)
-        for service in services:
-            try:
-                service.close()
-            except Exception:
-                log.exception("closing a service")
-        if self.service_context is not None:
-            self.service_context.close()
+        closer = threading.Thread(target=self._close_services, args=(services,),
+                                  daemon=True, name="close-services")
+        closer.start()
+        closer.join(SERVICES_CLOSE_TIMEOUT)
+        if closer.is_alive():
+            log.warning("node %s: services still closing after %gs; going on",
+                        self.name, SERVICES_CLOSE_TIMEOUT)
         if self._auth_pool is not None:
             self._auth_pool.shutdown(wait=False, cancel_futures=True)
         self.sock.disable_monitor()
