@@ -19,6 +19,7 @@ from tsctl.common import (
     console,
     event_dict,
     friendly,
+    one_target,
     out,
     render_data,
     timeout_option,
@@ -214,8 +215,7 @@ def api_exec(command: str, via: str | None, target: str | None, group: str | Non
     back and tsctl exits with the command's exit code."""
     from tsctl.execute import run_exec
 
-    if sum(x is not None for x in (target, group, tag)) != 1:
-        raise click.UsageError("give exactly one of -t NODE, --group G, --tag T")
+    one_target(target, group, tag)  # exactly one of them, or a usage error
     if via is not None:
         address = address_of_node(via, config_path)
     code = run_exec(address, token, timeout, command, exec_timeout, target, group, tag,
