@@ -1,0 +1,165 @@
+"""The reserved subject vocabulary and the error codes a node sends. Pure.
+
+Owns: every ``$sys.*`` (what the fabric says about itself), ``$svc.*`` (node services)
+and ``$inbox.*`` (replies) subject, the builders and parsers for them, and the error
+codes of ERROR messages. Nothing else in the project spells these strings, so a reader
+finds the whole vocabulary here and a rename is one edit.
+
+Must not touch: sockets, clocks, the routing table. It only makes and reads strings.
+
+Names whose first token starts with ``$`` are never matched by a leading wildcard
+(``>`` or ``*.…``), so applications do not see the fabric's own traffic by accident.
+"""
+
+from __future__ import annotations
+
+# --------------------------------------------------------------------- prefixes
+
+SYS = "$sys"
+SVC = "$svc"
+INBOX = "$inbox"
+SYS_PREFIX = SYS + "."
+SVC_PREFIX = SVC + "."
+INBOX_PREFIX = INBOX + "."
+
+# ------------------------------------------------------ what a node says ($sys)
+
+NODE_STATS = "$sys.node.stats"  # every node, once a second: its report
+NODE_UP = "$sys.node.up"  # a link came up (published by the node that saw it)
+NODE_DOWN = "$sys.node.down"  # a link went down
+NODE_ROOT = "$sys.node.root"  # a node took over as the root
+CLIENT_CONNECT = "$sys.client.connect"
+CLIENT_DISCONNECT = "$sys.client.disconnect"
+CLIENT_DENIED = "$sys.client.denied"
+CLIENT_SLOW = "$sys.client.slow"
+AUDIT_EXEC = "$sys.audit.exec"
+AUDIT_HANDLER = "$sys.audit.handler"
+CONFIG_VERSION = "$sys.config.version"
+CONFIG_APPLIED = "$sys.config.applied"
+DOCKER = "$sys.docker"  # $sys.docker.<node>.<action|engine|stats>
+
+# What the live monitor follows.
+MONITOR_PATTERNS = (NODE_STATS, NODE_UP, NODE_DOWN, NODE_ROOT, DOCKER + ".>")
+
+# The permission a token needs to publish a $sys.* event.
+SYS_PERMISSION = "sys"
+
+
+def docker_event(node: str, action: str) -> str:
+    """``$sys.docker.<node>.<action>``: a container lifecycle event, engine or stats."""
+    return f"{DOCKER}.{node}.{action}"
+
+
+def docker_events(node: str | None = None) -> str:
+    """The pattern of every Docker event of one node (or of all nodes)."""
+    return f"{DOCKER}.{node or '*'}.>"
+
+
+def docker_stats(node: str | None = None) -> str:
+    """Live container stats of one node (or the pattern for all nodes)."""
+    return f"{DOCKER}.{node or '*'}.stats"
+
+
+def handler_result(node: str) -> str:
+    """Where a node's event handlers publish their results."""
+    return f"{SYS}.handlers.{node}.result"
+
+
+def is_docker_event(name: str) -> bool:
+    return name.startswith(DOCKER + ".")
+
+
+# ------------------------------------------------------------ services ($svc)
+
+
+def service(name: str, node: str | None = None) -> str:
+    """``$svc.S`` (every node of a group/tag target) or ``$svc.S.N`` (node N)."""
+    return f"{SVC_PREFIX}{name}" + (f".{node}" if node else "")
+
+
+def service_of(subject: str) -> str | None:
+    """The service a ``$svc.S[.N]`` subject names, or None for any other subject."""
+    if not subject.startswith(SVC_PREFIX):
+        return None
+    return subject[len(SVC_PREFIX):].split(".", 1)[0]
+
+
+def permission_for(subject: str) -> str | None:
+    """The permission a token needs to send to ``subject`` (None: no special one).
+
+    ``$svc.S…`` needs ``S`` (exec, docker, lb, handlers, config); ``$sys.…`` needs
+    ``sys``, since the monitor and the load balancer believe what it says."""
+    svc = service_of(subject)
+    if svc is not None:
+        return svc
+    if subject.startswith(SYS_PREFIX):
+        return SYS_PERMISSION
+    return None
+
+
+# ------------------------------------------------------------- replies ($inbox)
+
+
+def inbox(node: str, client_id: str, req_id: int) -> str:
+    """The reply subject of a request: routes back to one client of one node."""
+    return f"{INBOX_PREFIX}{node}.{client_id}.{req_id}"
+
+
+def inbox_prefix(node: str, client_id: str) -> str:
+    """What every reply subject of one client starts with."""
+    return f"{INBOX_PREFIX}{node}.{client_id}."
+
+
+def client_inboxes(node: str, client_id: str) -> str:
+    """The pattern a node subscribes a client to, so replies reach it."""
+    return inbox_prefix(node, client_id) + "*"
+
+
+def node_inboxes(node: str) -> str:
+    """The interest a node advertises so replies for its clients find their way."""
+    return f"{INBOX_PREFIX}{node}.>"
+
+
+def is_inbox(subject: str) -> bool:
+    """An inbox subject or pattern (private: no client may subscribe to one)."""
+    return subject == INBOX or subject.startswith(INBOX_PREFIX)
+
+
+def parse_inbox(subject: str) -> tuple[str, str, int] | None:
+    """(node, client_id, req_id) of an inbox subject, or None if it is not one."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != INBOX:
+        return None
+    try:
+        return parts[1], parts[2], int(parts[3])
+    except ValueError:
+        return None
+
+
+# ----------------------------------------------------------------- error codes
+# The ``code`` of an ERROR message. Clients decide what each means in one place
+# (treescale.client_core); docs/PROTOCOL.md lists them with their ``ref``.
+
+BAD_MESSAGE = "bad_message"  # not a message of this protocol
+BAD_FRAME_COUNT = "bad_frame_count"
+BAD_ENCODING = "bad_encoding"
+UNKNOWN_KIND = "unknown_kind"
+VERSION = "version"  # protocol version mismatch
+BAD_FIELD = "bad_field"
+TOO_LARGE = "too_large"  # a payload over max_payload
+BAD_PATTERN = "bad_pattern"
+BAD_TARGET = "bad_target"
+NOT_READY = "not_ready"  # no session: send hello (again)
+TOKEN_REQUIRED = "token_required"
+BAD_TOKEN = "bad_token"
+PERMISSION_DENIED = "permission_denied"
+NO_RESPONDERS = "no_responders"
+UNEXPECTED = "unexpected"  # a kind this peer may not send
+CYCLE = "cycle"  # a link that would close a loop in the tree
+FULL = "full"  # no room for another child
+SLOW_CONSUMER = "slow_consumer"  # events were dropped for this client: ref = how many
+
+AUTH_ERRORS = frozenset({TOKEN_REQUIRED, BAD_TOKEN})
+# Errors that end the request they refer to (``ref`` = its req_id).
+REQUEST_ERRORS = frozenset({NO_RESPONDERS, BAD_TARGET, BAD_PATTERN, TOO_LARGE,
+                            PERMISSION_DENIED})
