@@ -13,11 +13,13 @@ otherwise it redirects the joiner one hop (up or down) toward the open slot. So 
 nodes one by one to a lone root, through any contacts, always yields a complete tree of the
 least height possible for its size N: at most ceil(log_m N) for m = max_children >= 2.
 
-Healing: when a node dies its children re-attach, largest subtree first (ties: smaller
-name), to the dead node's parent; once that parent is full, at the open slot of the
-parent's subtree. Each orphan carries its own subtree along unchanged. When the root dies
-its child with the largest subtree (ties: smaller name) becomes root and the other
-orphans re-attach under it the same way.
+Healing, as the running nodes do it (the rule lives in ``treescale.healing``): when a
+node dies its children re-attach to the dead node's parent, their nearest live ancestor;
+once that parent is full, at the open slot of the parent's subtree. Each orphan carries
+its own subtree along unchanged. When the root dies its child with the smallest name
+(``healing.heir``) becomes root and the other orphans re-attach under it the same way.
+Live orphans race for the free slots; this model lets them in by name, so it is one
+outcome the nodes can reach, and the same on every node that computes it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+
+from treescale.healing import heir
 
 DEFAULT_MAX_CHILDREN = 10
 
@@ -369,18 +373,18 @@ class Tree:
     # -- failures -----------------------------------------------------------------------
 
     def successor_of_root(self) -> str:
-        """The root's child with the largest subtree (ties: smallest name)."""
+        """The root's heir: its child with the smallest name (``healing.heir``)."""
         kids = self.children(self._root)
         if not kids:
             raise TreeError(f"root {self._root} has no children to take over")
-        return min(kids, key=lambda c: (-self._size[c], c))
+        return heir(list(kids))
 
     def without(self, dead: str) -> Tree:
         """This tree once ``dead`` is gone, its orphans re-attached (see the module doc)."""
         self._need(dead)
         if len(self._order) == 1:
             raise TreeError(f"cannot remove {dead}: it is the last node")
-        orphans = sorted(self.children(dead), key=lambda c: (-self._size[c], c))
+        orphans = sorted(self.children(dead))  # the heir (smallest name) first
         children = {n: list(s.children) for n, s in self._specs.items() if n != dead}
         anchor = self._parent[dead]
         if anchor is None:
