@@ -145,7 +145,7 @@ class NodeCollector:
         from treescale import __version__
 
         node = self.node
-        snap = _retry(node.snapshot)
+        snap = _retry(node.report)
         yield InfoMetricFamily("treescale_build", "TreeScale build information.",
                                value={"version": __version__,
                                       "python": platform.python_version()})

@@ -1,4 +1,7 @@
-"""Client sessions on a node and their bounded outbound queues.
+"""A session: one connection's state on a node, and its bounded outbound queue.
+
+Owns: what a node knows of a client or child connection (identity, permissions,
+counters) and the queue parked behind a full socket. Must not touch: sockets.
 
 ZeroMQ keeps a per-peer queue of its own (SNDHWM messages). When it is full, the node
 parks further messages for that client in ``Session.pending``; when that is full too,
@@ -35,10 +38,16 @@ class Session:
     slow: bool = False
     quiet: bool = False  # a client's direct request link: not announced on $sys
     is_link: bool = False  # a child node, not a client
+    is_service: bool = False  # one of this node's own services
+    fd: int | None = None  # a child's socket file descriptor (its close is noticed)
     address: str = ""  # a child node's own listening address
     permissions: frozenset = frozenset()  # from the auth hook's decision
     events_out: int = 0
     events_in: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.state == READY
 
     def park(self, frames: list, n_events: int, n_bytes: int, max_bytes: int,
              max_messages: int) -> bool:

@@ -1,0 +1,148 @@
+"""The interest exchange: what each link is told this subtree wants, and what it says.
+
+Owns: turning subscription changes (local clients' SUB/UNSUB, a neighbour's INTEREST)
+into numbered INTEREST messages per link; the snapshot that replaces a link's view
+when an update went missing (a gap makes the receiver send RESYNC; a dropped send makes
+the sender owe one); applying a neighbour's INTEREST to the routing table. What to
+advertise is decided by the pure ``treescale.interest.InterestTable``; this module only
+numbers, sends and applies.
+
+Must not touch: event routing (fanout.py) or how links come and go (links.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from treescale import protocol as P
+from treescale import subjects
+from treescale.interest import LOCAL, InterestTable
+from treescale.routing import PatternError, split_pattern
+
+if TYPE_CHECKING:
+    from treescale.brokers.links import Link
+    from treescale.brokers.node import Node
+
+log = logging.getLogger("treescale.node")
+
+
+class InterestExchange:
+    """Interest in and out of one node's links."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.table = InterestTable()
+        self.table.add(LOCAL, subjects.node_inboxes(node.name))  # replies find us
+
+    # -- local subscriptions ----------------------------------------------------------
+
+    def subscribe(self, member: bytes, pattern: str, queue: str | None) -> None:
+        """A local client subscribes; raises PatternError for a bad pattern."""
+        if self.node.table.subscribe(member, pattern, queue):
+            self.send(self.table.add(LOCAL, pattern, queue))
+
+    def unsubscribe(self, member: bytes, pattern: str, queue: str | None) -> None:
+        if self.node.table.unsubscribe(member, pattern, queue):
+            self.send(self.table.remove(LOCAL, pattern, queue))
+
+    def forget_client(self, member: bytes) -> None:
+        """A client left: withdraw what it had asked for (not its private inbox)."""
+        routes = self.node.table.members.get(member)
+        for pattern, queue in list(routes.subs) if routes else ():
+            if not subjects.is_inbox(pattern):
+                self.send(self.table.remove(LOCAL, pattern, queue))
+
+    # -- links coming and going -------------------------------------------------------
+
+    def link_up(self, link: Link) -> None:
+        self.send(self.table.add_link(link.member))
+
+    def link_down(self, member: bytes) -> None:
+        self.send(self.table.drop_link(member))
+
+    # -- out --------------------------------------------------------------------------
+
+    def send(self, updates: list) -> None:
+        """Tell each link what changed, one numbered INTEREST message per link."""
+        per_link: dict = {}
+        for u in updates:
+            per_link.setdefault(u.link, []).append((u.add, u.pattern, u.queue))
+        links = self.node.links
+        for member, ops in per_link.items():
+            link = links.get(member)
+            if link is None or link.snapshot_due:
+                continue  # gone, or the snapshot that is due will carry this too
+            link.seq_out += 1
+            if not links.send(member, P.encode_interest(link.seq_out, ops)):
+                link.snapshot_due = True
+
+    def send_snapshot(self, link: Link) -> None:
+        """Everything we advertise to ``link``, replacing what it heard before."""
+        link.seq_out += 1
+        keys = sorted(self.table.advertised.get(link.member, ()),
+                      key=lambda k: (k[0], k[1] or ""))
+        ops = [(True, p, q) for p, q in keys]
+        # Still full: housekeeping tries again.
+        link.snapshot_due = not self.node.links.send(
+            link.member, P.encode_interest(link.seq_out, ops, full=True))
+
+    def send_owed_snapshots(self) -> None:
+        for link in list(self.node.links):
+            if link.snapshot_due:
+                self.send_snapshot(link)
+
+    # -- in ---------------------------------------------------------------------------
+
+    def on_resync(self, link: Link, msg: P.Resync) -> None:
+        log.warning("link to %s lost our interest after #%d: sending a snapshot",
+                    link.neighbour, msg.seq)
+        self.send_snapshot(link)
+
+    def on_interest(self, link: Link, msg: P.Interest) -> None:
+        if msg.full:
+            link.resyncing = False
+            link.seq_in = msg.seq
+            self._replace(link, msg.ops)
+            return
+        if link.resyncing:
+            return  # the snapshot asked for will supersede this
+        expected = link.seq_in + 1
+        if msg.seq != expected:
+            # An update went missing (a full link dropped it): ask for the whole state.
+            log.warning("interest gap on link to %s: got #%d, expected #%d; resyncing",
+                        link.neighbour, msg.seq, expected)
+            link.resyncing = True
+            self.node.links.send(link.member, P.encode_resync(expected - 1))
+            return
+        link.seq_in = msg.seq
+        routes, member = self.node.table, link.member
+        updates: list = []
+        for add, pattern, q in msg.ops:
+            try:
+                if add:
+                    routes.subscribe(member, pattern, q)
+                    updates += self.table.add(member, pattern, q)
+                else:
+                    routes.unsubscribe(member, pattern, q)
+                    updates += self.table.remove(member, pattern, q)
+            except PatternError as exc:
+                log.warning("bad interest from %s: %s", link.neighbour, exc)
+        self.send(updates)
+
+    def _replace(self, link: Link, ops: list) -> None:
+        """A link's snapshot: make its routes and advertised interest exactly ``ops``."""
+        keys = set()
+        for _, pattern, q in ops:
+            try:
+                split_pattern(pattern)
+                keys.add((pattern, q))
+            except PatternError as exc:
+                log.warning("bad interest from %s: %s", link.neighbour, exc)
+        member, routes = link.member, self.node.table
+        before = set(self.table.held.get(member, ()))
+        for pattern, q in before - keys:
+            routes.unsubscribe(member, pattern, q)
+        for pattern, q in keys - before:
+            routes.subscribe(member, pattern, q)
+        self.send(self.table.replace(member, keys))

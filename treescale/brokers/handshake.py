@@ -1,0 +1,134 @@
+"""The handshake: a HELLO (a client) or a LINK (a child node) becomes a ready session.
+
+Owns: making the session of a new hello, asking the auth hook (on a worker thread
+when the hook may block: a command or an HTTP call must never stall the loop), and
+finishing: a refusal (``token_required``/``bad_token``, ``$sys.client.denied``), or
+READY with the client's private inbox subscribed and its hello's subscriptions
+applied, or handing a child to placement. The node's own services prove themselves
+with a secret only this process knows.
+
+Must not touch: what a ready session may send afterwards (gate.py), routing.
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import zmq
+
+from treescale import protocol as P
+from treescale import subjects
+from treescale.auth import AuthHook, ClientIdentity, Decision
+from treescale.brokers.sessions import AUTHENTICATING, READY, Session, client_id_of
+
+if TYPE_CHECKING:
+    from treescale.brokers.node import Node
+
+AUTH_WORKERS = 4
+SERVICE = Decision(True, "service", frozenset({"*"}))
+
+
+class Handshake:
+    """Hellos in, ready sessions out."""
+
+    def __init__(self, node: Node, auth: AuthHook) -> None:
+        self.node = node
+        self.auth = auth
+        self.service_secret = secrets.token_hex(16)  # our own services show this
+        self.results: queue.SimpleQueue = queue.SimpleQueue()  # from the auth workers
+        self._pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def on_hello(self, rid: bytes, hello: P.Hello | P.Link, frames: list) -> None:
+        node = self.node
+        if rid in node.sessions:
+            node.drop_session(rid, "re-hello")
+        cid = client_id_of(rid)
+        is_link = isinstance(hello, P.Link)
+        session = Session(rid, cid, hello.name or f"client-{cid}",
+                          groups=hello.groups, tags=hello.tags,
+                          channels=() if is_link else hello.channels,
+                          last_seen=time.monotonic(),
+                          quiet=is_link or bool(hello.options.get("direct")),
+                          is_link=is_link, fd=_fd_of(frames[1]) if is_link else None)
+        node.sessions[rid] = session
+        who = ClientIdentity(session.name, session.groups, session.tags, session.channels,
+                             _peer_address(frames[0]))
+        if not is_link and hello.options.get("service") == self.service_secret:
+            session.quiet = True  # one of this node's own services
+            session.is_service = True
+            self.finish(rid, hello, SERVICE)
+            return
+        if not self.auth.blocking:
+            self.finish(rid, hello, self.auth.check(hello.token, who))
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(AUTH_WORKERS, thread_name_prefix="auth")
+
+        def work() -> None:
+            self.results.put((rid, hello, self.auth.check(hello.token, who)))
+            node.wake()
+
+        self._pool.submit(work)
+
+    def finish_pending(self) -> None:
+        """Hellos whose auth check finished on a worker thread."""
+        while True:
+            try:
+                rid, hello, decision = self.results.get_nowait()
+            except queue.Empty:
+                return
+            self.finish(rid, hello, decision)
+
+    def finish(self, rid: bytes, hello: P.Hello | P.Link, decision: Decision) -> None:
+        node = self.node
+        session = node.sessions.get(rid)
+        if session is None or session.state != AUTHENTICATING:
+            return
+        if not decision.allowed:
+            node.forget_session(rid)
+            code = subjects.TOKEN_REQUIRED if not hello.token else subjects.BAD_TOKEN
+            node.send_error(rid, code, f"authentication failed: {decision.reason}")
+            node.emit(subjects.CLIENT_DENIED, {"node": node.name, "client": session.name,
+                                               "reason": decision.reason})
+            return
+        session.state = READY
+        session.permissions = decision.permissions
+        if session.is_link:
+            node.placement.on_link(session, hello)
+            return
+        node.by_client_id[session.client_id] = rid
+        node.table.add_member(rid, hello.groups, hello.tags, hello.channels)
+        node.table.subscribe(rid, subjects.client_inboxes(node.name, session.client_id))
+        for pattern, q in hello.subs:
+            node.subscribe(session, pattern, q)
+        limits = {"max_payload": node.config.max_payload,
+                  "large_payload": P.LARGE_PAYLOAD,
+                  "client_timeout": node.config.client_timeout}
+        node.send(rid, P.encode_ready(node.name, session.client_id, limits))
+        if not session.quiet:
+            node.emit(subjects.CLIENT_CONNECT, {"node": node.name, "client": session.name,
+                                                "id": session.client_id})
+
+
+def _fd_of(frame) -> int | None:
+    """The socket's file descriptor: a child link is declared down when it closes."""
+    try:
+        return frame.get(zmq.SRCFD)
+    except (zmq.ZMQError, AttributeError):  # no fd here: heartbeats still find it
+        return None
+
+
+def _peer_address(frame) -> str:
+    try:
+        return frame.get("Peer-Address") or ""
+    except Exception:  # not every transport reports a peer address
+        return ""
+

@@ -1,0 +1,104 @@
+"""What runs beside a node's loop: its machine services and its /metrics endpoint.
+
+Owns: starting the services the config names (as clients of the node, on a thread of
+their own, after the loop runs: a service talks to its node like any client, so the
+loop never waits on Docker or a process), closing them within a bounded time, and the
+Prometheus endpoint's life.
+
+Must not touch: the loop, sessions or routing. Services reach the node only through
+its port.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from treescale.brokers.node import Node
+
+log = logging.getLogger("treescale.node")
+
+SERVICES_CLOSE_TIMEOUT = 5.0  # a stop never waits longer than this on the services
+
+
+class Hosting:
+    """The services and the metrics server of one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.services: list = []
+        self.context = None
+        self.metrics_server = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start_metrics(self) -> None:
+        """Serve /metrics on the node's host (port 0: a free one, logged and reported
+        in the stats as metrics_port)."""
+        from treescale.metrics import MetricsServer
+
+        config = self.node.config
+        try:
+            self.metrics_server = MetricsServer(self.node, config.host, config.metrics_port)
+        except OSError as exc:
+            raise OSError(f"metrics port {config.metrics_port} on "
+                          f"{config.host}: {exc.strerror or exc}") from None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics_server.port if self.metrics_server else None
+
+    def start_services(self) -> None:
+        threading.Thread(target=self._start_services, daemon=True, name="services").start()
+
+    def _start_services(self) -> None:
+        from treescale.services import SERVICES, ServiceContext, load_factory
+
+        node = self.node
+        address = node.endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
+        self.context = ServiceContext(address, node.name, node.config,
+                                      node.handshake.service_secret)
+        wanted = SERVICES if node.config.services is None else node.config.services
+        for name in wanted:
+            if node.stopping:
+                return
+            try:
+                service = load_factory(SERVICES[name])(self.context)
+                with self._lock:
+                    if not self._closed:
+                        self.services.append(service)
+                        continue
+                service.close()  # the node closed while this one was starting
+                return
+            except Exception as exc:
+                if node.stopping:  # stopped while the service was starting
+                    log.info("node %s stopping: service %s not started (%s)", node.name,
+                             name, exc)
+                    return
+                log.exception("node %s could not start service %s", node.name, name)
+
+    def close(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+        with self._lock:  # a service still starting closes itself
+            self._closed = True
+            services = list(self.services)
+        closer = threading.Thread(target=self._close_services, args=(services,),
+                                  daemon=True, name="close-services")
+        closer.start()
+        closer.join(SERVICES_CLOSE_TIMEOUT)
+        if closer.is_alive():
+            log.warning("node %s: services still closing after %gs; going on",
+                        self.node.name, SERVICES_CLOSE_TIMEOUT)
+
+    def _close_services(self, services: list) -> None:
+        for service in services:
+            try:
+                service.close()
+            except Exception:
+                log.exception("closing a service")
+        if self.context is not None:
+            self.context.close()

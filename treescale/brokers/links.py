@@ -1,0 +1,134 @@
+"""One object per tree neighbour, and bringing links up and down.
+
+Owns: the ``Link`` record of each neighbour (parent or child) — its name and role,
+the interest sequence numbers in both directions, whether a snapshot is owed or asked
+for, the depth of its subtree's open slot, its socket's file descriptor and counters —
+and the steps every link goes through when it comes up or goes down (routes, interest,
+placement news, ``$sys.node.up``/``down``). Also how a control message is sent on a link.
+
+Must not touch: what interest means (treescale/brokers/exchange.py), where joiners go
+(placement.py), when the parent link heals (parent.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import zmq
+
+from treescale import subjects
+from treescale.frames import NOBLOCK, send_frames
+
+if TYPE_CHECKING:
+    from treescale.brokers.node import Node
+
+log = logging.getLogger("treescale.node")
+
+PARENT = b"\x00parent"  # routing-table member id of the link to our parent
+LINK_TIMEOUT = 5.0  # seconds without a word from a child node before it is dropped
+
+
+@dataclass(slots=True)
+class Link:
+    """A live link to a neighbour node."""
+
+    member: bytes  # its member id in the routing table (PARENT for the parent)
+    neighbour: str  # the node at the other end
+    address: str = ""  # where it listens (children say so in LINK; the parent's dial)
+    seq_out: int = 0  # last INTEREST number we sent on this link
+    seq_in: int = 0  # last INTEREST number we took in order
+    snapshot_due: bool = False  # an INTEREST send was dropped: a snapshot is owed
+    resyncing: bool = False  # we asked for a snapshot: updates wait for it
+    open_depth: int = 0  # a child: how far below it the nearest free slot is
+    events_in: int = 0
+    events_out: int = 0
+
+    @property
+    def role(self) -> str:
+        return "parent" if self.member == PARENT else "child"
+
+    @property
+    def is_parent(self) -> bool:
+        return self.member == PARENT
+
+
+class Links:
+    """The node's live links by member id, and their life cycle."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.by_member: dict[bytes, Link] = {}
+        self.fds: dict[int, bytes] = {}  # a child's socket fd -> its member id
+
+    def __contains__(self, member: object) -> bool:
+        return member in self.by_member
+
+    def __iter__(self):
+        return iter(self.by_member.values())
+
+    def get(self, member: bytes) -> Link | None:
+        return self.by_member.get(member)
+
+    def neighbour(self, member: bytes) -> str | None:
+        link = self.by_member.get(member)
+        return link.neighbour if link is not None else None
+
+    @property
+    def parent(self) -> Link | None:
+        return self.by_member.get(PARENT)
+
+    def children(self) -> list[Link]:
+        return [link for link in self.by_member.values() if not link.is_parent]
+
+    def key(self, member: bytes) -> tuple[str, str]:
+        """(neighbour, role) of a link: the label of its traffic counters."""
+        link = self.by_member.get(member)
+        return (link.neighbour, link.role) if link else ("?", "child")
+
+    def up(self, member: bytes, neighbour: str, address: str = "") -> Link:
+        node = self.node
+        link = Link(member, neighbour, address)
+        self.by_member[member] = link
+        session = node.sessions.get(member)
+        if session is not None and session.fd is not None:
+            self.fds[session.fd] = member
+        node.table.add_member(member, link=True)
+        node.exchange.link_up(link)
+        node.placement.tree_changed()
+        node.emit(subjects.NODE_UP, {"node": neighbour, "detected_by": node.name,
+                                     "role": link.role})
+        return link
+
+    def down(self, member: bytes, reason: str) -> None:
+        node = self.node
+        link = self.by_member.pop(member, None)
+        if link is None:
+            return
+        node.table.remove_member(member)
+        node.fanout.forget(member)
+        node.exchange.link_down(member)
+        self.fds = {fd: m for fd, m in self.fds.items() if m != member}
+        if not link.is_parent:
+            node.placement.tell_children()  # the remaining children's siblings changed
+        node.placement.tree_changed()
+        node.emit(subjects.NODE_DOWN, {"node": link.neighbour, "detected_by": node.name,
+                                       "reason": reason, "role": link.role})
+
+    def send(self, member: bytes, frames: list) -> bool:
+        """Send a control message on a link; False if it had to be dropped."""
+        node = self.node
+        if member == PARENT:
+            sock, out = node.parent.sock, frames
+        else:
+            sock, out = node.sock, [member, *frames]
+        if sock is None:
+            return False
+        try:
+            send_frames(sock, out, NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            log.warning("link to %s is full or gone; control message dropped",
+                        self.neighbour(member))
+            return False

@@ -1,0 +1,65 @@
+"""Requests and replies: a request goes out with the requester's inbox as its reply
+subject; a reply finds its way back to that inbox, on this node or through the tree.
+
+Owns: turning a REQUEST into one event (mode all: every responder; mode one: one per
+queue group) carrying the reply subject ``$inbox.NODE.CLIENT.REQID``, and routing a
+REPLY to the client that owns the inbox (here) or toward the node that does (through
+its ``$inbox.NODE.>`` interest). The requester's id is the node's, never the client's
+word, so a reply cannot be steered to someone else's inbox by the requester.
+
+Must not touch: how events are queued and sent (fanout.py), who may send (gate.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from treescale import protocol as P
+from treescale import subjects
+from treescale.routing import PatternError, TargetError
+
+if TYPE_CHECKING:
+    from treescale.brokers.node import Node
+    from treescale.brokers.sessions import Session
+
+
+class Requests:
+    """Request/reply of one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def on_request(self, session: Session, req: P.Request) -> None:
+        node = self.node
+        reply_to = subjects.inbox(node.name, session.client_id, req.req_id)
+        try:
+            route = node.table.lookup(req.name, req.target)
+        except (PatternError, TargetError) as exc:
+            node.send_error(session.routing_id, exc.code, str(exc), req.req_id)
+            return
+        dests = route.everyone if req.mode == P.MODE_ALL else node.table.pick(route)
+        if not dests:
+            node.send_error(session.routing_id, subjects.NO_RESPONDERS,
+                            f"no subscriber for request {req.name!r}", req.req_id)
+            return
+        node.fanout.queue_single(session.name, req.name, req.payload, req.target,
+                                 req.mode, reply_to, req.headers, dests)
+
+    def on_reply(self, session: Session, rep: P.Reply) -> None:
+        node = self.node
+        inbox = subjects.parse_inbox(rep.reply_to)
+        if inbox is None:
+            node.send_error(session.routing_id, subjects.BAD_FIELD,
+                            f"{rep.reply_to!r} is not a reply subject")
+            return
+        if inbox[0] == node.name:
+            rid = node.by_client_id.get(inbox[1])
+            dests: tuple = (rid,) if rid is not None else ()
+        else:  # another node's inbox: its $inbox.NODE.> interest shows the way
+            dests = node.table.destinations(rep.reply_to)
+        if not dests:
+            # The requester is gone (or timed out and left): nothing to deliver to.
+            node.stats["no_route"] += 1
+            return
+        node.fanout.queue_single(session.name, rep.reply_to, rep.payload, None, 0, None,
+                                 rep.headers, dests)
