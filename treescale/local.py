@@ -21,7 +21,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from treescale.config import load_tree
+from treescale.loader import load_tree
 
 DEFAULT_STATE = Path(os.environ.get("TREESCALE_STATE",
                                     Path.home() / ".treescale" / "up.json"))

@@ -151,7 +151,7 @@ def address_of_node(name: str, config_path: str) -> str:
     """`-n NODE`: the node's address from the tree file that names it."""
     from pathlib import Path
 
-    from treescale.config import load_tree
+    from treescale.loader import load_tree
 
     if not Path(config_path).exists():
         raise ConfigError(f"-n {name}: no tree file {config_path} to find it in "

@@ -25,7 +25,7 @@ from rich.table import Table
 from rich.tree import Tree as RichTree
 
 from treescale import Client
-from treescale.config import load_tree
+from treescale.loader import load_tree
 from treescale.local import down, free_port, up
 
 

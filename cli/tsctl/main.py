@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from treescale.config import load_node_config, load_tree
+from treescale.loader import load_node_config, load_tree
 from treescale.local import DEFAULT_STATE
 from tsctl.common import (
     address_of_node,
