@@ -3,6 +3,9 @@
 Each node runs as `python -m tsctl.main node start --config FILE --name NAME` in its
 own session, logging to a file; a JSON state file remembers the processes so that
 `tsctl down` (or another shell) can stop them.
+
+Must not touch: what a node does (it is only started and stopped here), reading config
+beyond the tree (treescale.loader).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""What every tsctl command shares: connection options, one-line errors, rendering."""
+"""What every tsctl command shares: connection options, one-line errors, rendering.
+
+Must not touch: any one command's work (its own tsctl module), how config is read or
+checked (treescale.loader and treescale.config: it only calls them).
+"""
 
 from __future__ import annotations
 

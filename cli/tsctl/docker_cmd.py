@@ -1,5 +1,10 @@
 """`tsctl docker`: drive the Docker engine of any node (or of a group/tag of nodes)
-through that node's docker service. Every result is labelled with its node."""
+through that node's docker service. Every result is labelled with its node.
+
+Must not touch: the engine (the node's docker service, treescale.services.docker, does
+everything; this module parses, calls and renders), subject spellings
+(treescale.subjects).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 
 import click
 
+from treescale import subjects
 from tsctl.common import (
     call_service,
     connect,
@@ -261,7 +267,7 @@ def _watch_stats(opts: dict, duration: float) -> None:
     from rich.table import Table
 
     one_target(opts["node"], opts["group"], opts["tag"])
-    pattern = f"$sys.docker.{opts['node'] or '*'}.stats"
+    pattern = subjects.docker_stats(opts["node"])
     latest: dict[tuple[str, str], dict] = {}
     deadline = time.monotonic() + duration if duration > 0 else float("inf")
     with connect(opts["address"], opts["token"], opts["timeout"], name="tsctl-docker") as c:

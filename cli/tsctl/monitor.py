@@ -1,5 +1,8 @@
 """`tsctl monitor`: the whole fabric, live, as a tree. Thin: the model lives in
-treescale/monitor_model.py; this module subscribes, reads keys and draws."""
+treescale/monitor_model.py; this module subscribes, reads keys and draws.
+
+Must not touch: the rules of what the fabric's state is (the model owns them), subject
+spellings (it follows treescale.subjects.MONITOR_PATTERNS)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Any
 
 import click
 
+from treescale import subjects
 from tsctl.common import (
     address_of_node,
     address_option,
@@ -22,9 +26,6 @@ from tsctl.common import (
     token_option,
 )
 
-# Every node says this about itself and its links; the Docker service about containers.
-PATTERNS = ("$sys.node.stats", "$sys.node.up", "$sys.node.down", "$sys.node.root",
-            "$sys.docker.>")
 STATE_STYLE = {"up": "green", "down": "bold red", "re-homing": "yellow",
                "running": "green", "stopped": "red", "created": "yellow"}
 CHROME_ROWS = 3  # title, table header, one spare line
@@ -62,7 +63,7 @@ def monitor(via: str | None, config_path: str, once: bool, as_json: bool, wait: 
 def _subscribe(address: str, token: str | None, timeout: float):
     client = connect(address, token, timeout, name="tsctl-monitor")
     try:
-        for pattern in PATTERNS:
+        for pattern in subjects.MONITOR_PATTERNS:
             client.subscribe(pattern)
         client.flush(timeout)
     except BaseException:
