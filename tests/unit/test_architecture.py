@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from functools import cache
 from pathlib import Path
 
@@ -111,8 +112,12 @@ def _absolute(m: Module, node: ast.ImportFrom) -> str:
 
 def imports(name: str) -> list[Import]:
     """The runtime imports of module ``name`` (at any level) of our own packages."""
-    m, known, found = modules()[name], modules(), []
-    for node in runtime_nodes(tree_of(name)):
+    return imports_in(modules()[name], tree_of(name))
+
+
+def imports_in(m: Module, tree: ast.Module) -> list[Import]:
+    known, found = modules(), []
+    for node in runtime_nodes(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
                 if a.name.split(".")[0] in PACKAGES:
@@ -229,8 +234,6 @@ def docstring_nodes(tree: ast.Module) -> set[int]:
 
 
 def pure_modules() -> list[str]:
-    from fnmatch import fnmatchcase
-
     out = []
     for name in modules():
         doc = ast.get_docstring(tree_of(name)) or ""
@@ -258,6 +261,24 @@ def test_cycles_are_found() -> None:
     graph = {"a": {"b": 1}, "b": {"c": 1}, "c": {"a": 1, "d": 1}, "d": {}, "e": {"e": 1}}
     assert cycles(graph) == [(["a", "b", "c"], ["a", "b", "c", "a"])]
     assert cycles({"a": {"b": 1}, "b": {}}) == []
+
+
+def test_imports_inside_functions_count_and_type_checking_ones_do_not() -> None:
+    m = Module("treescale.services.example", ROOT / "example.py", False)
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\n"
+        "import json\n"
+        "if TYPE_CHECKING:\n"
+        "    from treescale.config import NodeConfig\n"
+        "else:\n"
+        "    import treescale.tree as T\n"
+        "def f():\n"
+        "    from . import rpc\n"
+        "    from ..fabric import read_db, _private\n")
+    found = imports_in(m, tree)
+    assert [(i.module, i.alias, i.names) for i in found] == [
+        ("treescale.tree", "T", ()), ("treescale.services.rpc", "rpc", ()),
+        ("treescale.fabric", None, (("read_db", "read_db"), ("_private", "_private")))]
 
 
 def test_loading_a_submodule_runs_the_packages_above_it() -> None:
