@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def answers_ping(address: str, timeout: float = 0.2) -> bool:
 
 
 def up(config: str | Path, state: Path = DEFAULT_STATE, local: bool = True,
-       timeout: float = 30.0, on_started=None) -> list[LocalNode]:
+       timeout: float = 30.0, on_started: Callable[[LocalNode], object] | None = None
+       ) -> list[LocalNode]:
     """Start every node of the tree in ``config`` (parents first); wait until each
     answers. ``local`` rewrites every address to 127.0.0.1."""
     tree = load_tree(config)

@@ -11,7 +11,7 @@ import os
 import select
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -25,6 +25,11 @@ from tsctl.common import (
     timeout_option,
     token_option,
 )
+
+if TYPE_CHECKING:
+    from rich.console import Group
+
+    from treescale.monitor_model import FabricModel
 
 STATE_STYLE = {"up": "green", "down": "bold red", "re-homing": "yellow",
                "running": "green", "stopped": "red", "created": "yellow"}
@@ -172,7 +177,8 @@ class KeyReader:
 # ------------------------------------------------------------------------ drawing
 
 
-def render(model, now: float, address: str, max_rows: int | None, live: bool = True):
+def render(model: FabricModel, now: float, address: str, max_rows: int | None,
+           live: bool = True) -> Group:
     """The title line and the tree as a table (one row per line)."""
     from rich.console import Group
     from rich.table import Table
