@@ -1,9 +1,14 @@
-"""Node configuration: load from TOML, JSON or YAML and validate.
+"""One node's configuration: the NodeConfig model, its validation, and config files.
 
-A file may hold a single ``[node]`` table, or a tree in the seed's format
-(``[tree_node.NAME]`` tables), or be a compiled tree database (``.db``, see
-treescale.fabric); ``load_node_config(path, name)`` picks the node's table.
-Every problem is reported as one ConfigError line naming the file, node and field.
+Owns: NodeConfig (every option a node runs with) and how a raw value becomes a field
+(``coerce_field``, ``node_config_from_dict``), ConfigError, and ``read_file`` (a TOML,
+JSON or YAML file into a dict). Every problem is one ConfigError line naming the
+file, node and field.
+
+Must not touch: the whole-tree model or databases (treescale.fabric), choosing a node's
+table from a tree file or database (treescale.loader), sockets. It imports no other
+treescale module but the registry of service names (treescale.services.SERVICES), so
+everything else can build on it.
 """
 
 from __future__ import annotations
@@ -17,11 +22,10 @@ from typing import Any
 
 import yaml
 
-from treescale.tree import Tree, TreeError
+from treescale.services import SERVICES
 
 DEFAULT_PORT = 8888
 DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
-DB_SUFFIXES = (".db", ".mdb", ".lmdb")  # a compiled tree database (LMDB)
 
 
 class ConfigError(ValueError):
@@ -119,6 +123,7 @@ def read_file(path: str | Path) -> dict:
 
 def node_config_from_dict(raw: dict, source: str = "<config>",
                           name: str | None = None) -> NodeConfig:
+    """The NodeConfig of one node's table (a ``[node]`` or a ``[tree_node.NAME]``)."""
     cfg = NodeConfig()
     for key, value in raw.items():
         target = _ALIASES.get(key, key)
@@ -127,7 +132,7 @@ def node_config_from_dict(raw: dict, source: str = "<config>",
         if target not in _FIELD_TYPES or target == "extra":
             raise ConfigError(f"{source}: node {name or raw.get('name', '?')}: "
                               f"unknown key {key!r}")
-        setattr(cfg, target, _coerce(value, target, source, name or raw.get("name")))
+        setattr(cfg, target, coerce_field(value, target, source, name or raw.get("name")))
     if name is not None and "name" not in raw:
         cfg.name = name
     if not cfg.name or "." in cfg.name or any(c.isspace() for c in cfg.name):
@@ -136,7 +141,9 @@ def node_config_from_dict(raw: dict, source: str = "<config>",
     return cfg
 
 
-def _coerce(value: Any, key: str, source: str, node: Any) -> Any:
+def coerce_field(value: Any, key: str, source: str, node: Any) -> Any:
+    """``value`` as NodeConfig field ``key`` wants it, or a ConfigError naming
+    ``source``, ``node`` and ``key``."""
     kind = _FIELD_TYPES[key]
     where = f"{source}: node {node or '?'}: {key}"
     if kind == "int" or kind == "int | None":
@@ -161,8 +168,6 @@ def _coerce(value: Any, key: str, source: str, node: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where} must be a list of strings")
         if key == "services":
-            from treescale.services import SERVICES
-
             unknown = [v for v in value if v not in SERVICES]
             if unknown:
                 raise ConfigError(f"{where}: unknown service(s) {', '.join(unknown)} "
@@ -172,78 +177,3 @@ def _coerce(value: Any, key: str, source: str, node: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
     return value
-
-
-def load_tree(path: str | Path) -> Tree:
-    """The whole tree of a seed-format file, validated."""
-    raw = read_file(path)
-    if "tree_node" not in raw:
-        raise ConfigError(f"{path}: no [tree_node.NAME] tables: not a tree file")
-    try:
-        return Tree.from_seed(raw)
-    except TreeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-
-
-def _parent_address(raw: dict, source: str, name: str) -> str | None:
-    """Where node ``name`` finds its parent, from the tree's childs lists."""
-    try:
-        tree = Tree.from_seed(raw)
-    except TreeError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    parent = tree.parent(name)
-    return tree.spec(parent).address if parent is not None else None
-
-
-def load_node_config(path: str | Path | None, name: str | None = None) -> NodeConfig:
-    """The config of node ``name`` from ``path`` (a [node] table or a tree file)."""
-    if path is None:
-        return NodeConfig(name=name or "node")
-    if Path(path).suffix in DB_SUFFIXES:
-        from treescale.fabric import read_db
-
-        fabric = read_db(path)
-        if name is None or name not in fabric.nodes:
-            raise ConfigError(f"{path}: holds a tree; say which node with --name"
-                              if name is None else f"{path}: no node named {name!r} "
-                              f"(nodes: {', '.join(fabric.tree.names)})")
-        cfg = fabric.node_config(name)
-        cfg.extra["fabric_source"] = str(path)
-        return cfg
-    raw = read_file(path)
-    if "tree_node" in raw:
-        nodes = raw["tree_node"]
-        if not isinstance(nodes, dict):
-            raise ConfigError(f"{path}: tree_node must be a table of nodes")
-        if name is None:
-            raise ConfigError(f"{path}: holds a tree; say which node with --name")
-        section = nodes.get(name)
-        if section is None:
-            found = next((v for v in nodes.values()
-                          if isinstance(v, dict) and v.get("name") == name), None)
-            if found is None:
-                raise ConfigError(f"{path}: no node named {name!r} "
-                                  f"(nodes: {', '.join(sorted(nodes))})")
-            section = found
-        cfg = node_config_from_dict(section, str(path), name)
-        cfg.parent = cfg.parent or _parent_address(raw, str(path), name)
-        cfg.extra["fabric_source"] = str(path)  # the config service keeps the whole tree
-        return cfg
-    section = raw.get("node", raw)
-    cfg = node_config_from_dict(section, str(path), section.get("name", name))
-    if name:
-        cfg.name = name
-    return cfg
-
-
-_FABRIC_NAMES = {"Fabric", "SshTarget", "load_fabric", "fabric_from_dict", "fabric_to_dict",
-                 "compile_db", "read_db"}
-
-
-def __getattr__(name: str) -> Any:
-    """The whole-tree model lives in treescale.fabric; importable from here too."""
-    if name in _FABRIC_NAMES:
-        from treescale import fabric
-
-        return getattr(fabric, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

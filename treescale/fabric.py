@@ -12,6 +12,10 @@ compiled_at, sources). Every node keeps the whole fabric there, so any surviving
 can rebuild the tree: ``read_db`` gives back the same model, ``fabric_to_dict`` the
 same file content. Loading and checking are pure; only the ``*_db`` and ``*_store``
 functions touch a database.
+
+Must not touch: what one node's field means (treescale.config checks it), which file a
+node starts from (treescale.loader), sockets, the bus (the config service pushes
+fabrics around).
 """
 
 from __future__ import annotations
@@ -24,17 +28,11 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from treescale.config import (
-    DB_SUFFIXES,
-    ConfigError,
-    NodeConfig,
-    _coerce,
-    node_config_from_dict,
-    read_file,
-)
+from treescale.config import ConfigError, NodeConfig, coerce_field, node_config_from_dict, read_file
 from treescale.tree import DEFAULT_MAX_CHILDREN, NodeSpec, Tree, TreeError, check_name
 
 CONFIG_SUFFIXES = (".toml", ".json", ".yaml", ".yml")
+DB_SUFFIXES = (".db", ".mdb", ".lmdb")  # a compiled tree database (LMDB)
 TREE_TABLE, SSH_TABLE, META_TABLE = "tree", "ssh", "meta"
 DB_FORMAT = 1
 
@@ -333,7 +331,7 @@ def _check_node_key(key: str, value: Any, name: str) -> str | None:
     if key not in OPTION_FIELDS:
         return f"unknown key {key!r}"
     try:
-        _coerce(value, key, "", name)
+        coerce_field(value, key, "", name)
     except ConfigError as exc:  # "<src>: node N: key must be ..." -> "key must be ..."
         return str(exc).split(f"node {name}: ", 1)[-1]
     if key == "max_children" and value < 1:

@@ -3,6 +3,9 @@
 Each node runs as `python -m tsctl.main node start --config FILE --name NAME` in its
 own session, logging to a file; a JSON state file remembers the processes so that
 `tsctl down` (or another shell) can stop them.
+
+Must not touch: what a node does (it is only started and stopped here), reading config
+beyond the tree (treescale.loader).
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import msgpack
 import zmq
 
-from treescale.config import load_tree
+from treescale.loader import load_tree
 
 DEFAULT_STATE = Path(os.environ.get("TREESCALE_STATE",
                                     Path.home() / ".treescale" / "up.json"))
@@ -78,7 +82,8 @@ def answers_ping(address: str, timeout: float = 0.2) -> bool:
 
 
 def up(config: str | Path, state: Path = DEFAULT_STATE, local: bool = True,
-       timeout: float = 30.0, on_started=None) -> list[LocalNode]:
+       timeout: float = 30.0, on_started: Callable[[LocalNode], object] | None = None
+       ) -> list[LocalNode]:
     """Start every node of the tree in ``config`` (parents first); wait until each
     answers. ``local`` rewrites every address to 127.0.0.1."""
     tree = load_tree(config)

@@ -18,6 +18,9 @@ Rules:
   re-homed node moves under its new parent as soon as either says so.
 - Big trees collapse: the deepest level that fits ``max_rows`` is shown fully and each
   deeper subtree becomes one summary row; the path to a down node is always shown.
+
+Must not touch: sockets, clocks, the screen (tsctl monitor draws the rows), subject
+spellings (treescale.subjects names every event it folds).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from treescale import subjects
 
 UP, DOWN, REHOMING = "up", "down", "re-homing"
 STALE_AFTER = 2.5  # seconds without stats before a node counts as down
@@ -98,20 +103,20 @@ class FabricModel:
         with a payload of the wrong shape are ignored (the monitor must not crash)."""
         if not isinstance(data, dict):
             return
-        if name == "$sys.node.stats":
+        if name == subjects.NODE_STATS:
             self.on_stats(data, now)
-        elif name == "$sys.node.down":
+        elif name == subjects.NODE_DOWN:
             self.on_link(data, now, up=False)
-        elif name == "$sys.node.up":
+        elif name == subjects.NODE_UP:
             self.on_link(data, now, up=True)
-        elif name == "$sys.node.root":
+        elif name == subjects.NODE_ROOT:
             node = self._node(data.get("node"))
             if node is not None:
                 node.is_root, node.parent = True, None
-        elif name.startswith("$sys.docker."):
-            parts = name.split(".")
-            if len(parts) == 4:
-                self.on_container(parts[2], parts[3], data)
+        else:
+            docker = _docker_event(name)
+            if docker is not None:
+                self.on_container(*docker, data)
 
     def on_stats(self, report: dict, now: float) -> None:
         node = self._node(report.get("node"))
@@ -286,6 +291,15 @@ class FabricModel:
                         "rate_in": node.rate_in, "rate_out": node.rate_out,
                         "containers": [vars(c) for c in _boxes(node)]})
         return out
+
+
+def _docker_event(name: str) -> tuple[str, str] | None:
+    """(node, action) of a ``$sys.docker.<node>.<action>`` subject, else None.
+    (A local stand-in for the parser treescale.subjects does not have yet.)"""
+    if not subjects.is_docker_event(name):
+        return None
+    parts = name[len(subjects.DOCKER) + 1:].split(".")
+    return (parts[0], parts[1]) if len(parts) == 2 else None
 
 
 def _rate(prev: dict, cur: dict, key: str, seconds: float) -> float | None:

@@ -1,4 +1,8 @@
-"""What every tsctl command shares: connection options, one-line errors, rendering."""
+"""What every tsctl command shares: connection options, one-line errors, rendering.
+
+Must not touch: any one command's work (its own tsctl module), how config is read or
+checked (treescale.loader and treescale.config: it only calls them).
+"""
 
 from __future__ import annotations
 
@@ -151,7 +155,7 @@ def address_of_node(name: str, config_path: str) -> str:
     """`-n NODE`: the node's address from the tree file that names it."""
     from pathlib import Path
 
-    from treescale.config import load_tree
+    from treescale.loader import load_tree
 
     if not Path(config_path).exists():
         raise ConfigError(f"-n {name}: no tree file {config_path} to find it in "

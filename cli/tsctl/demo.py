@@ -4,6 +4,9 @@ Everything is real: each node is its own process (started like `tsctl up`), each
 application is a Client attached to a different node. The view is fed by what the
 subscribers receive and by every node's `$sys.node.stats`, which reach the monitor
 through the tree like any other event.
+
+Must not touch: starting nodes (treescale.local does), subject spellings
+(treescale.subjects).
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.tree import Tree as RichTree
 
-from treescale import Client
-from treescale.config import load_tree
+from treescale import Client, subjects
+from treescale.loader import load_tree
 from treescale.local import down, free_port, up
 
 
@@ -157,7 +160,7 @@ def _run(nodes: dict, duration: float | None, rate: int) -> None:
             threading.Thread(target=_consume, args=(c, tally, recent, stop),
                              daemon=True).start()
         watcher = client("monitor", "tree1")
-        watcher.subscribe("$sys.node.stats", handler=lambda ev: stats.update(
+        watcher.subscribe(subjects.NODE_STATS, handler=lambda ev: stats.update(
             {ev.json()["node"]: ev.json()}))
         threading.Thread(target=_publish, args=(client("sensor-feed", "tree7"), stop,
                                                 rate), daemon=True).start()

@@ -1,5 +1,10 @@
 """`tsctl docker`: drive the Docker engine of any node (or of a group/tag of nodes)
-through that node's docker service. Every result is labelled with its node."""
+through that node's docker service. Every result is labelled with its node.
+
+Must not touch: the engine (the node's docker service, treescale.services.docker, does
+everything; this module parses, calls and renders), subject spellings
+(treescale.subjects).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any
 
 import click
 
+from treescale import subjects
 from tsctl.common import (
     call_service,
     connect,
@@ -79,7 +85,7 @@ def docker() -> None:
 @click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="Engine filter, e.g. label=app=web, name=web, status=exited.")
 @friendly
-def ps(as_json, show_all, filters, **target) -> None:
+def ps(as_json: bool, show_all: bool, filters: tuple[str, ...], **target: Any) -> None:
     """List containers."""
     flt: dict[str, list[str]] = {}
     for f in filters:
@@ -111,8 +117,10 @@ def ps(as_json, show_all, filters, **target) -> None:
 @click.option("-n", "--count", type=int, default=1, show_default=True,
               help="How many containers to start.")
 @friendly
-def run(as_json, image, command, name, env, ports, labels, cpus, memory, restart, count,
-        **target) -> None:
+def run(as_json: bool, image: str, command: tuple[str, ...], name: str | None,
+        env: tuple[str, ...], ports: tuple[str, ...], labels: tuple[str, ...],
+        cpus: float | None, memory: str | None, restart: str, count: int,
+        **target: Any) -> None:
     """Start containers of IMAGE (never pulls: see `tsctl docker pull`)."""
     label_map = {}
     for item in labels:
@@ -134,7 +142,8 @@ def _lifecycle(op: str, verb: str, stop_timeout: bool = False, force: bool = Fal
     @_common
     @click.argument("containers", nargs=-1, required=True)
     @friendly
-    def command(as_json, containers, stop_timeout=None, force=None, **target) -> None:
+    def command(as_json: bool, containers: tuple[str, ...], stop_timeout: int | None = None,
+                force: bool | None = None, **target: Any) -> None:
         args: dict[str, Any] = {"containers": list(containers)}
         if stop_timeout is not None:
             args["timeout"] = stop_timeout
@@ -171,7 +180,8 @@ _lifecycle("rm", "Remove", force=True)
 @click.option("--tail", default="all", show_default=True, help="Last N lines only.")
 @click.option("--timestamps", is_flag=True)
 @friendly
-def logs(as_json, container, follow, duration, tail, timestamps, **target) -> None:
+def logs(as_json: bool, container: str, follow: bool, duration: float, tail: str,
+         timestamps: bool, **target: Any) -> None:
     """Print a container's output (streamed as it comes)."""
     if tail != "all" and not tail.isdigit():
         raise click.UsageError(f"--tail {tail!r}: a number or 'all'")
@@ -196,7 +206,7 @@ def logs(as_json, container, follow, duration, tail, timestamps, **target) -> No
 @_common
 @click.argument("container")
 @friendly
-def inspect(as_json, container, **target) -> None:
+def inspect(as_json: bool, container: str, **target: Any) -> None:
     """The engine's full description of a container (JSON)."""
     results = _call("inspect", {"container": container}, as_json, target)
     if not as_json:
@@ -210,7 +220,8 @@ def inspect(as_json, container, **target) -> None:
 @click.argument("container")
 @click.argument("command", nargs=-1, required=True)
 @friendly
-def exec_(as_json, exec_timeout, container, command, **target) -> None:
+def exec_(as_json: bool, exec_timeout: float, container: str, command: tuple[str, ...],
+          **target: Any) -> None:
     """Run COMMAND in a running container; exit with its exit code (the worst one)."""
     results = _call("exec", {"container": container, "command": list(command),
                              "timeout": exec_timeout},
@@ -244,7 +255,7 @@ STATS_COLUMNS = ["NODE", "NAME", "CPU", "MEM / LIMIT", "NET RX / TX", "BLOCK R /
 @click.option("--duration", type=float, default=0.0,
               help="With --watch: stop after this many seconds (default: Ctrl-C).")
 @friendly
-def stats(as_json, watch, duration, **target) -> None:
+def stats(as_json: bool, watch: bool, duration: float, **target: Any) -> None:
     """CPU, memory, network and block I/O of running containers."""
     if not watch:
         results = _call("stats", {}, as_json, target)
@@ -261,7 +272,7 @@ def _watch_stats(opts: dict, duration: float) -> None:
     from rich.table import Table
 
     one_target(opts["node"], opts["group"], opts["tag"])
-    pattern = f"$sys.docker.{opts['node'] or '*'}.stats"
+    pattern = subjects.docker_stats(opts["node"])
     latest: dict[tuple[str, str], dict] = {}
     deadline = time.monotonic() + duration if duration > 0 else float("inf")
     with connect(opts["address"], opts["token"], opts["timeout"], name="tsctl-docker") as c:
@@ -297,7 +308,7 @@ def _watch_stats(opts: dict, duration: float) -> None:
 @docker.command("info")
 @_common
 @friendly
-def info(as_json, **target) -> None:
+def info(as_json: bool, **target: Any) -> None:
     """Each node's engine: address, version, whether its events and stats are followed."""
     results = _call("info", {}, as_json, target)
     if not as_json:
@@ -311,7 +322,7 @@ def info(as_json, **target) -> None:
 @_common
 @click.option("--all", "show_all", is_flag=True, help="Intermediate images too.")
 @friendly
-def images(as_json, show_all, **target) -> None:
+def images(as_json: bool, show_all: bool, **target: Any) -> None:
     """List images."""
     results = _call("images", {"all": show_all}, as_json, target)
     if not as_json:
@@ -326,7 +337,7 @@ def images(as_json, show_all, **target) -> None:
 @click.option("--pull-timeout", type=float, default=600.0, show_default=True,
               help="Give up after this many seconds.")
 @friendly
-def pull(as_json, image, pull_timeout, **target) -> None:
+def pull(as_json: bool, image: str, pull_timeout: float, **target: Any) -> None:
     """Pull IMAGE from its registry (progress per node and layer)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -356,7 +367,7 @@ def pull(as_json, image, pull_timeout, **target) -> None:
 @click.argument("image")
 @click.option("-f", "--force", is_flag=True, help="Even if containers use it.")
 @friendly
-def rmi(as_json, image, force, **target) -> None:
+def rmi(as_json: bool, image: str, force: bool, **target: Any) -> None:
     """Remove an image."""
     results = _call("rmi", {"image": image, "force": force}, as_json, target)
     if not as_json:

@@ -3,6 +3,9 @@
 Management goes through the nodes' ``handlers`` service (treescale.services.handlers),
 so it needs a token with the ``handlers`` permission. Without -t/--group/--tag a
 command acts on the node tsctl is attached to.
+
+Must not touch: what a handler is or how it runs (treescale.services.handlers), subject
+spellings (treescale.subjects).
 """
 
 from __future__ import annotations
@@ -195,11 +198,12 @@ def _expected_runs(matches: list, name: str, target: dict) -> dict[tuple[str, st
 def _publish_and_collect(client: Any, name: str, payload: bytes, headers: dict | None,
                          target: dict, expected: dict, timeout: float) -> dict:
     """Publish with a unique trigger header; collect the results that carry it."""
-    from treescale.services.handlers import TRIGGER_HEADER, result_subject
+    from treescale import subjects
+    from treescale.services.handlers import TRIGGER_HEADER
 
     trigger = f"{client.node}.{os.getpid()}.{time.monotonic_ns()}"
     kind = next(k for k, v in target.items() if v is not None)
-    client.subscribe(result_subject("*"))
+    client.subscribe(subjects.handler_result("*"))
     client.publish(name, payload, target=f"{kind}:{target[kind]}",
                    headers={**(headers or {}), TRIGGER_HEADER: trigger})
     client.flush(timeout)

@@ -1,4 +1,9 @@
-"""tsctl: the TreeScale command line. Thin: parse, call the library, render."""
+"""tsctl: the TreeScale command line. Thin: parse, call the library, render.
+
+Owns: the command tree (its groups and the node/up/down/status commands). Must not
+touch: what a command does beyond calling the library (treescale.*), subject
+spellings (treescale.subjects).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ from pathlib import Path
 
 import click
 
-from treescale.config import load_node_config, load_tree
+from treescale import subjects
+from treescale.loader import load_node_config, load_tree
 from treescale.local import DEFAULT_STATE
 from tsctl.common import (
     address_of_node,
@@ -161,7 +167,7 @@ def status(as_json: bool, wait: float, address: str, token: str | None,
 
     seen: dict = {}
     with connect(address, token, timeout) as c:
-        c.subscribe("$sys.node.stats")
+        c.subscribe(subjects.NODE_STATS)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             ev = c.next_event(max(0.0, deadline - time.monotonic()))

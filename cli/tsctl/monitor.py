@@ -1,5 +1,8 @@
 """`tsctl monitor`: the whole fabric, live, as a tree. Thin: the model lives in
-treescale/monitor_model.py; this module subscribes, reads keys and draws."""
+treescale/monitor_model.py; this module subscribes, reads keys and draws.
+
+Must not touch: the rules of what the fabric's state is (the model owns them), subject
+spellings (it follows treescale.subjects.MONITOR_PATTERNS)."""
 
 from __future__ import annotations
 
@@ -8,10 +11,11 @@ import os
 import select
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from treescale import subjects
 from tsctl.common import (
     address_of_node,
     address_option,
@@ -22,9 +26,11 @@ from tsctl.common import (
     token_option,
 )
 
-# Every node says this about itself and its links; the Docker service about containers.
-PATTERNS = ("$sys.node.stats", "$sys.node.up", "$sys.node.down", "$sys.node.root",
-            "$sys.docker.>")
+if TYPE_CHECKING:
+    from rich.console import Group
+
+    from treescale.monitor_model import FabricModel
+
 STATE_STYLE = {"up": "green", "down": "bold red", "re-homing": "yellow",
                "running": "green", "stopped": "red", "created": "yellow"}
 CHROME_ROWS = 3  # title, table header, one spare line
@@ -62,7 +68,7 @@ def monitor(via: str | None, config_path: str, once: bool, as_json: bool, wait: 
 def _subscribe(address: str, token: str | None, timeout: float):
     client = connect(address, token, timeout, name="tsctl-monitor")
     try:
-        for pattern in PATTERNS:
+        for pattern in subjects.MONITOR_PATTERNS:
             client.subscribe(pattern)
         client.flush(timeout)
     except BaseException:
@@ -171,7 +177,8 @@ class KeyReader:
 # ------------------------------------------------------------------------ drawing
 
 
-def render(model, now: float, address: str, max_rows: int | None, live: bool = True):
+def render(model: FabricModel, now: float, address: str, max_rows: int | None,
+           live: bool = True) -> Group:
     """The title line and the tree as a table (one row per line)."""
     from rich.console import Group
     from rich.table import Table

@@ -156,7 +156,7 @@ def test_node_start_reads_seed_tree_config(tmp_path):
 @pytest.mark.parametrize("path,name", [("configs/node.toml", None),
                                        ("configs/tree.toml", "tree4")])
 def test_shipped_configs_load(path, name):
-    from treescale.config import load_node_config
+    from treescale.loader import load_node_config
 
     cfg = load_node_config(ROOT / path, name)
     assert cfg.name == (name or "n1") and cfg.port > 0

@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, wait_until
-from treescale.services.handlers import AUDIT_EVENT, MAX_OUTPUT, result_subject
+from treescale.services.handlers import MAX_OUTPUT
 from treescale.services.rpc import call
+from treescale.subjects import AUDIT_HANDLER, handler_result
 
 TOKENS = {"admin": ["*"], "app": ["pub", "sub"]}
 
@@ -51,7 +52,7 @@ def n1(node_factory):
 def watcher(n1, clients):
     """Sees every result and audit event of n1."""
     c = clients(n1.address, token="admin", name="watcher")
-    c.subscribe(result_subject("n1"))
+    c.subscribe(handler_result("n1"))
     return c
 
 
@@ -59,7 +60,7 @@ def test_cli_handler_gets_payload_on_stdin_and_headers_in_env(n1, watcher, clien
     add(n1, "deploy.web", "--run",
         'printf "%s|%s|%s|%s" "$(cat)" "$TREESCALE_HEADER_COLOR" "$TREESCALE_EVENT" '
         '"$TREESCALE_NODE"')
-    watcher.subscribe(AUDIT_EVENT)
+    watcher.subscribe(AUDIT_HANDLER)
     app = clients(n1.address, token="app", name="app")
     app.publish("deploy.web", b"v1.2", headers={"color": "red"})
     got = {}
@@ -67,10 +68,10 @@ def test_cli_handler_gets_payload_on_stdin_and_headers_in_env(n1, watcher, clien
         ev = watcher.next_event(15)
         assert ev is not None, f"missing result or audit, have {list(got)}"
         got[ev.name] = ev.json()
-    r = got[result_subject("n1")]
+    r = got[handler_result("n1")]
     assert r["stdout"] == "v1.2|red|deploy.web|n1"
     assert (r["ok"], r["exit"], r["handler"], r["source"]) == (True, 0, "deploy.web", "app")
-    audit = got[AUDIT_EVENT]
+    audit = got[AUDIT_HANDLER]
     assert {k: audit[k] for k in ("node", "handler", "event", "source", "exit")} == \
         {"node": "n1", "handler": "deploy.web", "event": "deploy.web", "source": "app",
          "exit": 0}
@@ -204,7 +205,7 @@ def test_a_publish_on_one_node_runs_a_handler_on_another(tree, clients):
     n1, _, n3 = tree
     add(n1, "deploy.*", "-t", "n3", "--run", 'echo "$TREESCALE_NODE got $(cat)"')
     watcher = clients(n1.address, token="admin")
-    watcher.subscribe(result_subject("n3"))
+    watcher.subscribe(handler_result("n3"))
     app = clients(n1.address, token="app")
     seen: list = []
 

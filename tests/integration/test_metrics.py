@@ -125,7 +125,7 @@ def test_a_busy_metrics_port_is_one_clear_error(node_factory, tmp_path):
 def test_the_sample_scrape_config_covers_every_node_of_the_sample_tree():
     import yaml
 
-    from treescale.config import load_node_config, load_tree
+    from treescale.loader import load_node_config, load_tree
 
     tree = ROOT / "configs" / "tree.toml"
     ports = {load_node_config(tree, n).metrics_port for n in load_tree(tree).names}

@@ -13,7 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from treescale.config import ConfigError, NodeConfig, load_node_config
+from treescale.config import ConfigError, NodeConfig
 from treescale.fabric import (
     Fabric,
     SshTarget,
@@ -26,6 +26,7 @@ from treescale.fabric import (
     store_fabric,
     stored_version,
 )
+from treescale.loader import load_node_config
 from treescale.store import Store
 
 REPO = Path(__file__).resolve().parents[2]

@@ -26,7 +26,8 @@ from treescale.services.process import ProcessResult
 
 
 @pytest.mark.parametrize("pattern", ["deploy.web", "deploy.*", "deploy.>", "*.web", ">",
-                                     "$sys.node.down", "$sys.node.*", "$sys.audit.exec"])
+                                     "$sys.node.down", "$sys.node.*", "$sys.audit.exec",
+                                     "$sys", "$sys.audit", "*.handlers.n1.result"])
 def test_valid_patterns_are_accepted(pattern):
     assert check_pattern(pattern) == tuple(pattern.split("."))
 
@@ -45,6 +46,10 @@ def test_valid_patterns_are_accepted(pattern):
     ("$sys.handlers.n1.result", "loop"),
     ("$sys.audit.handler", "loop"),
     ("$sys.audit.*", "loop"),
+    ("$sys.handlers", "loop"),
+    ("$sys.audit.handler.x", "loop"),
+    ("$sys.*.up", "loop"),
+    ("$x.y", "$x subjects cannot have handlers"),
 ])
 def test_bad_patterns_say_what_is_wrong(pattern, message):
     with pytest.raises(HandlerError, match=re.escape(message)):

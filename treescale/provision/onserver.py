@@ -6,6 +6,9 @@ stdin, answering one JSON line ({"ok": true, ...} or {"ok": false, "error": "...
   (asked here because the machine running tsctl may not reach the tree's addresses).
 - ``db``: put a freshly compiled tree into the node's database, replacing only the tree
   tables, so what the node stored itself (handlers, load balancer state) survives.
+
+Must not touch: SSH or the planning of a build (treescale.provision runs this over SSH
+and decides what to change), subject spellings (treescale.subjects).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import json
 import os
 import sys
 import time
+
+from treescale import subjects
 
 
 def _alive(pid_file: str | None) -> bool:
@@ -43,7 +48,7 @@ def wait_joined(name: str, parent: str | None, address: str, token: str | None,
             with Client(address, token=token, name="tsctl-build",
                         timeout=min(5.0, max(0.5, deadline - time.monotonic())),
                         on_error=lambda err: None) as c:
-                c.subscribe("$sys.node.stats")
+                c.subscribe(subjects.NODE_STATS)
                 while time.monotonic() < deadline:
                     ev = c.next_event(min(1.0, max(0.0, deadline - time.monotonic())))
                     if ev is None:

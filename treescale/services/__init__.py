@@ -1,19 +1,27 @@
-"""Machine services. Each runs in its node's process as a client of that node, so the
-broker loop never waits on a subprocess, Docker or netlink.
+"""Machine services: the registry of them, and what each gets from its node.
 
-A service is listed in ``SERVICES`` as ``name: "module:factory"``; a node runs the
-ones its config names (``services``, default all), calls ``factory(ctx)`` once its
-loop runs and ``close()`` on the result when it stops. A service that fails to start
-is logged and the node runs on without it.
+Each service runs in its node's process as a client of that node, so the broker loop
+never waits on a subprocess, Docker or netlink. A service is listed in ``SERVICES`` as
+``name: "module:factory"``; a node runs the ones its config names (``services``,
+default all), calls ``factory(ctx)`` once its loop runs and ``close()`` on the result
+when it stops. A service that fails to start is logged and the node runs on without it.
+
+Owns: ``SERVICES`` (the names a config may list: treescale.config checks against it),
+``ServiceContext`` and ``load_factory``.
+
+Must not touch: any one service's work (its own module does it), the config model (it
+is only an annotation here, so treescale.config can read this registry without a
+circle), the broker.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from treescale.config import NodeConfig
+if TYPE_CHECKING:
+    from treescale.config import NodeConfig
 
 SERVICES: dict[str, str] = {
     "exec": "treescale.services.exec:ExecService.start",

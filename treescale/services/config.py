@@ -14,6 +14,9 @@ comes up, and every ANNOUNCE_INTERVAL seconds. A node that hears a newer version
 it from that node (op ``get``); a node that hears an older one answers the lagging node
 with its own version (targeted at it), so a node that was down catches up as soon as
 it rejoins. Applying is one LMDB transaction, and only ever moves the version forward.
+
+Owns: the config ops and catch-up. Must not touch: what a valid fabric is or how it is
+stored (treescale.fabric), subject spellings (treescale.subjects).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import msgpack
 
+from treescale import subjects
 from treescale.config import ConfigError
 from treescale.fabric import (
     META_TABLE,
@@ -42,8 +46,6 @@ from treescale.services.rpc import ServiceEndpoint, ServiceError, call
 log = logging.getLogger("treescale.config")
 
 SERVICE = "config"
-VERSION_EVENT = "$sys.config.version"
-APPLIED_EVENT = "$sys.config.applied"
 ANNOUNCE_INTERVAL = 30.0  # safety net: a missed announcement is repeated this often
 FETCH_TIMEOUT = 10.0
 
@@ -64,8 +66,8 @@ class ConfigService:
                                                        "version": self._op_version,
                                                        "get": self._op_get})
         self.client = self.endpoint.client
-        self.client.subscribe(VERSION_EVENT, handler=self._on_version)
-        self.client.subscribe("$sys.node.up", handler=self._on_link_up)
+        self.client.subscribe(subjects.CONFIG_VERSION, handler=self._on_version)
+        self.client.subscribe(subjects.NODE_UP, handler=self._on_link_up)
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"config-sync@{self.node}")
         self._thread.start()
@@ -107,7 +109,7 @@ class ConfigService:
             store_fabric(self.store, fabric, version, stamp)
         log.info("node %s: config version %d applied (%s; was %d)", self.node, version,
                  via, previous)
-        self.endpoint.publish(APPLIED_EVENT, {"node": self.node, "version": version,
+        self.endpoint.publish(subjects.CONFIG_APPLIED, {"node": self.node, "version": version,
                                               "previous": previous, "via": via})
         return {"version": version, "applied": True, "previous": previous}
 
@@ -162,7 +164,7 @@ class ConfigService:
             if not isinstance(other, str) or not isinstance(theirs, int):
                 raise TypeError("node must be a string, version an integer")
         except Exception as exc:
-            log.warning("bad %s event from %s: %s", VERSION_EVENT, ev.source, exc)
+            log.warning("bad %s event from %s: %s", subjects.CONFIG_VERSION, ev.source, exc)
             return
         if other == self.node:
             return
@@ -201,7 +203,7 @@ class ConfigService:
         body = {"node": self.node, "version": self.version}
         if to is not None:
             body["answer"] = True
-        self.client.publish(VERSION_EVENT, msgpack.packb(body, use_bin_type=True),
+        self.client.publish(subjects.CONFIG_VERSION, msgpack.packb(body, use_bin_type=True),
                             target=f"node:{to}" if to else None)
 
     def _fetch(self, source: str, version: int) -> None:

@@ -21,6 +21,10 @@ What it publishes, msgpack, so anyone can follow containers by subscribing:
 Stats come from one streaming stats request per running container (the engine sends
 a sample a second; a one-shot request costs the same engine-side second per call), so
 published samples are at most one a second.
+
+Owns: the docker ops, the engine connection, the event watcher and stats monitors.
+Must not touch: the bus beyond its service endpoint (treescale.services.rpc), subject
+spellings (treescale.subjects), other nodes' engines.
 """
 
 from __future__ import annotations
@@ -33,13 +37,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from treescale import subjects
 from treescale.services import ServiceContext
 from treescale.services.rpc import Emit, ServiceEndpoint, ServiceError
 
 log = logging.getLogger("treescale.docker")
 
 DEFAULT_ENGINE = "unix:///var/run/docker.sock"
-EVENT_PREFIX = "$sys.docker"
 NODE_LABEL = "treescale.node"  # every container the service runs carries its node's name
 RETRY_SECONDS = 3.0
 OP_TIMEOUT = 60.0  # seconds for one engine call (streams have none)
@@ -50,10 +54,6 @@ _NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _ACTION = re.compile(r"[^A-Za-z0-9_-]")
 # Event attributes the engine adds next to a container's labels.
 _NOT_LABELS = frozenset({"name", "image", "exitCode", "signal", "execDuration", "execID"})
-
-
-def event_subject(node: str, action: str) -> str:
-    return f"{EVENT_PREFIX}.{node}.{action}"
 
 
 # ------------------------------------------------------------------ pure helpers
@@ -664,7 +664,7 @@ class DockerService:
         if error:
             body["error"] = error
             log.warning("%s", error)
-        self.endpoint.publish(event_subject(self.node, "engine"), body)
+        self.endpoint.publish(subjects.docker_event(self.node, "engine"), body)
 
     def _on_event(self, ev: dict) -> None:
         action, body = event_body(self.node, ev)
@@ -682,7 +682,7 @@ class DockerService:
                 monitor = self._monitors.pop(cid, None)
             if monitor is not None:
                 monitor.stop()
-        self.endpoint.publish(event_subject(self.node, action), body)
+        self.endpoint.publish(subjects.docker_event(self.node, action), body)
 
     def _sync_monitors(self) -> None:
         """A stats monitor for every running container (after a (re)connect)."""
@@ -703,7 +703,7 @@ class DockerService:
             monitor.start()
 
     def _publish_stats(self, monitor: _StatsMonitor, sample: dict) -> None:
-        self.endpoint.publish(event_subject(self.node, "stats"), sample)
+        self.endpoint.publish(subjects.docker_stats(self.node), sample)
 
     def _monitor_ended(self, monitor: _StatsMonitor) -> None:
         with self._monitors_lock:

@@ -38,6 +38,10 @@ then events are refused with a result whose ``error`` names the limit.
 
 The payload and headers come from whoever may publish the event: a command should
 treat ``$TREESCALE_HEADER_*`` and stdin as untrusted input (quote them, never eval).
+
+Owns: handler specs and their checks, the handlers table, running and limiting runs.
+Must not touch: how a process is started and killed (treescale.services.process),
+subject spellings (treescale.subjects).
 """
 
 from __future__ import annotations
@@ -54,8 +58,16 @@ from typing import Any
 
 import msgpack
 
+from treescale import subjects
 from treescale.client import Client, Event
-from treescale.routing import PatternError, RoutingTable, split_name, split_pattern
+from treescale.routing import (
+    WILDCARD_ONE,
+    WILDCARD_REST,
+    PatternError,
+    RoutingTable,
+    split_name,
+    split_pattern,
+)
 from treescale.services import ServiceContext
 from treescale.services.process import ProcessResult, kill_group, run_command
 from treescale.services.rpc import ServiceEndpoint, ServiceError
@@ -64,7 +76,6 @@ log = logging.getLogger("treescale.handlers")
 
 SERVICE = "handlers"
 TABLE = "handlers"
-AUDIT_EVENT = "$sys.audit.handler"
 TRIGGER_HEADER = "trigger"  # copied into the result: lets a caller find its own runs
 
 DEFAULT_TIMEOUT = 60.0
@@ -76,10 +87,6 @@ MAX_QUEUE = 10_000
 MAX_COMMAND = 16 * 1024
 MAX_ID = 200
 MAX_OUTPUT = 64 * 1024  # bytes of stdout (and of stderr) kept in a result
-
-
-def result_subject(node: str) -> str:
-    return f"$sys.handlers.{node}.result"
 
 
 class HandlerError(ValueError):
@@ -113,17 +120,34 @@ def check_pattern(pattern: Any) -> tuple[str, ...]:
     except PatternError as exc:
         raise HandlerError(f"invalid event pattern: {exc}") from None
     first = tokens[0]
-    if first.startswith("$") and first != "$sys":
+    if first.startswith("$") and first != subjects.SYS:  # reserved, and not $sys
         raise HandlerError(f"pattern {pattern!r}: {first} subjects cannot have handlers "
-                           "(only $sys system events and application events can)")
-    if first == "$sys" and len(tokens) > 1:
-        second = tokens[1]
-        if second in ("handlers", "*", ">") or (
-                second == "audit" and len(tokens) > 2
-                and tokens[2] in ("handler", "*", ">")):
-            raise HandlerError(f"pattern {pattern!r} would match the handlers' own "
-                               "results or audit events and trigger itself in a loop")
+                           f"(only {subjects.SYS} system events and application events "
+                           "can)")
+    if any(_may_reach(tokens, own) for own in _OWN_OUTPUT):
+        raise HandlerError(f"pattern {pattern!r} would match the handlers' own "
+                           "results or audit events and trigger itself in a loop")
     return tokens
+
+
+# What handlers publish themselves, as leading tokens: every result
+# (``$sys.handlers.…``: treescale.subjects names no prefix for that family, so the
+# first two tokens of one result stand for it) and the audit event.
+_OWN_OUTPUT = (split_name(subjects.handler_result("node"))[:2],
+               split_name(subjects.AUDIT_HANDLER))
+
+
+def _may_reach(tokens: tuple[str, ...], own: tuple[str, ...]) -> bool:
+    """Whether a pattern may match a subject that starts with the ``$``-tokens ``own``
+    (a leading wildcard never matches those)."""
+    if tokens[0] != own[0]:
+        return False
+    for i in range(1, len(own)):
+        if i >= len(tokens) or tokens[i] not in (own[i], WILDCARD_ONE, WILDCARD_REST):
+            return False
+        if tokens[i] == WILDCARD_REST:
+            return True
+    return True
 
 
 def _number(args: Mapping, key: str, default: float, low: float, high: float,
@@ -473,8 +497,8 @@ class HandlerService:
         """Result event, audit event, and the reply when the event was a request."""
         try:
             packed = msgpack.packb(result, use_bin_type=True)
-            self.client.publish(result_subject(self.node), packed)
-            self.client.publish(AUDIT_EVENT,
+            self.client.publish(subjects.handler_result(self.node), packed)
+            self.client.publish(subjects.AUDIT_HANDLER,
                                 msgpack.packb(audit_record(result), use_bin_type=True))
             if ev.reply:
                 # A reply subject routes back to the requester like any subject (the

@@ -14,6 +14,10 @@ Operations on ``$svc.lb[.NODE]`` (see treescale/services/rpc.py):
 node's LMDB (table ``lb``) and is re-applied when the node starts. A service that
 follows containers watches ``$sys.docker.<node>.>`` lifecycle events (published by
 the Docker service) and, at start, lists the running containers once.
+
+Owns: the lb ops, the desired state in LMDB and following containers. Must not touch:
+the kernel or a proxy directly (treescale.lb's backends do), the model's rules
+(treescale.lb.model), subject spellings (treescale.subjects).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 
 import msgpack
 
+from treescale import subjects
 from treescale.client import Event
 from treescale.lb import Backends
 from treescale.lb.model import (
@@ -79,7 +84,7 @@ class LbService:
         self.endpoint = ServiceEndpoint(ctx, "lb", {
             "add": self.add, "rm": self.rm, "ls": self.ls, "show": self.show,
             "real_add": self.real_add, "real_rm": self.real_rm})
-        self.endpoint.client.subscribe(f"$sys.docker.{self.node}.>",
+        self.endpoint.client.subscribe(subjects.docker_events(self.node),
                                        handler=self._on_docker)
         if any(vs.follow for vs in self.services.values()):
             self._docker_events.submit(self._sync_running)
