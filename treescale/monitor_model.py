@@ -114,7 +114,7 @@ class FabricModel:
             if node is not None:
                 node.is_root, node.parent = True, None
         else:
-            docker = _docker_event(name)
+            docker = subjects.parse_docker_event(name)
             if docker is not None:
                 self.on_container(*docker, data)
 
@@ -291,15 +291,6 @@ class FabricModel:
                         "rate_in": node.rate_in, "rate_out": node.rate_out,
                         "containers": [vars(c) for c in _boxes(node)]})
         return out
-
-
-def _docker_event(name: str) -> tuple[str, str] | None:
-    """(node, action) of a ``$sys.docker.<node>.<action>`` subject, else None.
-    (A local stand-in for the parser treescale.subjects does not have yet.)"""
-    if not subjects.is_docker_event(name):
-        return None
-    parts = name[len(subjects.DOCKER) + 1:].split(".")
-    return (parts[0], parts[1]) if len(parts) == 2 else None
 
 
 def _rate(prev: dict, cur: dict, key: str, seconds: float) -> float | None:

@@ -37,6 +37,7 @@ AUDIT_HANDLER = "$sys.audit.handler"
 CONFIG_VERSION = "$sys.config.version"
 CONFIG_APPLIED = "$sys.config.applied"
 DOCKER = "$sys.docker"  # $sys.docker.<node>.<action|engine|stats>
+HANDLERS = "$sys.handlers"  # $sys.handlers.<node>.result
 
 # What the live monitor follows.
 MONITOR_PATTERNS = (NODE_STATS, NODE_UP, NODE_DOWN, NODE_ROOT, DOCKER + ".>")
@@ -62,11 +63,19 @@ def docker_stats(node: str | None = None) -> str:
 
 def handler_result(node: str) -> str:
     """Where a node's event handlers publish their results."""
-    return f"{SYS}.handlers.{node}.result"
+    return f"{HANDLERS}.{node}.result"
 
 
 def is_docker_event(name: str) -> bool:
     return name.startswith(DOCKER + ".")
+
+
+def parse_docker_event(name: str) -> tuple[str, str] | None:
+    """(node, action) of a ``$sys.docker.<node>.<action>`` subject, else None."""
+    if not is_docker_event(name):
+        return None
+    parts = name[len(DOCKER) + 1:].split(".")
+    return (parts[0], parts[1]) if len(parts) == 2 else None
 
 
 # ------------------------------------------------------------ services ($svc)

@@ -131,10 +131,8 @@ def check_pattern(pattern: Any) -> tuple[str, ...]:
 
 
 # What handlers publish themselves, as leading tokens: every result
-# (``$sys.handlers.…``: treescale.subjects names no prefix for that family, so the
-# first two tokens of one result stand for it) and the audit event.
-_OWN_OUTPUT = (split_name(subjects.handler_result("node"))[:2],
-               split_name(subjects.AUDIT_HANDLER))
+# (``$sys.handlers.…``) and the audit event.
+_OWN_OUTPUT = (split_name(subjects.HANDLERS), split_name(subjects.AUDIT_HANDLER))
 
 
 def _may_reach(tokens: tuple[str, ...], own: tuple[str, ...]) -> bool:
