@@ -6,6 +6,7 @@ bytes; no sockets.
 
 from __future__ import annotations
 
+import struct
 from array import array
 
 import msgpack
@@ -63,11 +64,11 @@ def big(n: int, fill: int = 0x5A) -> bytes:
 
 
 def le32(*sizes: int) -> bytes:
-    return P._le(array("I", sizes))
+    return struct.pack(f"<{len(sizes)}I", *sizes)
 
 
 def le16(*idx: int) -> bytes:
-    return P._le(array("H", idx))
+    return struct.pack(f"<{len(idx)}H", *idx)
 
 
 def unmeta(frame: bytes) -> list:
