@@ -96,12 +96,14 @@ from treescale.protocol.messages import (
     Bye,
     Error,
     Hello,
+    Introduction,
     Ping,
     Pong,
     Ready,
     Reply,
     Request,
     Subscribe,
+    SubscriptionChange,
     Unsubscribe,
     encode_bye,
     encode_deliver,
@@ -118,7 +120,8 @@ from treescale.protocol.messages import (
     encode_unsub,
 )
 
-DECODERS = {**messages.DECODERS, **links.DECODERS}  # every kind a peer may send
+# Every kind a peer may send, by number.
+DECODERS = {**messages.DECODERS, **links.DECODERS}
 
 
 def decode(frames: Sequence, max_payload: int = 64 * 1024 * 1024) -> Any:
@@ -154,8 +157,9 @@ __all__ = [
     "LARGE_PAYLOAD", "MODE_ALL", "MODE_ONE", "MODES", "NO_EXTRA", "BatchView",
     "encode_events", "encode_columns", "encode_single", "decode_events",
     # messages
-    "Hello", "Ready", "Subscribe", "Unsubscribe", "Batch", "Request", "Reply", "Error",
-    "Ping", "Pong", "Bye", "PUB_HEADER", "encode_hello", "encode_ready", "encode_sub",
+    "Introduction", "Hello", "Ready", "SubscriptionChange", "Subscribe", "Unsubscribe",
+    "Batch", "Request", "Reply", "Error", "Ping", "Pong", "Bye", "PUB_HEADER",
+    "encode_hello", "encode_ready", "encode_sub",
     "encode_unsub", "encode_error", "encode_ping", "encode_pong", "encode_bye",
     "encode_pub", "encode_deliver_header", "encode_deliver", "encode_request",
     "encode_reply",

@@ -17,17 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from treescale.protocol.codec import (
-    FieldError,
-    check_version,
-    expect_frames,
-    fields,
-    integer,
-    mapping,
-    packb,
-    text,
-    texts,
-)
+from treescale.protocol import codec
 from treescale.protocol.kinds import (
     FORWARD,
     INTEREST,
@@ -38,20 +28,15 @@ from treescale.protocol.kinds import (
     RESYNC,
     STATS,
 )
-from treescale.protocol.messages import Decoder, decode_batch
+from treescale.protocol.messages import Decoder, Introduction, decode_batch
 
 # ----------------------------------------------------------------------- messages
 
 
 @dataclass(slots=True)
-class Link:
+class Link(Introduction):
     """A child node introducing itself to its parent."""
 
-    version: int
-    token: str | None
-    name: str
-    groups: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
     address: str = ""  # where the child listens: its siblings may need to reach it
     join: bool = False  # True: place me where the tree stays balanced (auto-join)
 
@@ -107,54 +92,55 @@ class Resync:
 def encode_link(name: str, token: str | None = None, groups: Sequence[str] = (),
                 tags: Sequence[str] = (), address: str = "", join: bool = False,
                 version: int = PROTOCOL_VERSION) -> list[bytes]:
-    return [packb([LINK, version, token, name, list(groups), list(tags), address,
+    return [codec.packb([LINK, version, token, name, list(groups), list(tags), address,
                    bool(join)])]
 
 
 def encode_linked(node: str, ancestors: Sequence[tuple[str, str]] = (),
                   siblings: Sequence[tuple[str, str]] = ()) -> list[bytes]:
     """Sent when a child links, and again to every child when the children change."""
-    return [packb([LINKED, node, [list(a) for a in ancestors],
+    return [codec.packb([LINKED, node, [list(a) for a in ancestors],
                    [list(s) for s in siblings]])]
 
 
 def encode_redirect(node: str, address: str) -> list[bytes]:
-    return [packb([REDIRECT, node, address])]
+    return [codec.packb([REDIRECT, node, address])]
 
 
 def encode_stats(info: dict) -> list[bytes]:
-    return [packb([STATS, info])]
+    return [codec.packb([STATS, info])]
 
 
 def encode_interest(seq: int, ops: Iterable[tuple[bool, str, str | None]],
                     full: bool = False) -> list[bytes]:
     header = [INTEREST, seq, [[1 if add else 0, p, q] for add, p, q in ops]]
-    return [packb(header + [True] if full else header)]
+    return [codec.packb(header + [True] if full else header)]
 
 
 def encode_resync(seq: int) -> list[bytes]:
-    return [packb([RESYNC, seq])]
+    return [codec.packb([RESYNC, seq])]
 
 
 def encode_forward_header(sources: list) -> bytes:
-    return packb([FORWARD, sources])
+    return codec.packb([FORWARD, sources])
 
 
 # ----------------------------------------------------------------------- decoding
 
 
 def _decode_link(header: list, frames: Sequence, max_payload: int) -> Link:
-    expect_frames(frames, LINK, 1)
-    version, token, name, groups, tags, address, join = fields(header, 7)
-    return Link(check_version(version), text(token, "token", optional=True),
-                text(name, "node name"), texts(groups, "groups"), texts(tags, "tags"),
-                text(address, "address", optional=True) or "", join is True)
+    codec.expect_frames(frames, LINK, 1)
+    version, token, name, groups, tags, address, join = codec.fields(header, 7)
+    return Link(codec.check_version(version), codec.text(token, "token", optional=True),
+                codec.text(name, "node name"), codec.texts(groups, "groups"),
+                codec.texts(tags, "tags"),
+                codec.text(address, "address", optional=True) or "", join is True)
 
 
 def _decode_linked(header: list, frames: Sequence, max_payload: int) -> Linked:
-    expect_frames(frames, LINKED, 1)
-    node, ancestors, siblings = fields(header, 3)
-    return Linked(text(node, "node"), _pairs(ancestors, "linked ancestors"),
+    codec.expect_frames(frames, LINKED, 1)
+    node, ancestors, siblings = codec.fields(header, 3)
+    return Linked(codec.text(node, "node"), _pairs(ancestors, "linked ancestors"),
                   _pairs(siblings, "linked siblings"))
 
 
@@ -164,44 +150,44 @@ def _pairs(value: Any, what: str) -> list[tuple[str, str]]:
     if not isinstance(value, list) or not all(
             isinstance(a, list) and len(a) == 2 and all(isinstance(x, str) for x in a)
             for a in value):
-        raise FieldError(f"{what} must be a list of [name, address]")
+        raise codec.FieldError(f"{what} must be a list of [name, address]")
     return [tuple(a) for a in value]
 
 
 def _decode_redirect(header: list, frames: Sequence, max_payload: int) -> Redirect:
-    expect_frames(frames, REDIRECT, 1)
-    node, address = fields(header, 2)
-    return Redirect(text(node, "node"), text(address, "address"))
+    codec.expect_frames(frames, REDIRECT, 1)
+    node, address = codec.fields(header, 2)
+    return Redirect(codec.text(node, "node"), codec.text(address, "address"))
 
 
 def _decode_stats(header: list, frames: Sequence, max_payload: int) -> Stats:
-    expect_frames(frames, STATS, 1)
-    (info,) = fields(header, 1)
-    return Stats(mapping(info, "stats") or {})
+    codec.expect_frames(frames, STATS, 1)
+    (info,) = codec.fields(header, 1)
+    return Stats(codec.mapping(info, "stats") or {})
 
 
 def _decode_interest(header: list, frames: Sequence, max_payload: int) -> Interest:
-    expect_frames(frames, INTEREST, 1)
-    seq, ops, full = fields(header, 3)
+    codec.expect_frames(frames, INTEREST, 1)
+    seq, ops, full = codec.fields(header, 3)
     if not isinstance(ops, list):
-        raise FieldError("interest ops must be a list of [add, pattern, queue]")
+        raise codec.FieldError("interest ops must be a list of [add, pattern, queue]")
     out = []
     for op in ops:
         if not isinstance(op, list) or len(op) != 3 or op[0] not in (0, 1):
-            raise FieldError("interest ops must be a list of [add, pattern, queue]")
-        out.append((bool(op[0]), text(op[1], "pattern"),
-                    text(op[2], "queue", optional=True)))
+            raise codec.FieldError("interest ops must be a list of [add, pattern, queue]")
+        out.append((bool(op[0]), codec.text(op[1], "pattern"),
+                    codec.text(op[2], "queue", optional=True)))
     if full not in (None, True, False):
-        raise FieldError("interest snapshot flag must be true or false")
+        raise codec.FieldError("interest snapshot flag must be true or false")
     if full and not all(add for add, _, _ in out):
-        raise FieldError("an interest snapshot holds only additions")
-    return Interest(integer(seq, "interest sequence"), out, bool(full))
+        raise codec.FieldError("an interest snapshot holds only additions")
+    return Interest(codec.integer(seq, "interest sequence"), out, bool(full))
 
 
 def _decode_resync(header: list, frames: Sequence, max_payload: int) -> Resync:
-    expect_frames(frames, RESYNC, 1)
-    (seq,) = fields(header, 1)
-    return Resync(integer(seq, "resync sequence"))
+    codec.expect_frames(frames, RESYNC, 1)
+    (seq,) = codec.fields(header, 1)
+    return Resync(codec.integer(seq, "resync sequence"))
 
 
 DECODERS: dict[int, Decoder] = {

@@ -53,12 +53,19 @@ from treescale.protocol.kinds import (
 
 
 @dataclass(slots=True)
-class Hello:
+class Introduction:
+    """What a peer says about itself when it arrives, a client (Hello) or a child
+    node (Link): the node authenticates both alike."""
+
     version: int
     token: str | None
     name: str
     groups: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Hello(Introduction):
     channels: tuple[str, ...] = ()
     subs: tuple[tuple[str, str | None], ...] = ()
     options: dict = field(default_factory=dict)
@@ -72,15 +79,17 @@ class Ready:
 
 
 @dataclass(slots=True)
-class Subscribe:
+class SubscriptionChange:
     pattern: str
     queue: str | None = None
 
 
-@dataclass(slots=True)
-class Unsubscribe:
-    pattern: str
-    queue: str | None = None
+class Subscribe(SubscriptionChange):
+    __slots__ = ()
+
+
+class Unsubscribe(SubscriptionChange):
+    __slots__ = ()
 
 
 @dataclass(slots=True)
