@@ -1,26 +1,36 @@
-"""Tests for treescale.protocol: round trips, typed decode errors and fuzzing.
+"""Tests for treescale.protocol: the session messages (kinds 1-12), typed decode errors,
+fuzzing of every decoder, the package face and its purity.
 
-The module is pure (frames in, frames out), so everything here runs in process on plain
-bytes; no sockets.
+The package is pure (frames in, frames out), so everything here runs in process on
+plain bytes; no sockets. Batches: test_protocol_batch.py; links: test_protocol_links.py.
 """
 
 from __future__ import annotations
 
-from array import array
+import ast
+from pathlib import Path
 
-import msgpack
 import pytest
-from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.unit.protocol_kit import (
+    FAST,
+    OBJECTS,
+    big,
+    decode_or_protocol_error,
+    ev,
+    expect,
+    fast,
+    mutate,
+)
 from treescale import protocol as P
+from treescale import subjects
 from treescale.protocol import (
     LARGE_PAYLOAD,
     MODE_ALL,
     MODE_ONE,
     PROTOCOL_VERSION,
-    Batch,
-    BatchView,
     Bye,
     EncodingError,
     Error,
@@ -39,52 +49,8 @@ from treescale.protocol import (
     Unsubscribe,
     VersionMismatch,
     decode,
-    decode_events,
     packb,
 )
-
-# Deterministic and quick: a fixed seed per test, no example database, no deadline, and
-# no "explain" phase (it re-runs a failing case many times and can take minutes).
-FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-def fast(examples: int) -> settings:
-    return settings(FAST, max_examples=examples)
-
-MESSAGE_TYPES = (Hello, Ready, Subscribe, Unsubscribe, Batch, Request, Reply, Error, Ping,
-                 Pong, Bye)
-
-
-def big(n: int, fill: int = 0x5A) -> bytes:
-    """A payload of ``n`` bytes (cheap to build, unlike hypothesis binaries)."""
-    return bytes([fill]) * n
-
-
-def le32(*sizes: int) -> bytes:
-    return P._le(array("I", sizes))
-
-
-def le16(*idx: int) -> bytes:
-    return P._le(array("H", idx))
-
-
-def unmeta(frame: bytes) -> list:
-    """A meta frame as plain msgpack (extras has int keys)."""
-    return msgpack.unpackb(frame, strict_map_key=False)
-
-
-def pub(meta: list, body: bytes = b"", *large) -> list:
-    """A PUB message with a hand-built meta (for malformed batches)."""
-    return [packb([P.PUB]), packb(meta), body, *large]
-
-
-def decoded_batch(frames: list, **kw) -> BatchView:
-    batch = decode(frames, **kw)
-    assert isinstance(batch, Batch)
-    return batch.meta
-
 
 # ----------------------------------------------------------------- control round trips
 
@@ -170,20 +136,6 @@ def test_reply_round_trip() -> None:
     assert decode(P.encode_reply("$inbox.n1.c1.8", b"")).source == ""
 
 
-def test_interest_and_resync_round_trip() -> None:
-    ops = [(True, "orders.>", None), (False, "a.b", "w")]
-    assert decode(P.encode_interest(7, ops)) == P.Interest(7, ops, False)
-    snap = [(True, "orders.>", None), (True, "x", "q")]
-    assert decode(P.encode_interest(8, snap, full=True)) == P.Interest(8, snap, True)
-    assert decode(P.encode_resync(41)) == P.Resync(41)
-
-
-def test_an_interest_snapshot_holds_only_additions() -> None:
-    expect(FieldError, P.encode_interest(1, [(False, "a", None)], full=True),
-           "an interest snapshot holds only additions")
-    expect(FieldError, [packb([P.INTEREST, 1, [], "yes"])],
-           "interest snapshot flag must be true or false")
-
 
 def test_unknown_trailing_header_fields_are_ignored() -> None:
     """Newer peers may append header fields; older decoders must not choke."""
@@ -191,189 +143,8 @@ def test_unknown_trailing_header_fields_are_ignored() -> None:
     assert decode([packb([P.PING, 5, {"new": True}])]) == Ping(5)
 
 
-# ------------------------------------------------------------------- batch round trips
-
-
-def check_batch(frames: list, events: list, max_payload: int = 1 << 26) -> BatchView:
-    """Decode a PUB and check names, payloads (in order) and extras against ``events``."""
-    view = decoded_batch(frames, max_payload=max_payload)
-    assert view.n == len(events)
-    assert list(view.name_column()) == [e[0] for e in events]
-    assert view.payloads() == [e[1] for e in events]
-    assert [view.extra(i) for i in range(view.n)] == [tuple(e[2:]) for e in events]
-    assert view.events() == [tuple(e) for e in events]
-    return view
-
-
-def ev(name: str, data: bytes, target=None, mode=MODE_ALL, reply=None, headers=None) -> tuple:
-    return (name, data, target, mode, reply, headers)
-
-
-def test_batch_one_name_has_nil_index() -> None:
-    """A uniform batch carries one name and no index column."""
-    events = [ev("metrics.cpu", b"%d" % i) for i in range(5)]
-    frames = P.encode_pub(events)
-    assert len(frames) == 3
-    names, index, *_ = unmeta(frames[1])
-    assert names == ["metrics.cpu"] and index is None
-    view = check_batch(frames, events)
-    assert view.index is None and view.extras is None
-
-
-def test_batch_many_names_builds_index() -> None:
-    """Distinct names are listed once, in first-seen order; the index points into them."""
-    names = ["a.b", "c", "a.b", "d.e.f", "c", "c", "a.b"]
-    events = [ev(nm, nm.encode() * i) for i, nm in enumerate(names)]
-    frames = P.encode_pub(events)
-    meta = unmeta(frames[1])
-    assert meta[0] == ["a.b", "c", "d.e.f"]
-    assert len(meta[1]) == 2 * len(names)
-    view = check_batch(frames, events)
-    assert list(view.index) == [0, 1, 0, 2, 1, 1, 0]
-
-
-def test_batch_empty_payloads() -> None:
-    events = [ev("x", b""), ev("y", b""), ev("x", b"")]
-    frames = P.encode_pub(events)
-    assert frames[2] == b""
-    check_batch(frames, events)
-
-
-def test_batch_empty() -> None:
-    """An empty batch is valid and views as no events."""
-    frames = P.encode_pub([])
-    assert len(frames) == 3
-    view = check_batch(frames, [])
-    assert list(view.name_column()) == [] and view.payloads() == []
-
-
-def test_batch_extras_round_trip() -> None:
-    """target, mode, reply and headers come back per event; plain events get defaults."""
-    events = [
-        ev("a", b"1"),
-        ev("a", b"2", target="group:web"),
-        ev("b", b"3", mode=MODE_ONE),
-        ev("a", b"4", reply="$inbox.n1.c1.9"),
-        ev("b", b"5", headers={"k": "v", "n": [1, 2], "raw": b"\x00"}),
-        ev("c", b"6", "tag:prod", MODE_ONE, "$inbox.n1.c1.10", {"x": None}),
-    ]
-    view = check_batch(P.encode_pub(events), events)
-    assert sorted(view.extras) == [1, 2, 3, 4, 5]
-
-
-def test_batch_mixing_small_and_large_is_zero_copy() -> None:
-    """Payloads >= LARGE_PAYLOAD travel as their own frames, as the caller's objects."""
-    large_a = big(LARGE_PAYLOAD, 1)
-    large_b = bytearray(big(LARGE_PAYLOAD + 12345, 2))
-    just_below = big(LARGE_PAYLOAD - 1, 3)
-    events = [ev("s", b"small-1"), ev("l", large_a), ev("s", just_below), ev("s", b""),
-              ev("l", large_b, mode=MODE_ONE), ev("s", b"small-2")]
-    frames = P.encode_pub(events)
-    assert len(frames) == 5
-    assert frames[3] is large_a and frames[4] is large_b
-    assert frames[2] == b"small-1" + just_below + b"small-2"
-    assert unmeta(frames[1])[3] == [1, 4]
-    view = check_batch(frames, events)
-    payloads = view.payloads()
-    assert payloads[1] is large_a and payloads[4] is large_b
-
-
-def test_batch_all_large() -> None:
-    events = [ev("l", big(LARGE_PAYLOAD + i, i)) for i in range(3)]
-    frames = P.encode_pub(events)
-    assert frames[2] == b"" and len(frames) == 6
-    check_batch(frames, events)
-
-
-def test_encode_columns_round_trip_with_extras_and_given_sizes() -> None:
-    """The column encoder (used by the outbox) agrees with the event encoder."""
-    names = ["a", "b", "a"]
-    datas = [b"xx", big(LARGE_PAYLOAD), b"z"]
-    extras = {1: ("node:n1", MODE_ONE, None, {"h": 1})}
-    meta, body, large = P.encode_columns(names, datas, extras, array("I", map(len, datas)))
-    assert large[0] is datas[1] and body == b"xxz"
-    view = decoded_batch([packb([P.PUB]), meta, body, *large])
-    assert view.events() == [ev("a", b"xx"), ev("b", datas[1], "node:n1", MODE_ONE, None,
-                                                   {"h": 1}), ev("a", b"z")]
-    assert P.encode_columns([], []) == P.encode_events([])
-
-
-def test_batch_decodes_from_memoryview_frames() -> None:
-    """Frames may be buffers (zmq.Frame.buffer): payloads are slices of the body."""
-    events = [ev("a", b"one"), ev("b", b"two"), ev("a", b"")]
-    frames = [memoryview(f) for f in P.encode_pub(events)]
-    view = decoded_batch(frames)
-    assert [bytes(p) for p in view.payloads()] == [b"one", b"two", b""]
-
-
-def test_view_events_subset() -> None:
-    events = [ev("a", b"1"), ev("b", b"2", target="channel:c"), ev("a", b"3")]
-    view = decoded_batch(P.encode_pub(events))
-    assert view.events([2, 1]) == [events[2], events[1]]
-
-
-def test_deliver_round_trip_forwards_meta_and_body_untouched() -> None:
-    """A node re-sends a PUB's meta/body as a DELIVER; the client sees the same events."""
-    large = big(LARGE_PAYLOAD * 2)
-    events = [ev("a.b", b"hello"), ev("a.b", large)]
-    _, meta, body, *large_frames = P.encode_pub(events)
-    frames = P.encode_deliver([["web-1", 2]], meta, body, large_frames)
-    batch = decode(frames)
-    assert isinstance(batch, Batch)
-    assert batch.sources == [["web-1", 2]]
-    assert batch.meta_frame is meta and batch.body is body
-    assert batch.large[0] is large
-    assert batch.meta.events() == events
-
-
-# ----------------------------------------------------------- property: batch round trip
-
-TOKENS = ["a", "b", "c", "$sys", "orders", "x1"]
-NAMES = st.lists(st.sampled_from(TOKENS), min_size=1, max_size=4).map(".".join)
-SMALL = st.binary(max_size=200)
-LARGE = st.builds(big, st.sampled_from([LARGE_PAYLOAD, LARGE_PAYLOAD + 1, LARGE_PAYLOAD + 999]),
-                  st.integers(0, 255))
-MSGPACK_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
-                           st.text(max_size=6), st.binary(max_size=6))
-EVENTS = st.tuples(
-    NAMES,
-    st.one_of(SMALL, SMALL, SMALL, LARGE),
-    st.one_of(st.none(), st.sampled_from(["node:n1", "group:web", "tag:prod", "channel:c"])),
-    st.sampled_from([MODE_ALL, MODE_ONE]),
-    st.one_of(st.none(), st.just("$inbox.n1.c1.3")),
-    st.one_of(st.none(), st.dictionaries(st.text(max_size=5), MSGPACK_VALUES, max_size=3)),
-)
-
-
-@FAST
-@given(st.lists(EVENTS, max_size=12))
-def test_property_pub_round_trip(events: list) -> None:
-    """Any batch comes back exactly, large payloads as their own (identical) frames."""
-    frames = P.encode_pub(events)
-    n_large = sum(len(e[1]) >= LARGE_PAYLOAD for e in events)
-    assert len(frames) == 3 + n_large
-    view = decoded_batch(frames)
-    assert view.events() == events
-    large_in = [e[1] for e in events if len(e[1]) >= LARGE_PAYLOAD]
-    assert all(a is b for a, b in zip(frames[3:], large_in, strict=True))
-    out = view.payloads()
-    assert all(out[i] is events[i][1] for i in view.large_idx)
-    assert len(frames[2]) == sum(len(e[1]) for e in events) - sum(map(len, large_in))
-
 
 # ---------------------------------------------------------------------- decode errors
-
-
-def expect(exc_type: type, frames: list, *fragments: str, max_payload: int = 1 << 26):
-    """Decode must raise exactly ``exc_type`` whose message names every fragment."""
-    with pytest.raises(ProtocolError) as info:
-        decode(frames, max_payload=max_payload)
-    err = info.value
-    assert type(err) is exc_type, f"{type(err).__name__}: {err}"
-    assert err.code == exc_type.code
-    for frag in fragments:
-        assert frag in str(err), f"{frag!r} not in {str(err)!r}"
-    return err
 
 
 def test_error_codes_are_stable() -> None:
@@ -519,95 +290,6 @@ def test_deliver_sources_must_be_a_list(header: list) -> None:
     expect(FieldError, [packb(header), *P.encode_pub([])[1:]], "deliver sources")
 
 
-def test_meta_not_msgpack() -> None:
-    expect(EncodingError, [packb([P.PUB]), b"\xc1", b""], "meta frame is not valid msgpack")
-
-
-@pytest.mark.parametrize("meta", [{"names": []}, "meta", [[], None, b"", []], []])
-def test_meta_wrong_shape(meta) -> None:
-    expect(EncodingError, [packb([P.PUB]), packb(meta), b""],
-           "meta must be [names, index, sizes, large, extras]")
-
-
-S2 = le32(2, 3)
-
-
-@pytest.mark.parametrize("meta,body,large,fragment", [
-    ([None, None, S2, [], None], b"abcde", [], "names must be a list of strings"),
-    ([["a", 1], le16(0, 1), S2, [], None], b"abcde", [], "names must be a list of strings"),
-    ([[b"a"], None, S2, [], None], b"abcde", [], "names must be a list of strings"),
-    ([["a"], None, "sizes", [], None], b"", [], "sizes must be uint32 values packed as bin"),
-    ([["a"], None, [2, 3], [], None], b"abcde", [], "sizes must be uint32"),
-    ([["a"], None, b"\x00\x00\x00", [], None], b"", [], "sizes must be uint32"),
-    ([[], None, S2, [], None], b"abcde", [], "names must not be empty"),
-    ([["a", "b"], None, S2, [], None], b"abcde", [], "index is required"),
-    ([["a", "b"], le16(0), S2, [], None], b"abcde", [], "one uint16 per event (2)"),
-    ([["a", "b"], le16(0, 1, 1), S2, [], None], b"abcde", [], "one uint16 per event (2)"),
-    ([["a", "b"], [0, 1], S2, [], None], b"abcde", [], "one uint16 per event"),
-    ([["a", "b"], le16(0, 2), S2, [], None], b"abcde", [], "points past the names list"),
-    ([["a"], None, S2, "0", None], b"abcde", [], "meta large must list event positions"),
-    ([["a"], None, S2, [2], None], b"", [b"x"], "meta large must list event positions"),
-    ([["a"], None, S2, [-1], None], b"", [b"x"], "meta large must list event positions"),
-    ([["a"], None, S2, [True], None], b"", [b"x"], "meta large must list event positions"),
-    ([["a"], None, S2, [1], None], b"ab", [b"xy"],
-     "large payload frame of event 1 holds 2 bytes, meta says 3"),
-    ([["a"], None, S2, [], None], b"abcd", [], "body holds 4 bytes but the meta declares 5"),
-    ([["a"], None, S2, [1], None], b"abc", [b"xyz"], "body holds 3 bytes"),
-    ([["a"], None, S2, [], []], b"abcde", [], "extras must be a map or nil"),
-    ([["a"], None, S2, [], {2: [None, 0, None, None]}], b"abcde", [],
-     "extras keys must be event positions"),
-    ([["a"], None, S2, [], {"0": [None, 0, None, None]}], b"abcde", [],
-     "extras keys must be event positions"),
-    ([["a"], None, S2, [], {0: [None, 0, None]}], b"abcde", [],
-     "extras values must be [target, mode, reply, headers]"),
-    ([["a"], None, S2, [], {0: "node:x"}], b"abcde", [], "extras values must be"),
-    ([["a"], None, S2, [], {0: [5, 0, None, None]}], b"abcde", [], "target must be a string"),
-    ([["a"], None, S2, [], {1: [None, 2, None, None]}], b"abcde", [],
-     "event mode must be 0 (all) or 1 (one), got 2"),
-    ([["a"], None, S2, [], {1: [None, None, None, None]}], b"abcde", [], "event mode"),
-    ([["a"], None, S2, [], {0: [None, 0, 9, None]}], b"abcde", [], "reply subject must be"),
-    ([["a"], None, S2, [], {0: [None, 0, None, [1]]}], b"abcde", [], "headers must be a map"),
-], ids=lambda v: v if isinstance(v, str) else None)
-def test_meta_field_errors(meta: list, body: bytes, large: list, fragment: str) -> None:
-    expect(FieldError, pub(meta, body, *large), fragment)
-
-
-def test_large_frame_count_mismatch() -> None:
-    expect(FrameCountError, pub([["a"], None, S2, [1], None], b"ab"),
-           "declares 1 large payload frame(s), got 0")
-    expect(FrameCountError, pub([["a"], None, S2, [], None], b"abcde", b"extra"),
-           "declares 0 large payload frame(s), got 1")
-
-
-@pytest.mark.parametrize("large_idx", [[1, 0], [0, 0]], ids=["unsorted", "duplicate"])
-def test_large_positions_must_be_strictly_increasing(large_idx: list) -> None:
-    """The large frames travel in event order (docs/PROTOCOL.md), and payloads() hands
-    them out in that order; a meta listing them in another order or twice must be
-    refused, else the view returns payloads whose sizes disagree with the checked
-    sizes (here event 0 would get 5 bytes for a declared 3, or event 1 would get b"").
-    """
-    sizes = le32(3, 5) if large_idx == [1, 0] else le32(3, 3)
-    large = [b"B" * 5, b"A" * 3] if large_idx == [1, 0] else [b"A" * 3, b"A" * 3]
-    expect(FieldError, pub([["a"], None, sizes, large_idx, None], b"", *large),
-           "meta large positions must be strictly increasing")
-
-
-@pytest.mark.parametrize("events,limit,name,size", [
-    ([ev("big.one", b"x" * 11)], 10, "big.one", 11),
-    ([ev("a", b"ok"), ev("b.huge", b"x" * 50), ev("a", b"x" * 20)], 30, "b.huge", 50),
-    ([ev("a", b""), ev("large.evt", big(LARGE_PAYLOAD))], LARGE_PAYLOAD - 1, "large.evt",
-     LARGE_PAYLOAD),
-])
-def test_batch_payload_too_large(events: list, limit: int, name: str, size: int) -> None:
-    """The error names the limit and the offending event (and puts it in ``ref``)."""
-    err = expect(PayloadTooLarge, P.encode_pub(events), f"{size} bytes", repr(name),
-                 f"limit of {limit} bytes", max_payload=limit)
-    assert err.ref == name
-
-
-def test_payload_at_limit_is_accepted() -> None:
-    check_batch(P.encode_pub([ev("a", b"x" * 10)]), [ev("a", b"x" * 10)], max_payload=10)
-
 
 def test_request_reply_payload_too_large() -> None:
     err = expect(PayloadTooLarge, P.encode_request(9, "svc", b"x" * 11), "request payload",
@@ -618,42 +300,8 @@ def test_request_reply_payload_too_large() -> None:
     assert err.ref == "$inbox.n.c.9"
 
 
+
 # ------------------------------------------------------------------------------- fuzz
-
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
-                    st.floats(), st.text(max_size=8), st.binary(max_size=16))
-OBJECTS = st.recursive(
-    SCALARS,
-    lambda kids: st.one_of(
-        st.lists(kids, max_size=6),
-        st.dictionaries(st.one_of(st.text(max_size=4), st.integers(-3, 8)), kids,
-                        max_size=4)),
-    max_leaves=10)
-
-
-def decode_or_protocol_error(frames: list, max_payload: int = 1 << 26):
-    """Return the decoded message or None on ProtocolError; anything else propagates."""
-    try:
-        msg = decode(frames, max_payload=max_payload)
-    except ProtocolError as exc:
-        assert isinstance(exc.code, str) and str(exc)
-        event(f"error {exc.code}")
-        return None
-    assert isinstance(msg, MESSAGE_TYPES)
-    event(f"decoded {type(msg).__name__}")
-    if isinstance(msg, Batch):
-        check_view_consistent(msg.meta)
-    return msg
-
-
-def check_view_consistent(view: BatchView) -> None:
-    """What decode accepted must be self-consistent: one name and one payload of the
-    declared size per event."""
-    payloads = view.payloads()
-    assert len(payloads) == view.n
-    assert [len(p) for p in payloads] == list(view.sizes)
-    assert len(list(view.name_column())) == view.n
-    assert len(view.events()) == view.n
 
 
 @fast(300)
@@ -669,95 +317,6 @@ def test_fuzz_random_msgpack_headers(kind: int, fields: list, rest: list) -> Non
     """Header of a real kind (mostly) with random fields, then random frames."""
     decode_or_protocol_error([packb([kind, *fields]), *rest])
 
-
-VALID_EXTRA = st.tuples(st.one_of(st.none(), st.sampled_from(["group:web", "tag:x"])),
-                        st.sampled_from([0, 1]), st.one_of(st.none(), st.just("$inbox.n.c.1")),
-                        st.one_of(st.none(), st.dictionaries(st.text(max_size=2), SCALARS,
-                                                             max_size=2))).map(list)
-BAD_EXTRA = st.one_of(
-    st.tuples(SCALARS, st.one_of(st.sampled_from([0, 1, 2]), SCALARS), SCALARS,
-              SCALARS).map(list),
-    OBJECTS)
-
-
-@st.composite
-def batch_parts(draw) -> tuple[list, bytes, list]:
-    """(meta, body, large) that are valid most of the time, else carry a random defect
-    in one or more places, so the fuzzer exercises every check, not just the first."""
-
-    def defect() -> bool:
-        return draw(st.integers(0, 11)) == 0
-
-    k = draw(st.integers(0, 5))
-    names = draw(st.lists(st.sampled_from(["a", "b", "c.d"]), min_size=1, max_size=3,
-                          unique=True))
-    if defect():
-        names = draw(st.one_of(st.just([]), OBJECTS))
-    if isinstance(names, list) and len(names) == 1 and draw(st.booleans()):
-        index = None
-    else:
-        n_names = len(names) if isinstance(names, list) else 1
-        index = le16(*draw(st.lists(st.integers(0, max(n_names - 1, 0)), min_size=k,
-                                    max_size=k)))
-    if defect():
-        index = draw(st.one_of(st.none(), st.binary(max_size=8), OBJECTS,
-                               st.lists(st.integers(0, 9), min_size=k, max_size=k).map(
-                                   lambda ix: le16(*ix))))
-    sizes = draw(st.lists(st.integers(0, 6), min_size=k, max_size=k))
-    sizes_raw = draw(OBJECTS) if defect() else le32(*sizes)
-    large_idx = draw(st.sets(st.integers(0, k - 1)).map(sorted) if k else st.just([]))
-    if defect():
-        large_idx = draw(st.one_of(st.lists(st.integers(-1, k), max_size=3), st.none(),
-                                   OBJECTS))
-    positions = [i for i in (large_idx if isinstance(large_idx, list) else ())
-                 if i.__class__ is int and 0 <= i < k]
-    large = [bytes(sizes[i]) for i in positions]
-    small = max(sum(sizes) - sum(sizes[i] for i in positions), 0)
-    body = draw(st.binary(min_size=small, max_size=small))
-    if defect():
-        body = draw(st.binary(max_size=12))
-    if defect():
-        large = draw(st.lists(st.binary(max_size=6), max_size=3))
-    extras = draw(st.one_of(st.none(), st.dictionaries(st.integers(0, max(k - 1, 0)),
-                                                       VALID_EXTRA, max_size=3)))
-    if defect():
-        extras = draw(st.one_of(OBJECTS, st.dictionaries(st.integers(-1, k), BAD_EXTRA,
-                                                         min_size=1, max_size=2)))
-    return [names, index, sizes_raw, large_idx, extras], body, large
-
-
-@fast(150)
-@given(batch_parts(), st.integers(0, 8))
-def test_fuzz_decode_events(parts: tuple, max_payload: int) -> None:
-    """decode_events returns a consistent view or raises ProtocolError, nothing else."""
-    meta, body, large = parts
-    try:
-        view = decode_events(packb(meta), body, large, max_payload)
-    except ProtocolError as exc:
-        event(f"error {exc.code}")
-        return
-    event("decoded")
-    check_view_consistent(view)
-    assert max(view.sizes, default=0) <= max_payload
-
-
-@fast(100)
-@given(st.one_of(OBJECTS.map(packb), st.binary(max_size=32)), st.binary(max_size=24),
-       st.lists(st.binary(max_size=8), max_size=3))
-def test_fuzz_decode_events_random_meta(meta: bytes, body: bytes, large: list) -> None:
-    """Meta frames that are arbitrary msgpack objects or bytes."""
-    try:
-        view = decode_events(meta, body, large, 1 << 20)
-    except ProtocolError:
-        return
-    check_view_consistent(view)
-
-
-@fast(100)
-@given(st.sampled_from([P.PUB, P.DELIVER]), st.lists(OBJECTS, max_size=2), batch_parts())
-def test_fuzz_batch_messages(kind: int, fields: list, parts: tuple) -> None:
-    meta, body, large = parts
-    decode_or_protocol_error([packb([kind, *fields]), packb(meta), body, *large])
 
 
 VALID_MESSAGES = [
@@ -775,19 +334,8 @@ VALID_MESSAGES = [
        st.sampled_from(["replace", "truncate", "append", "drop-frame", "add-frame"]))
 def test_fuzz_mutated_valid_messages(frames: list, i: int, obj, how: str) -> None:
     """One defect in an otherwise valid message: a typed error or a message, never a crash."""
-    header = msgpack.unpackb(frames[0])
-    rest = list(frames[1:])
-    if how == "replace":
-        header[i % len(header)] = obj
-    elif how == "truncate":
-        header = header[:i % len(header) + 1]
-    elif how == "append":
-        header.append(obj)
-    elif how == "drop-frame" and rest:
-        del rest[i % len(rest)]
-    else:
-        rest.insert(i % (len(rest) + 1), packb(obj))
-    decode_or_protocol_error([packb(header), *rest])
+    decode_or_protocol_error(mutate(frames, i, obj, how))
+
 
 
 # ------------------------------------------------------------------------------ inbox
@@ -814,3 +362,88 @@ def test_property_inbox_round_trip(node: str, client: str, req: int) -> None:
 ])
 def test_parse_inbox_rejects_other_subjects(subject: str) -> None:
     assert P.parse_inbox(subject) is None
+
+
+# ------------------------------------------------------------------- the package face
+
+# Every public name treescale.protocol had before it was split (callers use P.X).
+PUBLIC_BEFORE_SPLIT = """
+    BYE Batch BatchView Bye DELIVER ERROR EncodingError Error FORWARD FieldError
+    FrameCountError HELLO Hello INTEREST Interest KIND_NAMES LARGE_PAYLOAD LINK LINKED
+    Link Linked MODES MODE_ALL MODE_ONE PING PONG PROTOCOL_VERSION PUB PayloadTooLarge
+    Ping Pong ProtocolError READY REDIRECT REPLY REQUEST RESYNC Ready Redirect Reply
+    Request Resync STATS SUB Stats Subscribe UNSUB UnknownKind Unsubscribe VersionMismatch
+    decode decode_events decode_header encode_bye encode_columns encode_deliver
+    encode_deliver_header encode_error encode_events encode_forward_header encode_hello
+    encode_interest encode_link encode_linked encode_ping encode_pong encode_pub
+    encode_ready encode_redirect encode_reply encode_request encode_resync encode_single
+    encode_stats encode_sub encode_unsub inbox_subject packb parse_inbox
+""".split()
+
+
+def test_the_face_still_exports_every_public_name() -> None:
+    missing = [n for n in PUBLIC_BEFORE_SPLIT if not hasattr(P, n)]
+    assert not missing
+    assert set(PUBLIC_BEFORE_SPLIT) <= set(P.__all__)
+    assert all(hasattr(P, n) for n in P.__all__)
+
+
+def test_aliases_kept_for_callers_are_the_public_names() -> None:
+    """Private names other modules used, kept until they switch (then deleted)."""
+    assert P._PUB_HEADER is P.PUB_HEADER == packb([P.PUB])
+    assert P._buffer is P.as_buffer
+    assert P.inbox_subject is subjects.inbox
+    assert P.parse_inbox is subjects.parse_inbox
+
+
+def test_as_buffer_reads_frames_without_copying() -> None:
+    class Frame:  # what zmq.Frame looks like to the codec
+        def __init__(self, data: bytes) -> None:
+            self.buffer = memoryview(data)
+
+    data = b"payload"
+    frame = Frame(data)
+    assert P.as_buffer(frame) is frame.buffer
+    assert P.as_buffer(data) is data
+    view = memoryview(data)
+    assert P.as_buffer(view) is view
+
+
+def test_error_codes_are_the_subjects_vocabulary() -> None:
+    """The codes a decode error sends are spelled once, in treescale.subjects."""
+    codes = {c.code for c in (ProtocolError, FrameCountError, EncodingError, UnknownKind,
+                              VersionMismatch, FieldError, PayloadTooLarge)}
+    assert codes == {subjects.BAD_MESSAGE, subjects.BAD_FRAME_COUNT, subjects.BAD_ENCODING,
+                     subjects.UNKNOWN_KIND, subjects.VERSION, subjects.BAD_FIELD,
+                     subjects.TOO_LARGE}
+
+
+def test_reserved_kinds_have_no_decoder() -> None:
+    """25 and 28-39 wait for acks and credits: unknown until those exist."""
+    assert P.RESERVED_KINDS == {25, *range(28, 40)}
+    assert not P.RESERVED_KINDS & set(P.KIND_NAMES)
+    assert set(P.DECODERS) == set(P.KIND_NAMES)
+    for kind in P.RESERVED_KINDS:
+        expect(UnknownKind, [packb([kind])], f"unknown message kind {kind}")
+
+
+PACKAGE = Path(P.__file__).parent
+FORBIDDEN = {"zmq", "socket", "time", "threading", "asyncio", "selectors", "select"}
+
+
+@pytest.mark.parametrize("module", sorted(p.name for p in PACKAGE.glob("*.py")))
+def test_protocol_modules_stay_pure_and_say_what_they_own(module: str) -> None:
+    """No I/O, clock or concurrency import; a docstring that names what the module
+    owns and what it must not touch."""
+    tree = ast.parse((PACKAGE / module).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & FORBIDDEN, f"{module} imports {imported & FORBIDDEN}"
+    assert imported <= {"__future__", "collections", "dataclasses", "typing", "struct",
+                        "sys", "array", "itertools", "msgpack", "treescale"}
+    doc = ast.get_docstring(tree) or ""
+    assert "Pure." in doc and "Owns" in doc and "must not touch" in doc.lower()

@@ -1,0 +1,172 @@
+"""TreeScale wire protocol: ZeroMQ multipart frames <-> typed messages. Pure.
+
+This package's face: ``from treescale import protocol as P`` reaches every public name
+as ``P.X``; the concepts live in their own modules:
+
+    kinds     kind numbers, the protocol version, the numbers kept free
+    codec     msgpack and frame buffers, ProtocolError and its ERROR codes, field checks
+    batch     the columnar event batch (meta, body, large frames), LARGE_PAYLOAD, modes
+    messages  a client's session: hello ... bye, PUB/DELIVER, request/reply (kinds 1-12)
+    links     node to node: link, linked, redirect, interest, stats, forward, resync
+
+Every message starts with a *header frame*: a msgpack array whose first item is the
+message kind. PUB, DELIVER and FORWARD add a batch (meta, body, large...); REQUEST and
+REPLY add one payload frame. A node never decodes a payload and, when a whole batch
+goes to the same place, forwards its frames untouched. See docs/PROTOCOL.md.
+
+Owns here: ``decode`` (any message, by its kind) and the aliases kept while callers
+move to the public names. Must not touch (nor may any module of this package): zmq,
+sockets, clocks, threads, asyncio. The broker and the clients call these functions on
+the frames they received and hand the frames these functions return to their sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from treescale import subjects
+from treescale.protocol import links, messages
+from treescale.protocol.batch import (
+    LARGE_PAYLOAD,
+    MODE_ALL,
+    MODE_ONE,
+    MODES,
+    NO_EXTRA,
+    BatchView,
+    decode_events,
+    encode_columns,
+    encode_events,
+    encode_single,
+)
+from treescale.protocol.codec import (
+    EncodingError,
+    FieldError,
+    FrameCountError,
+    PayloadTooLarge,
+    ProtocolError,
+    UnknownKind,
+    VersionMismatch,
+    as_buffer,
+    decode_header,
+    packb,
+)
+from treescale.protocol.kinds import (
+    BYE,
+    DELIVER,
+    ERROR,
+    FORWARD,
+    HELLO,
+    INTEREST,
+    KIND_NAMES,
+    LINK,
+    LINKED,
+    PING,
+    PONG,
+    PROTOCOL_VERSION,
+    PUB,
+    READY,
+    REDIRECT,
+    REPLY,
+    REQUEST,
+    RESERVED_KINDS,
+    RESYNC,
+    STATS,
+    SUB,
+    UNSUB,
+)
+from treescale.protocol.links import (
+    Interest,
+    Link,
+    Linked,
+    Redirect,
+    Resync,
+    Stats,
+    encode_forward_header,
+    encode_interest,
+    encode_link,
+    encode_linked,
+    encode_redirect,
+    encode_resync,
+    encode_stats,
+)
+from treescale.protocol.messages import (
+    PUB_HEADER,
+    Batch,
+    Bye,
+    Error,
+    Hello,
+    Introduction,
+    Ping,
+    Pong,
+    Ready,
+    Reply,
+    Request,
+    Subscribe,
+    SubscriptionChange,
+    Unsubscribe,
+    encode_bye,
+    encode_deliver,
+    encode_deliver_header,
+    encode_error,
+    encode_hello,
+    encode_ping,
+    encode_pong,
+    encode_pub,
+    encode_ready,
+    encode_reply,
+    encode_request,
+    encode_sub,
+    encode_unsub,
+)
+
+# Every kind a peer may send, by number.
+DECODERS = {**messages.DECODERS, **links.DECODERS}
+
+
+def decode(frames: Sequence, max_payload: int = 64 * 1024 * 1024) -> Any:
+    """Decode one message (frames after any routing id) into a typed message, or
+    raise the ProtocolError whose ``code``/``ref`` go back to the sender."""
+    if not frames:
+        raise FrameCountError("empty message")
+    header = decode_header(frames[0])
+    kind = header[0]
+    decoder = DECODERS.get(kind)
+    if decoder is None:
+        raise UnknownKind(f"unknown message kind {kind}")
+    return decoder(header, frames, max_payload)
+
+
+# Kept until every caller uses the public names (then deleted): PUB_HEADER,
+# as_buffer, subjects.inbox and subjects.parse_inbox.
+_PUB_HEADER = PUB_HEADER
+_buffer = as_buffer
+inbox_subject = subjects.inbox
+parse_inbox = subjects.parse_inbox
+
+__all__ = [
+    # kinds
+    "PROTOCOL_VERSION", "HELLO", "READY", "SUB", "UNSUB", "PUB", "DELIVER", "REQUEST",
+    "REPLY", "ERROR", "PING", "PONG", "BYE", "LINK", "LINKED", "REDIRECT", "INTEREST",
+    "STATS", "FORWARD", "RESYNC", "KIND_NAMES", "RESERVED_KINDS",
+    # codec
+    "ProtocolError", "FrameCountError", "EncodingError", "UnknownKind",
+    "VersionMismatch", "FieldError", "PayloadTooLarge", "packb", "as_buffer",
+    "decode_header",
+    # batch
+    "LARGE_PAYLOAD", "MODE_ALL", "MODE_ONE", "MODES", "NO_EXTRA", "BatchView",
+    "encode_events", "encode_columns", "encode_single", "decode_events",
+    # messages
+    "Introduction", "Hello", "Ready", "SubscriptionChange", "Subscribe", "Unsubscribe",
+    "Batch", "Request", "Reply", "Error", "Ping", "Pong", "Bye", "PUB_HEADER",
+    "encode_hello", "encode_ready", "encode_sub",
+    "encode_unsub", "encode_error", "encode_ping", "encode_pong", "encode_bye",
+    "encode_pub", "encode_deliver_header", "encode_deliver", "encode_request",
+    "encode_reply",
+    # links
+    "Link", "Linked", "Redirect", "Stats", "Interest", "Resync", "encode_link",
+    "encode_linked", "encode_redirect", "encode_stats", "encode_interest",
+    "encode_resync", "encode_forward_header",
+    # this face
+    "DECODERS", "decode", "inbox_subject", "parse_inbox",
+]

@@ -1,0 +1,46 @@
+"""Message kinds: the numbers that open every header, and their names. Pure.
+
+Owns: the protocol version, the kind numbers of client sessions (1-12) and of
+node-to-node links (20-27), their printable names, and the numbers kept free.
+
+Must not touch: msgpack, frames, sockets. The numbers are part of the wire format:
+never renumber one, and never reuse a reserved one for something else.
+"""
+
+from __future__ import annotations
+
+PROTOCOL_VERSION = 1
+
+# A client's session with its node.
+HELLO = 1
+READY = 2
+SUB = 3
+UNSUB = 4
+PUB = 5
+DELIVER = 6
+REQUEST = 7
+REPLY = 8
+ERROR = 9
+PING = 10
+PONG = 11
+BYE = 12
+# 20-39: node-to-node links. Acks and credits will take the numbers after FORWARD.
+LINK = 20
+LINKED = 21
+REDIRECT = 22
+INTEREST = 23
+STATS = 24
+FORWARD = 26
+RESYNC = 27
+
+# Kept for custody transfer (delivery acks) and credit windows: decoders refuse them
+# as unknown until those messages exist.
+RESERVED_KINDS = frozenset({25, *range(28, 40)})
+
+KIND_NAMES = {
+    HELLO: "hello", READY: "ready", SUB: "sub", UNSUB: "unsub", PUB: "pub",
+    DELIVER: "deliver", REQUEST: "request", REPLY: "reply", ERROR: "error",
+    PING: "ping", PONG: "pong", BYE: "bye", LINK: "link", LINKED: "linked",
+    REDIRECT: "redirect", INTEREST: "interest", STATS: "stats", FORWARD: "forward",
+    RESYNC: "resync",
+}
