@@ -26,7 +26,7 @@ def fast(examples: int) -> settings:
 
 MESSAGE_TYPES = (P.Hello, P.Ready, P.Subscribe, P.Unsubscribe, P.Batch, P.Request, P.Reply,
                  P.Error, P.Ping, P.Pong, P.Bye, P.Link, P.Linked, P.Redirect, P.Interest,
-                 P.Stats, P.Resync)
+                 P.PlacementInfo, P.Resync)
 
 
 def big(n: int, fill: int = 0x5A) -> bytes:

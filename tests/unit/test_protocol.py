@@ -372,12 +372,12 @@ PUBLIC_BEFORE_SPLIT = """
     FrameCountError HELLO Hello INTEREST Interest KIND_NAMES LARGE_PAYLOAD LINK LINKED
     Link Linked MODES MODE_ALL MODE_ONE PING PONG PROTOCOL_VERSION PUB PayloadTooLarge
     Ping Pong ProtocolError READY REDIRECT REPLY REQUEST RESYNC Ready Redirect Reply
-    Request Resync STATS SUB Stats Subscribe UNSUB UnknownKind Unsubscribe VersionMismatch
+    Request Resync PLACEMENT SUB PlacementInfo Subscribe UNSUB UnknownKind Unsubscribe VersionMismatch
     decode decode_events decode_header encode_bye encode_columns encode_deliver
     encode_deliver_header encode_error encode_events encode_forward_header encode_hello
     encode_interest encode_link encode_linked encode_ping encode_pong encode_pub
     encode_ready encode_redirect encode_reply encode_request encode_resync encode_single
-    encode_stats encode_sub encode_unsub inbox_subject packb parse_inbox
+    encode_placement encode_sub encode_unsub inbox_subject packb parse_inbox
 """.split()
 
 

@@ -62,9 +62,9 @@ def test_linked_round_trip() -> None:
 def test_redirect_and_stats_round_trip() -> None:
     assert decode(P.encode_redirect("n7", "tcp://127.0.0.1:9")) == P.Redirect(
         "n7", "tcp://127.0.0.1:9")
-    assert decode(P.encode_stats({"open_depth": 2})) == P.Stats({"open_depth": 2})
-    assert decode(P.encode_stats({"tree_open": 0})) == P.Stats({"tree_open": 0})
-    assert decode([packb([P.STATS])]) == P.Stats({})
+    assert decode(P.encode_placement({"open_depth": 2})) == P.PlacementInfo({"open_depth": 2})
+    assert decode(P.encode_placement({"tree_open": 0})) == P.PlacementInfo({"tree_open": 0})
+    assert decode([packb([P.PLACEMENT])]) == P.PlacementInfo({})
 
 
 def test_forward_carries_a_batch_and_its_sources() -> None:
@@ -80,7 +80,7 @@ def test_forward_carries_a_batch_and_its_sources() -> None:
 
 
 LINK_SINGLE = {"link": P.encode_link("n"), "linked": P.encode_linked("n"),
-               "redirect": P.encode_redirect("n", "a"), "stats": P.encode_stats({}),
+               "redirect": P.encode_redirect("n", "a"), "placement": P.encode_placement({}),
                "interest": P.encode_interest(1, []), "resync": P.encode_resync(0)}
 
 
@@ -105,7 +105,7 @@ V = PROTOCOL_VERSION
     ([P.LINKED, "p", "a"], "linked ancestors must be"),
     ([P.REDIRECT, "n", None], "address must be a string, got NoneType"),
     ([P.REDIRECT, 1, "a"], "node must be a string, got int"),
-    ([P.STATS, [1]], "stats must be a map, got list"),
+    ([P.PLACEMENT, [1]], "placement must be a map, got list"),
     ([P.INTEREST, 1, "ops"], "interest ops must be a list of [add, pattern, queue]"),
     ([P.INTEREST, 1, [[2, "a", None]]], "interest ops must be a list"),
     ([P.INTEREST, 1, [[1, "a"]]], "interest ops must be a list"),
@@ -135,7 +135,7 @@ def test_fuzz_random_link_headers(kind: int, fields: list, rest: list) -> None:
 VALID_LINK_MESSAGES = [
     P.encode_link("n2", "t", ["g"], ["t"], "tcp://127.0.0.1:1", True),
     P.encode_linked("n1", [("root", "tcp://a:1")], [("n3", "tcp://b:2")]),
-    P.encode_redirect("n4", "tcp://c:3"), P.encode_stats({"open_depth": 1}),
+    P.encode_redirect("n4", "tcp://c:3"), P.encode_placement({"open_depth": 1}),
     P.encode_interest(3, [(True, "a.>", None), (False, "b", "q")]),
     P.encode_interest(4, [(True, "a.>", "q")], full=True), P.encode_resync(2),
     [P.encode_forward_header([["w", 2]]),

@@ -273,7 +273,7 @@ class Fanout:
 
     def _park(self, session: Session, frames: list, n_events: int) -> None:
         config = self.node.config
-        size = sum(len(P._buffer(f)) for f in frames)
+        size = sum(len(P.as_buffer(f)) for f in frames)
         self.slow.add(session.routing_id)
         if not session.park(frames, n_events, size, config.slow_consumer_bytes,
                             config.slow_consumer_messages):

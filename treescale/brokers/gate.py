@@ -34,25 +34,22 @@ ALLOWED: dict[str, frozenset[int]] = {
     CLIENT: frozenset({P.HELLO, P.LINK, P.PUB, P.SUB, P.UNSUB, P.REQUEST, P.REPLY,
                        P.PING, P.BYE}),
     CHILD: frozenset({P.HELLO, P.LINK, P.INTEREST, P.RESYNC, P.FORWARD, P.PING, P.PONG,
-                      P.STATS, P.BYE, P.ERROR}),
+                      P.PLACEMENT, P.BYE, P.ERROR}),
     PARENT: frozenset({P.LINKED, P.REDIRECT, P.ERROR, P.INTEREST, P.RESYNC, P.FORWARD,
-                       P.PING, P.PONG, P.STATS, P.BYE}),
+                       P.PING, P.PONG, P.PLACEMENT, P.BYE}),
 }
 
 _KIND_OF_CLASS = {P.Hello: P.HELLO, P.Ready: P.READY, P.Subscribe: P.SUB,
                   P.Unsubscribe: P.UNSUB, P.Request: P.REQUEST, P.Reply: P.REPLY,
                   P.Error: P.ERROR, P.Ping: P.PING, P.Pong: P.PONG, P.Bye: P.BYE,
                   P.Link: P.LINK, P.Linked: P.LINKED, P.Redirect: P.REDIRECT,
-                  P.Interest: P.INTEREST, P.Stats: P.STATS, P.Resync: P.RESYNC}
+                  P.Interest: P.INTEREST, P.PlacementInfo: P.PLACEMENT, P.Resync: P.RESYNC}
 
 
 def kind_of(msg: object) -> int:
     """The wire kind of a decoded message."""
     if isinstance(msg, P.Batch):
-        kind = getattr(msg, "kind", None)
-        if kind is None:  # older decoders: only DELIVER and FORWARD carry sources
-            kind = P.FORWARD if msg.sources else P.PUB
-        return kind
+        return msg.kind
     return _KIND_OF_CLASS[type(msg)]
 
 

@@ -49,7 +49,7 @@ log = logging.getLogger("treescale.node")
 
 DRAIN_LIMIT = 2000
 HOUSEKEEPING_INTERVAL = 1.0
-_PUB_HEADER = P._PUB_HEADER
+_PUB_HEADER = P.PUB_HEADER
 
 
 class Node:
@@ -307,7 +307,7 @@ class Node:
             self.exchange.on_interest(link, msg)
         elif isinstance(msg, P.Resync):
             self.exchange.on_resync(link, msg)
-        elif isinstance(msg, P.Stats):
+        elif isinstance(msg, P.PlacementInfo):
             self.placement.on_placement(link, msg)
         elif isinstance(msg, P.Ping):
             self.links.send(link.member, P.encode_pong(msg.token))

@@ -93,14 +93,14 @@ class Placement:
         node = self.node
         mine = self.open_depth()
         if node.links.parent is not None:
-            node.links.send(node.links.parent.member, P.encode_stats({"open_depth": mine}))
+            node.links.send(node.links.parent.member, P.encode_placement({"open_depth": mine}))
         else:
             self.tree_open = mine  # the root's view is the whole tree's
         if self.tree_open is not None:
             for link in node.links.children():
-                node.send(link.member, P.encode_stats({"tree_open": self.tree_open}))
+                node.send(link.member, P.encode_placement({"tree_open": self.tree_open}))
 
-    def on_placement(self, link: Link, msg: P.Stats) -> None:
+    def on_placement(self, link: Link, msg: P.PlacementInfo) -> None:
         """A neighbour's PLACEMENT: a child's open depth, or the parent's tree_open."""
         depth = msg.info.get("open_depth")
         if isinstance(depth, int) and not link.is_parent:

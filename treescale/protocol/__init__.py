@@ -62,6 +62,7 @@ from treescale.protocol.kinds import (
     LINK,
     LINKED,
     PING,
+    PLACEMENT,
     PONG,
     PROTOCOL_VERSION,
     PUB,
@@ -71,7 +72,6 @@ from treescale.protocol.kinds import (
     REQUEST,
     RESERVED_KINDS,
     RESYNC,
-    STATS,
     SUB,
     UNSUB,
 )
@@ -79,16 +79,16 @@ from treescale.protocol.links import (
     Interest,
     Link,
     Linked,
+    PlacementInfo,
     Redirect,
     Resync,
-    Stats,
     encode_forward_header,
     encode_interest,
     encode_link,
     encode_linked,
+    encode_placement,
     encode_redirect,
     encode_resync,
-    encode_stats,
 )
 from treescale.protocol.messages import (
     PUB_HEADER,
@@ -148,7 +148,7 @@ __all__ = [
     # kinds
     "PROTOCOL_VERSION", "HELLO", "READY", "SUB", "UNSUB", "PUB", "DELIVER", "REQUEST",
     "REPLY", "ERROR", "PING", "PONG", "BYE", "LINK", "LINKED", "REDIRECT", "INTEREST",
-    "STATS", "FORWARD", "RESYNC", "KIND_NAMES", "RESERVED_KINDS",
+    "PLACEMENT", "FORWARD", "RESYNC", "KIND_NAMES", "RESERVED_KINDS",
     # codec
     "ProtocolError", "FrameCountError", "EncodingError", "UnknownKind",
     "VersionMismatch", "FieldError", "PayloadTooLarge", "packb", "as_buffer",
@@ -164,8 +164,8 @@ __all__ = [
     "encode_pub", "encode_deliver_header", "encode_deliver", "encode_request",
     "encode_reply",
     # links
-    "Link", "Linked", "Redirect", "Stats", "Interest", "Resync", "encode_link",
-    "encode_linked", "encode_redirect", "encode_stats", "encode_interest",
+    "Link", "Linked", "Redirect", "PlacementInfo", "Interest", "Resync", "encode_link",
+    "encode_linked", "encode_redirect", "encode_placement", "encode_interest",
     "encode_resync", "encode_forward_header",
     # this face
     "DECODERS", "decode", "inbox_subject", "parse_inbox",

@@ -29,7 +29,7 @@ LINK = 20
 LINKED = 21
 REDIRECT = 22
 INTEREST = 23
-STATS = 24
+PLACEMENT = 24
 FORWARD = 26
 RESYNC = 27
 
@@ -41,6 +41,6 @@ KIND_NAMES = {
     HELLO: "hello", READY: "ready", SUB: "sub", UNSUB: "unsub", PUB: "pub",
     DELIVER: "deliver", REQUEST: "request", REPLY: "reply", ERROR: "error",
     PING: "ping", PONG: "pong", BYE: "bye", LINK: "link", LINKED: "linked",
-    REDIRECT: "redirect", INTEREST: "interest", STATS: "stats", FORWARD: "forward",
+    REDIRECT: "redirect", INTEREST: "interest", PLACEMENT: "placement", FORWARD: "forward",
     RESYNC: "resync",
 }

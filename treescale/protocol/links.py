@@ -1,7 +1,7 @@
 """Node-to-node links: the message kinds 20-27 as typed values, their encoders and
 their decoders. Pure.
 
-Owns: LINK, LINKED, REDIRECT, INTEREST, STATS, FORWARD and RESYNC: how a child asks
+Owns: LINK, LINKED, REDIRECT, INTEREST, PLACEMENT, FORWARD and RESYNC: how a child asks
 its parent for a place in the tree, how the parent tells it where to re-attach,
 interest updates numbered per link, and the FORWARD header (its batch is the one
 ``batch`` owns, decoded like a DELIVER). ``DECODERS`` maps each kind to its decoder.
@@ -23,10 +23,10 @@ from treescale.protocol.kinds import (
     INTEREST,
     LINK,
     LINKED,
+    PLACEMENT,
     PROTOCOL_VERSION,
     REDIRECT,
     RESYNC,
-    STATS,
 )
 from treescale.protocol.messages import Decoder, Introduction, decode_batch
 
@@ -60,7 +60,7 @@ class Redirect:
 
 
 @dataclass(slots=True)
-class Stats:
+class PlacementInfo:
     """A child's periodic word to its parent about its subtree (``open_depth``: how
     far below the child the nearest node with room for another child is), or the
     parent's to its children (``tree_open``: how deep the tree's shallowest open slot
@@ -107,8 +107,8 @@ def encode_redirect(node: str, address: str) -> list[bytes]:
     return [codec.packb([REDIRECT, node, address])]
 
 
-def encode_stats(info: dict) -> list[bytes]:
-    return [codec.packb([STATS, info])]
+def encode_placement(info: dict) -> list[bytes]:
+    return [codec.packb([PLACEMENT, info])]
 
 
 def encode_interest(seq: int, ops: Iterable[tuple[bool, str, str | None]],
@@ -160,10 +160,10 @@ def _decode_redirect(header: list, frames: Sequence, max_payload: int) -> Redire
     return Redirect(codec.text(node, "node"), codec.text(address, "address"))
 
 
-def _decode_stats(header: list, frames: Sequence, max_payload: int) -> Stats:
-    codec.expect_frames(frames, STATS, 1)
+def _decode_placement(header: list, frames: Sequence, max_payload: int) -> PlacementInfo:
+    codec.expect_frames(frames, PLACEMENT, 1)
     (info,) = codec.fields(header, 1)
-    return Stats(codec.mapping(info, "stats") or {})
+    return PlacementInfo(codec.mapping(info, "placement") or {})
 
 
 def _decode_interest(header: list, frames: Sequence, max_payload: int) -> Interest:
@@ -195,7 +195,7 @@ DECODERS: dict[int, Decoder] = {
     LINKED: _decode_linked,
     REDIRECT: _decode_redirect,
     INTEREST: _decode_interest,
-    STATS: _decode_stats,
+    PLACEMENT: _decode_placement,
     FORWARD: decode_batch,
     RESYNC: _decode_resync,
 }

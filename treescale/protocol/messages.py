@@ -107,6 +107,7 @@ class Batch:
     body: Any
     large: list
     sources: list = field(default_factory=list)
+    kind: int = PUB  # PUB, DELIVER or FORWARD: who may send it depends on it
 
 
 @dataclass(slots=True)
@@ -283,7 +284,7 @@ def decode_batch(header: list, frames: Sequence, max_payload: int) -> Batch:
         (sources,) = fields(header, 1)
         if not isinstance(sources, list):
             raise FieldError("deliver sources must be a list of [source, count]")
-    return Batch(meta, frames[1], frames[2], large, sources)
+    return Batch(meta, frames[1], frames[2], large, sources, header[0])
 
 
 def _decode_request(header: list, frames: Sequence, max_payload: int) -> Request:
