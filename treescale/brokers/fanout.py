@@ -327,12 +327,18 @@ class Fanout:
                 sum(s.pending_bytes for s in sessions))
 
 
+def with_queues(headers: dict | None, queues: list) -> dict:
+    """The headers of a mode-one event going down a link: the queue groups that
+    branch must still serve (the node before it chose for the others)."""
+    return {**(headers or {}), QUEUES_HEADER: queues}
+
+
 def _with_queues(event: tuple, queues: list | None) -> tuple:
     """A mode-one event going down a link, told which queue groups are still open."""
     if queues is None:
         return event
     name, payload, target, mode, reply, headers = event
-    return name, payload, target, mode, reply, {**(headers or {}), QUEUES_HEADER: queues}
+    return name, payload, target, mode, reply, with_queues(headers, queues)
 
 
 def _without_queues(event: tuple) -> tuple:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from treescale import protocol as P
 from treescale import subjects
+from treescale.brokers.fanout import with_queues
 from treescale.routing import PatternError, TargetError
 
 if TYPE_CHECKING:
@@ -37,13 +38,26 @@ class Requests:
         except (PatternError, TargetError) as exc:
             node.send_error(session.routing_id, exc.code, str(exc), req.req_id)
             return
-        dests = route.everyone if req.mode == P.MODE_ALL else node.table.pick(route)
-        if not dests:
-            node.send_error(session.routing_id, subjects.NO_RESPONDERS,
-                            f"no subscriber for request {req.name!r}", req.req_id)
-            return
-        node.fanout.queue_single(session.name, req.name, req.payload, req.target,
-                                 req.mode, reply_to, req.headers, dests)
+        if req.mode == P.MODE_ALL:
+            dests = route.everyone
+            if dests:
+                node.fanout.queue_single(session.name, req.name, req.payload,
+                                         req.target, req.mode, reply_to, req.headers,
+                                         dests)
+                return
+        else:  # one member per queue group; a link is told which groups it serves
+            groups_of: dict = {}
+            for dest, queue in node.table.pick_groups(route):
+                groups_of.setdefault(dest, []).append(queue)
+            for dest, groups in groups_of.items():
+                headers = with_queues(req.headers, groups) if dest in node.links \
+                    else req.headers
+                node.fanout.queue_single(session.name, req.name, req.payload,
+                                         req.target, req.mode, reply_to, headers, (dest,))
+            if groups_of:
+                return
+        node.send_error(session.routing_id, subjects.NO_RESPONDERS,
+                        f"no subscriber for request {req.name!r}", req.req_id)
 
     def on_reply(self, session: Session, rep: P.Reply) -> None:
         node = self.node
