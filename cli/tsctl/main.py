@@ -27,10 +27,13 @@ from tsctl.common import (
     friendly,
     one_target,
     out,
+    print_table,
     render_data,
     timeout_option,
     token_option,
+    wide_option,
 )
+from tsctl.tables import KEY, Column
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -154,16 +157,15 @@ def down_cmd(state: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the nodes as JSON.")
 @click.option("--wait", type=float, default=2.5, show_default=True,
               help="Seconds to listen for the nodes' self-reports.")
+@wide_option
 @address_option
 @token_option
 @timeout_option
 @friendly
-def status(as_json: bool, wait: float, address: str, token: str | None,
+def status(as_json: bool, wait: float, wide: bool, address: str, token: str | None,
            timeout: float) -> None:
     """List every node of the tree: parent, children, address, uptime, traffic."""
     import time
-
-    from rich.table import Table
 
     seen: dict = {}
     with connect(address, token, timeout) as c:
@@ -178,17 +180,20 @@ def status(as_json: bool, wait: float, address: str, token: str | None,
     if as_json:
         print(json.dumps(nodes, indent=1))
         return
-    table = Table(title=f"{len(nodes)} node(s) seen from {address}")
-    numeric = ("up s", "clients", "in", "out")
-    for col in ("node", "parent", "children", "address", "groups", "tags", *numeric):
-        table.add_column(col, no_wrap=col not in ("children", "groups", "tags"),
-                         justify="right" if col in numeric else "left")
-    for r in nodes:
-        table.add_row(r["node"], r.get("parent") or "—", " ".join(r.get("children", [])),
-                      r["address"].removeprefix("tcp://"), " ".join(r.get("groups", [])),
-                      " ".join(r.get("tags", [])), f"{r['uptime']:.0f}",
-                      str(r["clients"]), f"{r['events_in']:,}", f"{r['events_out']:,}")
-    out.print(table)
+    rows = [[r["node"], r.get("parent") or "—", " ".join(r.get("children", [])),
+             r["address"].removeprefix("tcp://"), " ".join(r.get("groups", [])),
+             " ".join(r.get("tags", [])), f"{r['uptime']:.0f}", str(r["clients"]),
+             f"{r['events_in']:,}", f"{r['events_out']:,}"] for r in nodes]
+    print_table(STATUS_COLUMNS, rows, wide=wide,
+                title=f"{len(nodes)} node(s) seen from {address}")
+
+
+# What `tsctl status` shows, most useful first when the terminal is narrow.
+STATUS_COLUMNS = [
+    Column("node", KEY), Column("parent", priority=9), Column("children", priority=4),
+    Column("address", priority=8), Column("groups", priority=3), Column("tags", priority=2),
+    Column("up s", priority=7, justify="right"), Column("clients", priority=5, justify="right"),
+    Column("in", priority=6, justify="right"), Column("out", priority=6, justify="right")]
 
 
 # --------------------------------------------------------------------- api exec
