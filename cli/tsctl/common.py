@@ -86,8 +86,8 @@ def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *,
     layout = fit(columns, rows, None if wide else terminal_width(out), frame)
     at_least(layout.width).print(draw(columns, layout, rows, frame, **table_kw))
     hidden = note(layout)
-    if hidden:
-        out.print(Text(hidden, style="dim"), soft_wrap=True)
+    if hidden:  # wrapped at the terminal's width, between words
+        out.print(Text(hidden, style="dim"))
     return layout
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from rich.text import Text
 
 from tsctl.common import (
     call_service,
@@ -159,8 +160,8 @@ def ls(as_json: bool, wide: bool, **target: Any) -> None:
 
     def rendered() -> None:
         print_table(LS_COLUMNS, rows, wide=wide, title="virtual services")
-        for reason in unavailable.values():
-            out.print(f"[dim]{reason}[/]", soft_wrap=True)
+        for reason in unavailable.values():  # wrapped at the terminal's width
+            out.print(Text(reason, style="dim"))
     _finish(results, as_json, render, rendered)
 
 

@@ -13,6 +13,8 @@ says what its columns are worth and lets ``fit`` choose, the way ``docker ps`` a
   DATA column: only once they are all gone is it cut short with an ellipsis, never
   below ``floor`` (its ``min_width``, or its header if that is wider); if the table
   still does not fit, TEXT columns are dropped too, lowest priority first.
+- A column with nothing in it (every cell empty) ranks below all others but KEY
+  columns: dropping it loses nothing.
 - So a column is never dropped while one ranked below it (kind, then priority, then
   position) is shown, and whenever the KEY columns fit, the table fits. When even they
   do not, they are shown whole anyway: a line too long beats a name cut in half.
@@ -120,10 +122,16 @@ def natural_widths(columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) ->
     return widths
 
 
-def rank(columns: Sequence[Column], i: int) -> tuple[int, int, int]:
-    """Higher ranks are kept longer: KEY over TEXT over DATA, then priority, then the
-    leftmost."""
-    return _RANK[columns[i].kind], columns[i].priority, -i
+def ranks(columns: Sequence[Column], rows: Sequence[Sequence[Cell]]
+          ) -> list[tuple[int, int, int]]:
+    """Each column's rank (higher ranks are kept longer): KEY over TEXT over DATA over
+    an empty column, then priority, then the leftmost."""
+    filled = [False] * len(columns)
+    for row in rows:
+        for i, cell in enumerate(row[:len(columns)]):
+            filled[i] = filled[i] or text_width(cell) > 0
+    return [(_RANK[c.kind] if filled[i] or c.kind == KEY else -1, c.priority, -i)
+            for i, c in enumerate(columns)]
 
 
 def fit(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int | None,
@@ -131,11 +139,12 @@ def fit(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int | 
     """Choose the columns to show within ``width`` terminal cells (None: all of them);
     see the module docstring for the rules."""
     natural = natural_widths(columns, rows)
+    rank = ranks(columns, rows)
     shown = list(range(len(columns)))
 
     def layout(widths: dict[int, int], fits: bool = True) -> Layout:
-        hidden = sorted(set(range(len(columns))) - set(shown),
-                        key=lambda i: rank(columns, i), reverse=True)
+        hidden = sorted(set(range(len(columns))) - set(shown), key=rank.__getitem__,
+                        reverse=True)
         return Layout(tuple(shown), tuple(widths[i] for i in shown),
                       sum(widths[i] for i in shown) + frame.overhead(len(shown)),
                       tuple(columns[i].header for i in hidden),
@@ -150,8 +159,9 @@ def fit(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int | 
         return sum(widths[i] for i in shown) + frame.overhead(len(shown))
 
     def lowest(kind: str) -> int | None:
-        of_kind = [i for i in shown if columns[i].kind == kind]
-        return min(of_kind, key=lambda i: rank(columns, i)) if of_kind else None
+        """The lowest-ranked shown column of ``kind`` or of a kind below it."""
+        below = [i for i in shown if rank[i][0] <= _RANK[kind]]
+        return min(below, key=rank.__getitem__) if below else None
 
     while total(full) > width and (drop := lowest(DATA)) is not None:
         shown.remove(drop)

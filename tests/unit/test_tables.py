@@ -22,7 +22,7 @@ from tsctl.tables import (
     fit,
     natural_widths,
     note,
-    rank,
+    ranks,
 )
 
 # No "…" in the input: any ellipsis in the output was made by cutting a cell.
@@ -79,13 +79,13 @@ def test_no_column_is_dropped_while_a_lesser_one_is_shown(table, width, frame):
     columns, rows = table
     layout = fit(columns, rows, width, frame)
     hidden = [i for i in range(len(columns)) if i not in layout.shown]
+    rank = ranks(columns, rows)
     assert all(columns[i].kind != KEY for i in hidden)
     for h in hidden:
         for s in layout.shown:
-            assert rank(columns, h) < rank(columns, s), (columns[h], columns[s])
+            assert rank[h] < rank[s], (columns[h], columns[s])
     assert layout.hidden == tuple(columns[i].header for i in
-                                  sorted(hidden, key=lambda i: rank(columns, i),
-                                         reverse=True))
+                                  sorted(hidden, key=rank.__getitem__, reverse=True))
 
 
 @settings(max_examples=300, deadline=None)
@@ -95,10 +95,11 @@ def test_only_text_is_cut_only_once_data_is_gone_and_never_below_its_floor(table
     columns, rows = table
     layout = fit(columns, rows, width, frame)
     natural = natural_widths(columns, rows)
+    rank = ranks(columns, rows)  # [0]: 2 KEY, 1 TEXT, 0 DATA, -1 empty
     for i, w in zip(layout.shown, layout.widths, strict=True):
         if w < natural[i]:
             assert columns[i].kind == TEXT and w >= columns[i].floor
-            assert all(columns[j].kind != DATA for j in layout.shown)
+            assert all(columns[j].kind == KEY or rank[j][0] > 0 for j in layout.shown)
         else:
             assert w == natural[i]
     assert layout.cut == tuple(columns[i].header for i, w in
@@ -132,12 +133,13 @@ def test_what_is_hidden_would_not_have_fitted(table, width, frame):
     hidden = [i for i in range(len(columns)) if i not in layout.shown]
     if not hidden:
         return
-    best = max(hidden, key=lambda i: rank(columns, i))
+    rank = ranks(columns, rows)
+    best = max(hidden, key=rank.__getitem__)
     natural = natural_widths(columns, rows)
     with_it = sorted([*layout.shown, best])
 
     def narrowest(i: int) -> int:
-        if columns[best].kind == DATA:  # dropped before any cutting: all at full width
+        if rank[best][0] <= 0:  # DATA or empty: dropped before any cutting, at full width
             return natural[i]
         return min(natural[i], columns[i].floor) if columns[i].kind == TEXT else natural[i]
 
@@ -150,6 +152,14 @@ def test_no_limit_shows_every_column_whole(table, frame):
     layout = fit(columns, rows, None, frame)
     assert layout.shown == tuple(range(len(columns))) and not layout.hidden
     assert layout.widths == tuple(natural_widths(columns, rows)) and note(layout) is None
+
+
+def test_an_empty_column_goes_first_whatever_its_kind():
+    columns = [Column("node", KEY), Column("error", TEXT), Column("reals", priority=1)]
+    rows = [["tree1", "", "10.0.0.1:80"]]
+    assert fit(columns, rows, 30, BOXED).hidden == ("error",)
+    rows = [["tree1", "refused", "10.0.0.1:80"]]
+    assert fit(columns, rows, 30, BOXED).hidden == ("reals",)
 
 
 def test_the_note_names_what_was_left_out():
