@@ -199,7 +199,7 @@ def test_every_command_that_prints_data_has_json():
                 yield " ".join((*path, name)), command
 
     found = dict(leaves(cli))
-    assert NO_JSON <= set(found) and {"status", "up", "down", "pub"} <= set(found)
+    assert NO_JSON <= set(found) and {"doctor", "status", "up", "down", "pub"} <= set(found)
     missing = [name for name, command in found.items() if name not in NO_JSON
                and not any("--json" in p.opts for p in command.params)]
     assert not missing, f"commands without --json: {missing}"
