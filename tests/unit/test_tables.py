@@ -4,6 +4,7 @@ rich for real (the drawn lines are measured, not the layout's own sums)."""
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -45,6 +46,27 @@ def tables(draw_):
     return columns, rows
 
 
+@dataclass(frozen=True)
+class Case:
+    """A random table, a width and a frame, and what ``fit`` chose for them."""
+
+    columns: list[Column]
+    rows: list[list[str]]
+    width: int
+    frame: Frame
+    layout: Layout
+
+
+@st.composite
+def laid_out(draw_):
+    columns, rows = draw_(tables())
+    width, frame = draw_(st.integers(1, 160)), draw_(FRAMES)
+    return Case(columns, rows, width, frame, fit(columns, rows, width, frame))
+
+
+PROPERTY = settings(max_examples=300, deadline=None)
+
+
 def rendered(columns, layout: Layout, rows, frame: Frame) -> list[str]:
     """The lines rich draws, on a console far wider than the table: nothing makes rich
     squeeze it, so a wrong sum in the layout shows as a wrong width."""
@@ -59,11 +81,11 @@ def keys_width(columns, rows, frame: Frame) -> int:
     return sum(natural[i] for i in keys) + frame.overhead(len(keys))
 
 
-@settings(max_examples=300, deadline=None)
-@given(tables(), st.integers(1, 160), FRAMES)
-def test_a_table_fits_whenever_its_key_columns_do(table, width, frame):
-    columns, rows = table
-    layout = fit(columns, rows, width, frame)
+@PROPERTY
+@given(laid_out())
+def test_a_table_fits_whenever_its_key_columns_do(case):
+    columns, rows, width, frame, layout = (case.columns, case.rows, case.width, case.frame,
+                                           case.layout)
     lines = rendered(columns, layout, rows, frame)
     drawn = max(cell_len(line) for line in lines)
     assert drawn == layout.width  # the layout's sum is what rich draws
@@ -73,11 +95,10 @@ def test_a_table_fits_whenever_its_key_columns_do(table, width, frame):
         assert not layout.fits
 
 
-@settings(max_examples=300, deadline=None)
-@given(tables(), st.integers(1, 160), FRAMES)
-def test_no_column_is_dropped_while_a_lesser_one_is_shown(table, width, frame):
-    columns, rows = table
-    layout = fit(columns, rows, width, frame)
+@PROPERTY
+@given(laid_out())
+def test_no_column_is_dropped_while_a_lesser_one_is_shown(case):
+    columns, rows, layout = case.columns, case.rows, case.layout
     hidden = [i for i in range(len(columns)) if i not in layout.shown]
     rank = ranks(columns, rows)
     assert all(columns[i].kind != KEY for i in hidden)
@@ -88,12 +109,10 @@ def test_no_column_is_dropped_while_a_lesser_one_is_shown(table, width, frame):
                                   sorted(hidden, key=rank.__getitem__, reverse=True))
 
 
-@settings(max_examples=300, deadline=None)
-@given(tables(), st.integers(1, 160), FRAMES)
-def test_only_text_is_cut_only_once_data_is_gone_and_never_below_its_floor(table, width,
-                                                                        frame):
-    columns, rows = table
-    layout = fit(columns, rows, width, frame)
+@PROPERTY
+@given(laid_out())
+def test_only_text_is_cut_only_once_data_is_gone_and_never_below_its_floor(case):
+    columns, rows, layout = case.columns, case.rows, case.layout
     natural = natural_widths(columns, rows)
     rank = ranks(columns, rows)  # [0]: 2 KEY, 1 TEXT, 0 DATA, -1 empty
     for i, w in zip(layout.shown, layout.widths, strict=True):
@@ -107,12 +126,10 @@ def test_only_text_is_cut_only_once_data_is_gone_and_never_below_its_floor(table
                                if w < natural[i])
 
 
-@settings(max_examples=300, deadline=None)
-@given(tables(), st.integers(1, 160), FRAMES)
-def test_key_cells_are_drawn_whole_and_uncut_cells_never_end_in_an_ellipsis(table, width,
-                                                                          frame):
-    columns, rows = table
-    layout = fit(columns, rows, width, frame)
+@PROPERTY
+@given(laid_out())
+def test_key_cells_are_drawn_whole_and_uncut_cells_never_end_in_an_ellipsis(case):
+    columns, rows, frame, layout = case.columns, case.rows, case.frame, case.layout
     text = "\n".join(rendered(columns, layout, rows, frame))
     for row in rows:
         for i in layout.shown:
