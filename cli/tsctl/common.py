@@ -1,7 +1,9 @@
-"""What every tsctl command shares: connection options, one-line errors, rendering.
+"""What every tsctl command shares: connection options, one-line errors, rendering
+(tables are printed at the terminal's width here).
 
 Must not touch: any one command's work (its own tsctl module), how config is read or
-checked (treescale.loader and treescale.config: it only calls them).
+checked (treescale.loader and treescale.config: it only calls them), which columns of
+a table fit (tsctl.tables decides; this module only measures and prints).
 """
 
 from __future__ import annotations
@@ -9,18 +11,20 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
 import zmq
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from treescale import Client, NodeError
 from treescale.config import ConfigError
 from treescale.routing import PatternError, TargetError
 from treescale.tree import TreeError
+from tsctl.tables import BOXED, Cell, Column, Frame, Layout, draw, fit, note
 
 if TYPE_CHECKING:
     from treescale.services.rpc import Result
@@ -57,6 +61,45 @@ token_option = click.option("--token", envvar="TREESCALE_TOKEN", default=None,
                             help="Auth token (or $TREESCALE_TOKEN).")
 timeout_option = click.option("--timeout", type=float, default=10.0, show_default=True,
                               help="Seconds to wait for the node.")
+
+
+wide_option = click.option("--wide", "wide", is_flag=True,
+                           help="Show every column, however narrow the terminal.")
+
+
+def terminal_width(console: Console) -> int | None:
+    """The width a table must fit: the terminal's own size (not a stale exported
+    $COLUMNS), else $COLUMNS, else None: output to a pipe or a file is never cut."""
+    if console.is_terminal:
+        try:
+            return os.get_terminal_size(console.file.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            return console.width
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else None
+
+
+def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *,
+                wide: bool = False, frame: Frame = BOXED, **table_kw: Any) -> Layout:
+    """Print ``rows`` with the columns that fit the terminal (all of them if ``wide``)
+    and, under the table, a dim line naming what was left out (tsctl.tables)."""
+    layout = fit(columns, rows, None if wide else terminal_width(out), frame)
+    at_least(layout.width).print(draw(columns, layout, rows, frame, **table_kw))
+    hidden = note(layout)
+    if hidden:  # wrapped at the terminal's width, between words
+        out.print(Text(hidden, style="dim"))
+    return layout
+
+
+def at_least(width: int) -> Console:
+    """``out``, or one like it but ``width`` wide where ``out`` is narrower: a table
+    laid out wider than the screen (--wide, a pipe, key columns that cannot fit) is
+    printed whole, never squeezed by rich, and the terminal wraps its lines."""
+    if width <= out.width:
+        return out
+    return Console(file=out.file, width=width, highlight=False,
+                   force_terminal=out.is_terminal, color_system=out.color_system,
+                   no_color=out.no_color)
 
 
 def connect(address: str, token: str | None, timeout: float, **kw: Any) -> Client:

@@ -23,9 +23,12 @@ from tsctl.common import (
     friendly,
     one_target,
     out,
+    print_table,
     report_failures,
     service_options,
+    wide_option,
 )
+from tsctl.tables import KEY, PLAIN, TEXT, Column
 
 SERVICE = "docker"
 # IMAGE/CONTAINER then a command line of its own: options go before, as with docker.
@@ -54,15 +57,10 @@ def _call(op: str, args: dict, as_json: bool, target: dict, **kw: Any) -> list:
     return good
 
 
-def _table(columns: list[str], rows: list[list[Any]], title: str | None = None) -> None:
-    from rich.table import Table
-
-    table = Table(title=title, box=None, header_style="bold")
-    for col in columns:
-        table.add_column(col)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    out.print(table)
+def _table(columns: list[Column], rows: list[list[Any]], wide: bool) -> None:
+    """The columns that fit the terminal (all with --wide), docker's own plain look."""
+    print_table(columns, [["" if v is None else str(v) for v in row] for row in rows],
+                wide=wide, frame=PLAIN, header_style="bold")
 
 
 def _size(n: Any) -> str:
@@ -79,13 +77,21 @@ def docker() -> None:
     """Containers on the nodes' Docker engines (permission: docker)."""
 
 
+# What `docker ps` shows, most useful first when the terminal is narrow.
+PS_COLUMNS = [Column("NODE", KEY), Column("ID", priority=1), Column("NAME", KEY),
+              Column("IMAGE", priority=4), Column("STATE", priority=5),
+              Column("STATUS", priority=2), Column("PORTS", priority=3)]
+
+
 @docker.command("ps")
 @_common
 @click.option("--all", "show_all", is_flag=True, help="Stopped containers too.")
 @click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="Engine filter, e.g. label=app=web, name=web, status=exited.")
+@wide_option
 @friendly
-def ps(as_json: bool, show_all: bool, filters: tuple[str, ...], **target: Any) -> None:
+def ps(as_json: bool, show_all: bool, filters: tuple[str, ...], wide: bool,
+       **target: Any) -> None:
     """List containers."""
     flt: dict[str, list[str]] = {}
     for f in filters:
@@ -95,9 +101,9 @@ def ps(as_json: bool, show_all: bool, filters: tuple[str, ...], **target: Any) -
         flt.setdefault(key, []).append(value)
     results = _call("ps", {"all": show_all, "filters": flt}, as_json, target)
     if not as_json:
-        _table(["NODE", "ID", "NAME", "IMAGE", "STATE", "STATUS", "PORTS"],
-               [[r.node, c["id"], c["name"], c["image"], c["state"], c["status"],
-                 ", ".join(c["ports"])] for r in results for c in r.result])
+        _table(PS_COLUMNS, [[r.node, c["id"], c["name"], c["image"], c["state"],
+                             c["status"], ", ".join(c["ports"])]
+                            for r in results for c in r.result], wide)
 
 
 @docker.command("run", context_settings=ARGV_TAIL)
@@ -245,7 +251,11 @@ def _stats_rows(samples: list[dict]) -> list[list[Any]]:
             for s in sorted(samples, key=lambda s: (s["node"], s["name"]))]
 
 
-STATS_COLUMNS = ["NODE", "NAME", "CPU", "MEM / LIMIT", "NET RX / TX", "BLOCK R / W"]
+STATS_COLUMNS = [Column("NODE", KEY), Column("NAME", KEY),
+                 Column("CPU", priority=4, justify="right"),
+                 Column("MEM / LIMIT", priority=3, justify="right"),
+                 Column("NET RX / TX", priority=2, justify="right"),
+                 Column("BLOCK R / W", priority=1, justify="right")]
 
 
 @docker.command("stats")
@@ -254,13 +264,14 @@ STATS_COLUMNS = ["NODE", "NAME", "CPU", "MEM / LIMIT", "NET RX / TX", "BLOCK R /
               help="Live view of the stats events the nodes publish.")
 @click.option("--duration", type=float, default=0.0,
               help="With --watch: stop after this many seconds (default: Ctrl-C).")
+@wide_option
 @friendly
-def stats(as_json: bool, watch: bool, duration: float, **target: Any) -> None:
+def stats(as_json: bool, watch: bool, duration: float, wide: bool, **target: Any) -> None:
     """CPU, memory, network and block I/O of running containers."""
     if not watch:
         results = _call("stats", {}, as_json, target)
         if not as_json:
-            _table(STATS_COLUMNS, _stats_rows([s for r in results for s in r.result]))
+            _table(STATS_COLUMNS, _stats_rows([s for r in results for s in r.result]), wide)
         return
     _watch_stats(dict(target, as_json=as_json), duration)
 
@@ -281,7 +292,7 @@ def _watch_stats(opts: dict, duration: float) -> None:
         def render() -> Table:
             table = Table(box=None, header_style="bold", title="docker stats (live)")
             for col in STATS_COLUMNS:
-                table.add_column(col)
+                table.add_column(col.header, justify=col.justify)
             for row in _stats_rows(list(latest.values())):
                 table.add_row(*row)
             return table
@@ -305,30 +316,42 @@ def _watch_stats(opts: dict, duration: float) -> None:
                 live.stop()
 
 
+INFO_COLUMNS = [Column("NODE", KEY), Column("ENGINE", TEXT, priority=2, min_width=16),
+                Column("VERSION", priority=5), Column("API", priority=2),
+                Column("EVENTS", priority=4), Column("MONITORED", priority=3),
+                Column("STATS EVERY", priority=1)]
+
+
 @docker.command("info")
 @_common
+@wide_option
 @friendly
-def info(as_json: bool, **target: Any) -> None:
+def info(as_json: bool, wide: bool, **target: Any) -> None:
     """Each node's engine: address, version, whether its events and stats are followed."""
     results = _call("info", {}, as_json, target)
     if not as_json:
-        _table(["NODE", "ENGINE", "VERSION", "API", "EVENTS", "MONITORED", "STATS EVERY"],
+        _table(INFO_COLUMNS,
                [[r.node, i["engine"], i["version"], i["api"], "followed" if i["events"]
                  else "not followed", i["monitored"], f"{i['stats_interval']:g}s"]
-                for r in results for i in [r.result]])
+                for r in results for i in [r.result]], wide)
+
+
+IMAGES_COLUMNS = [Column("NODE", KEY), Column("ID", KEY), Column("TAGS", TEXT, min_width=16),
+                  Column("SIZE", priority=1, justify="right")]
 
 
 @docker.command("images")
 @_common
 @click.option("--all", "show_all", is_flag=True, help="Intermediate images too.")
+@wide_option
 @friendly
-def images(as_json: bool, show_all: bool, **target: Any) -> None:
+def images(as_json: bool, show_all: bool, wide: bool, **target: Any) -> None:
     """List images."""
     results = _call("images", {"all": show_all}, as_json, target)
     if not as_json:
-        _table(["NODE", "ID", "TAGS", "SIZE"],
+        _table(IMAGES_COLUMNS,
                [[r.node, i["id"], ", ".join(i["tags"]) or "<none>", _size(i["size"])]
-                for r in results for i in r.result])
+                for r in results for i in r.result], wide)
 
 
 @docker.command("pull")

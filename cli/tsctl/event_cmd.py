@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from rich.text import Text
 
 from tsctl.common import (
     call_service,
@@ -25,10 +26,12 @@ from tsctl.common import (
     console,
     friendly,
     one_target,
-    out,
+    print_table,
     report_failures,
     service_options,
+    wide_option,
 )
+from tsctl.tables import KEY, TEXT, Column
 
 # add has its own --timeout (for the handler's runs): the call's is --call-timeout.
 _manage_options = service_options(timeout=click.option(
@@ -99,38 +102,42 @@ def rm_cmd(hid: str, as_json: bool, **target: Any) -> None:
             lambda r: f"[green]removed[/] handler {hid} from node {r.node}")
 
 
+# What `event ls` shows, most useful first when the terminal is narrow.
+LS_COLUMNS = [Column("node", KEY), Column("id", KEY), Column("event", priority=6),
+              Column("command", TEXT, min_width=16),
+              Column("timeout", priority=2, justify="right"),
+              Column("max", priority=1, justify="right"),
+              Column("runs", priority=4, justify="right"), Column("last exit", priority=5)]
+
+
 @event.command("ls")
 @_manage_options
+@wide_option
 @friendly
-def ls_cmd(as_json: bool, **target: Any) -> None:
+def ls_cmd(as_json: bool, wide: bool, **target: Any) -> None:
     """List the handlers of the target node(s): pattern, command, limits, runs since
     the node started and the last exit status."""
-    from rich.table import Table
-
     results = _manage("ls", {}, target)
     rows = [{"node": r.node, **h} for r in sorted(results, key=lambda r: r.node) if r.ok
             for h in r.result]
     if as_json:
         print(json.dumps(rows))
     else:
-        table = Table(title=f"{len(rows)} handler(s) on {len(results)} node(s)")
-        for col in ("node", "id", "event", "command", "timeout", "max", "runs",
-                    "last exit"):
-            table.add_column(col, justify="right" if col in ("timeout", "max", "runs")
-                             else "left", overflow="fold")
-        for h in rows:
-            table.add_row(h["node"], h["id"], h["pattern"], h["run"], f"{h['timeout']:g}s",
-                          str(h["max_concurrent"]), str(h["runs"]), _last_exit(h))
-        out.print(table)
+        print_table(LS_COLUMNS,
+                    [[h["node"], h["id"], h["pattern"], h["run"], f"{h['timeout']:g}s",
+                      str(h["max_concurrent"]), str(h["runs"]), _last_exit(h)]
+                     for h in rows],
+                    wide=wide, title=f"{len(rows)} handler(s) on {len(results)} node(s)")
     report_failures(results)
 
 
-def _last_exit(h: dict) -> str:
+def _last_exit(h: dict) -> Text:
     if h["runs"] == 0:
-        return "—"
+        return Text("—")
     if h["last_error"]:
-        return f"[red]{h['last_exit']} ({h['last_error'].split(' on node')[0]})[/]"
-    return str(h["last_exit"]) if h["last_exit"] == 0 else f"[red]{h['last_exit']}[/]"
+        return Text(f"{h['last_exit']} ({h['last_error'].split(' on node')[0]})",
+                    style="red")
+    return Text(str(h["last_exit"]), style="" if h["last_exit"] == 0 else "red")
 
 
 @event.command("trigger")

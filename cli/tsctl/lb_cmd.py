@@ -12,15 +12,19 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from rich.text import Text
 
 from tsctl.common import (
     call_service,
     console,
     friendly,
     out,
+    print_table,
     report_failures,
     service_options,
+    wide_option,
 )
+from tsctl.tables import KEY, TEXT, Column
 
 SERVICE = "lb"
 PROTOS = ("tcp", "udp")
@@ -131,33 +135,33 @@ _reals_command("real_add", "IP:PORT[@WEIGHT]...",
 _reals_command("real_rm", "IP:PORT...", "Take real servers out of VIP:PORT.")
 
 
+# What `lb ls` shows, most useful first when the terminal is narrow.
+LS_COLUMNS = [Column("node", KEY), Column("service", KEY), Column("scheduler", priority=2),
+              Column("backend", priority=4), Column("real servers", priority=5),
+              Column("follows", priority=3), Column("error", TEXT, min_width=20)]
+
+
 @lb.command("ls")
 @service_options
+@wide_option
 @friendly
-def ls(as_json: bool, **target: Any) -> None:
+def ls(as_json: bool, wide: bool, **target: Any) -> None:
     """List the virtual services and the backend each runs on."""
-    from rich.table import Table
-
     results = call_service(SERVICE, "ls", {}, **target)
-    table = Table(title="virtual services")
-    for col in ("node", "service", "scheduler", "backend", "real servers", "follows",
-                "error"):
-        table.add_column(col, no_wrap=col not in ("follows", "error"),
-                         overflow="fold")
-
+    rows: list[list[str]] = []
     unavailable: dict[str, str] = {}
 
     def render(result: dict, label: str) -> None:
         for s in result["services"]:
-            table.add_row(label.strip(" []") or results[0].node, s["key"], s["scheduler"],
-                          _backend_text(s), _reals_text(s, "\n"), s["follow_text"] or "",
-                          s["error"] or "")
+            rows.append([label.strip(" []") or results[0].node, s["key"], s["scheduler"],
+                         _backend_text(s), _reals_text(s, "\n"), s["follow_text"] or "",
+                         s["error"] or ""])
         unavailable.update(result.get("unavailable") or {})
 
     def rendered() -> None:
-        out.print(table)
-        for reason in unavailable.values():
-            out.print(f"[dim]{reason}[/]", soft_wrap=True)
+        print_table(LS_COLUMNS, rows, wide=wide, title="virtual services")
+        for reason in unavailable.values():  # wrapped at the terminal's width
+            out.print(Text(reason, style="dim"))
     _finish(results, as_json, render, rendered)
 
 

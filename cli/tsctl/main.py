@@ -27,10 +27,13 @@ from tsctl.common import (
     friendly,
     one_target,
     out,
+    print_table,
     render_data,
     timeout_option,
     token_option,
+    wide_option,
 )
+from tsctl.tables import KEY, Column
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,18 +123,25 @@ state_option = click.option(
 @click.option("--keep-addresses", is_flag=True,
               help="Use the hosts in the file instead of 127.0.0.1.")
 @state_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the started nodes (name, address, pid, log) as JSON.")
 @friendly
-def up_cmd(config: str, keep_addresses: bool, state: Path) -> None:
+def up_cmd(config: str, keep_addresses: bool, state: Path, as_json: bool) -> None:
     """Start every node of a tree file as local processes (root first)."""
+    from dataclasses import asdict
+
     from rich.progress import Progress
 
     from treescale.local import up
 
     tree = load_tree(config)
-    with Progress(console=console, transient=True) as progress:
+    with Progress(console=console, transient=True, disable=as_json) as progress:
         task = progress.add_task("starting nodes", total=len(tree.names))
         nodes = up(config, state, local=not keep_addresses,
                    on_started=lambda n: progress.advance(task))
+    if as_json:
+        print(json.dumps([asdict(n) for n in nodes], indent=1))
+        return
     for n in nodes:
         console.print(f"[green]up[/] {n.name:<10} {n.address:<24} pid {n.pid}")
     console.print(f"{len(nodes)} node(s) running; `tsctl status -a {nodes[0].address}` "
@@ -140,12 +150,16 @@ def up_cmd(config: str, keep_addresses: bool, state: Path) -> None:
 
 @cli.command("down")
 @state_option
+@click.option("--json", "as_json", is_flag=True, help="Print the stopped nodes as JSON.")
 @friendly
-def down_cmd(state: Path) -> None:
+def down_cmd(state: Path, as_json: bool) -> None:
     """Stop the nodes that `tsctl up` started."""
     from treescale.local import down
 
     names = down(state)
+    if as_json:
+        print(json.dumps({"stopped": names}))
+        return
     console.print(f"stopped {len(names)} node(s)" + (f": {', '.join(names)}" if names
                                                      else " (none was running)"))
 
@@ -154,16 +168,15 @@ def down_cmd(state: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the nodes as JSON.")
 @click.option("--wait", type=float, default=2.5, show_default=True,
               help="Seconds to listen for the nodes' self-reports.")
+@wide_option
 @address_option
 @token_option
 @timeout_option
 @friendly
-def status(as_json: bool, wait: float, address: str, token: str | None,
+def status(as_json: bool, wait: float, wide: bool, address: str, token: str | None,
            timeout: float) -> None:
     """List every node of the tree: parent, children, address, uptime, traffic."""
     import time
-
-    from rich.table import Table
 
     seen: dict = {}
     with connect(address, token, timeout) as c:
@@ -178,17 +191,20 @@ def status(as_json: bool, wait: float, address: str, token: str | None,
     if as_json:
         print(json.dumps(nodes, indent=1))
         return
-    table = Table(title=f"{len(nodes)} node(s) seen from {address}")
-    numeric = ("up s", "clients", "in", "out")
-    for col in ("node", "parent", "children", "address", "groups", "tags", *numeric):
-        table.add_column(col, no_wrap=col not in ("children", "groups", "tags"),
-                         justify="right" if col in numeric else "left")
-    for r in nodes:
-        table.add_row(r["node"], r.get("parent") or "—", " ".join(r.get("children", [])),
-                      r["address"].removeprefix("tcp://"), " ".join(r.get("groups", [])),
-                      " ".join(r.get("tags", [])), f"{r['uptime']:.0f}",
-                      str(r["clients"]), f"{r['events_in']:,}", f"{r['events_out']:,}")
-    out.print(table)
+    rows = [[r["node"], r.get("parent") or "—", " ".join(r.get("children", [])),
+             r["address"].removeprefix("tcp://"), " ".join(r.get("groups", [])),
+             " ".join(r.get("tags", [])), f"{r['uptime']:.0f}", str(r["clients"]),
+             f"{r['events_in']:,}", f"{r['events_out']:,}"] for r in nodes]
+    print_table(STATUS_COLUMNS, rows, wide=wide,
+                title=f"{len(nodes)} node(s) seen from {address}")
+
+
+# What `tsctl status` shows, most useful first when the terminal is narrow.
+STATUS_COLUMNS = [
+    Column("node", KEY), Column("parent", priority=9), Column("children", priority=4),
+    Column("address", priority=8), Column("groups", priority=3), Column("tags", priority=2),
+    Column("up s", priority=7, justify="right"), Column("clients", priority=5, justify="right"),
+    Column("in", priority=6, justify="right"), Column("out", priority=6, justify="right")]
 
 
 # --------------------------------------------------------------------- api exec
@@ -240,12 +256,14 @@ def api_exec(command: str, via: str | None, target: str | None, group: str | Non
 @click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True,
               help="Publish the event this many times.")
 @click.option("--stdin", "from_stdin", is_flag=True, help="Read the payload from stdin.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print what was published (name, count, bytes, node) as JSON.")
 @address_option
 @token_option
 @timeout_option
 @friendly
 def pub(name: str, data: str, target: str | None, mode: str, count: int, from_stdin: bool,
-        address: str, token: str | None, timeout: float) -> None:
+        as_json: bool, address: str, token: str | None, timeout: float) -> None:
     """Publish an event NAME with payload DATA."""
     payload = sys.stdin.buffer.read() if from_stdin else data.encode()
     with connect(address, token, timeout) as c:
@@ -254,6 +272,11 @@ def pub(name: str, data: str, target: str | None, mode: str, count: int, from_st
         c.flush(timeout)
         if c.errors:
             raise c.errors[0]
+        node_name = c.node
+    if as_json:
+        print(json.dumps({"name": name, "count": count, "bytes": len(payload),
+                          "target": target, "mode": mode, "node": node_name}))
+        return
     console.print(f"published {count} event(s) to {name}")
 
 
@@ -330,7 +353,7 @@ def demo(duration: float | None, rate: int) -> None:
 
 # Command groups that live in modules of their own (each defines a click group/command).
 COMMAND_MODULES: list[str] = ["event_cmd", "config_cmd", "lb_cmd", "monitor", "docker_cmd",
-                              "build_cmd"]
+                              "build_cmd", "doctor_cmd"]
 
 for _module in COMMAND_MODULES:
     _mod = __import__(f"tsctl.{_module}", fromlist=["COMMANDS"])
@@ -338,8 +361,29 @@ for _module in COMMAND_MODULES:
         cli.add_command(_command)
 
 
+# --------------------------------------------------------------------- completion
+
+SHELLS = ("bash", "zsh", "fish")
+COMPLETE_VAR = "_TSCTL_COMPLETE"
+
+
+@cli.command("completion")
+@click.argument("shell", type=click.Choice(SHELLS))
+def completion(shell: str) -> None:
+    """Print the completion script for SHELL (click's own, as
+    `_TSCTL_COMPLETE=SHELL_source tsctl` prints it). Load it with
+    `source <(tsctl completion bash)` in ~/.bashrc, `source <(tsctl completion zsh)` in
+    ~/.zshrc, or `tsctl completion fish > ~/.config/fish/completions/tsctl.fish`."""
+    from click.shell_completion import get_completion_class
+
+    complete = get_completion_class(shell)(cli, {}, "tsctl", COMPLETE_VAR)
+    click.echo(complete.source())
+
+
 def main() -> None:
-    cli()
+    # Named tsctl however it was started (`python -m tsctl.main` too), so usage lines
+    # and the completion variable (_TSCTL_COMPLETE) are the same everywhere.
+    cli(prog_name="tsctl")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,16 @@ from treescale import subjects
 from tsctl.common import (
     address_of_node,
     address_option,
+    at_least,
     connect,
     friendly,
     out,
+    terminal_width,
     timeout_option,
     token_option,
+    wide_option,
 )
+from tsctl.tables import KEY, WIDE_HINT, Column, Frame, Layout, draw, fit, note
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -33,7 +37,7 @@ if TYPE_CHECKING:
 
 STATE_STYLE = {"up": "green", "down": "bold red", "re-homing": "yellow",
                "running": "green", "stopped": "red", "created": "yellow"}
-CHROME_ROWS = 3  # title, table header, one spare line
+CHROME_ROWS = 3  # title, table header, one spare line (says which columns are hidden)
 
 
 @click.command()
@@ -47,20 +51,25 @@ CHROME_ROWS = 3  # title, table header, one spare line
               help="With --once: seconds to collect the nodes' reports.")
 @click.option("--refresh", type=click.FloatRange(0.05, 0.5), default=0.5,
               show_default=True, help="Seconds between redraws.")
+@wide_option
 @address_option
 @token_option
 @timeout_option
 @friendly
 def monitor(via: str | None, config_path: str, once: bool, as_json: bool, wait: float,
-            refresh: float, address: str, token: str | None, timeout: float) -> None:
+            refresh: float, wide: bool, address: str, token: str | None,
+            timeout: float) -> None:
     """Watch every node of the tree live: state, uptime, events/s, link RTT,
-    subscriptions, drops, CPU and memory, containers. `q` or Ctrl-C quits."""
+    subscriptions, drops, CPU and memory, containers. `q` or Ctrl-C quits. Columns
+    that do not fit the terminal are left out (and named under the tree)."""
     if as_json and not once:
         raise click.UsageError("--json needs --once")
+    if wide and not once:
+        raise click.UsageError("--wide needs --once (the live view fits the screen)")
     if via is not None:
         address = address_of_node(via, config_path)
     if once:
-        snapshot(address, token, timeout, wait, as_json)
+        snapshot(address, token, timeout, wait, as_json, wide)
     else:
         live(address, token, timeout, refresh)
 
@@ -95,7 +104,7 @@ def _drain(client, model, limit: int = 5000, wait: float = 0.0) -> None:
 
 
 def snapshot(address: str, token: str | None, timeout: float, wait: float,
-             as_json: bool) -> None:
+             as_json: bool, wide: bool = False) -> None:
     from treescale.monitor_model import FabricModel
 
     model = FabricModel()
@@ -107,7 +116,9 @@ def snapshot(address: str, token: str | None, timeout: float, wait: float,
     if as_json:
         print(json.dumps(model.to_json(now), indent=1, default=str))
     else:
-        out.print(render(model, now, address, max_rows=None, live=False))
+        view, layout = render(model, now, address, max_rows=None, live=False,
+                              width=None if wide else terminal_width(out))
+        at_least(layout.width).print(view)
 
 
 def live(address: str, token: str | None, timeout: float, refresh: float) -> None:
@@ -130,7 +141,8 @@ def live(address: str, token: str | None, timeout: float, refresh: float) -> Non
                         model.forget(now)
                         _follow_terminal_size(out)
                         rows = max(1, out.size.height - CHROME_ROWS)
-                        view.update(render(model, now, address, rows), refresh=True)
+                        view.update(render(model, now, address, rows,
+                                           width=out.size.width)[0], refresh=True)
                         next_draw = now + refresh
         except KeyboardInterrupt:
             pass  # Ctrl-C is how people leave a live view: a clean exit
@@ -177,11 +189,20 @@ class KeyReader:
 # ------------------------------------------------------------------------ drawing
 
 
+# The live view's columns, most useful first when the terminal is narrow.
+COLUMNS = [Column("node", KEY), Column("state", KEY),
+           *(Column(header, priority=p, justify="right") for header, p in (
+               ("up", 3), ("in/s", 9), ("out/s", 8), ("rtt", 4), ("subs", 2), ("drop", 7),
+               ("cpu", 6), ("mem", 5)))]
+FRAME = Frame(boxed=False, edge=False)
+
+
 def render(model: FabricModel, now: float, address: str, max_rows: int | None,
-           live: bool = True) -> Group:
-    """The title line and the tree as a table (one row per line)."""
+           live: bool = True, width: int | None = None) -> tuple[Group, Layout]:
+    """The title line, the tree as a table (one row per line) with the columns that fit
+    ``width`` (None: all), and a line naming the columns left out, if any; and the
+    table's layout."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
     rows = model.rows(now, max_rows)
@@ -190,15 +211,14 @@ def render(model: FabricModel, now: float, address: str, max_rows: int | None,
                       if states.count(s))
     title = Text.assemble(("TreeScale", "bold"), f"  {len(states)} nodes",
                           f" ({tally})" if tally else "", f"  via {address}",
-                          ("  q quits" if live else "", "dim"))
-    table = Table(box=None, padding=(0, 1), show_edge=False, header_style="bold dim")
-    for col in ("node", "state", "up", "in/s", "out/s", "rtt", "subs", "drop", "cpu",
-                "mem"):
-        table.add_column(col, no_wrap=True, overflow="ellipsis",
-                         justify="left" if col in ("node", "state") else "right")
-    for row in rows:
-        table.add_row(*_cells(row, model, now))
-    return Group(title, table)
+                          ("  q quits" if live else "", "dim"),
+                          no_wrap=live, overflow="ellipsis")
+    cells = [_cells(row, model, now) for row in rows]
+    layout = fit(COLUMNS, cells, width, FRAME)
+    table = draw(COLUMNS, layout, cells, FRAME, header_style="bold dim")
+    hidden = note(layout, "widen the terminal" if live else WIDE_HINT)
+    footer = [Text(hidden, style="dim", no_wrap=live, overflow="ellipsis")] if hidden else []
+    return Group(title, table, *footer), layout
 
 
 def _cells(row, model, now: float) -> list:

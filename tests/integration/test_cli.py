@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
 import subprocess
 import sys
 import threading
 import time
 
+import click
 import pytest
 
 from tests.conftest import ROOT, free_port
@@ -176,3 +179,89 @@ def test_demo_runs_and_shows_events_flowing():
     assert set(rows) == {"dashboard", "kitchen-display", "worker-1", "worker-2"}, rows
     # the feed publishes on tree7; the dashboard on tree3 is four hops away
     assert int(rows["dashboard"].replace(",", "")) > 0, last
+
+
+# ----------------------------------------------------------- completion and --json
+
+# Commands that print no data to parse: a node in the foreground, a live demo, a
+# completion script (a script, checked below against click's own).
+NO_JSON = {"node start", "demo", "completion"}
+
+
+def test_every_command_that_prints_data_has_json():
+    from tsctl.main import cli
+
+    def leaves(group, path=()):
+        for name, command in sorted(group.commands.items()):
+            if isinstance(command, click.Group):
+                yield from leaves(command, (*path, name))
+            else:
+                yield " ".join((*path, name)), command
+
+    found = dict(leaves(cli))
+    assert NO_JSON <= set(found) and {"doctor", "status", "up", "down", "pub"} <= set(found)
+    missing = [name for name, command in found.items() if name not in NO_JSON
+               and not any("--json" in p.opts for p in command.params)]
+    assert not missing, f"commands without --json: {missing}"
+
+
+@pytest.mark.parametrize("shell,marker", [
+    ("bash", "complete -o nosort -F _tsctl_completion tsctl"),
+    ("zsh", "#compdef tsctl"),
+    ("fish", "complete --no-files --command tsctl")])
+def test_completion_prints_clicks_own_script(shell, marker):
+    r = tsctl("completion", shell)
+    assert r.returncode == 0, r.stderr
+    script = r.stdout.decode()
+    clicks = subprocess.run([sys.executable, "-m", "tsctl.main"], cwd=ROOT,
+                            capture_output=True, timeout=30,
+                            env={**os.environ, "_TSCTL_COMPLETE": f"{shell}_source"})
+    assert clicks.returncode == 0 and script == clicks.stdout.decode()
+    assert marker in script and "_TSCTL_COMPLETE" in script
+    bad = tsctl("completion", "tcsh")
+    assert bad.returncode == 2 and b"'tcsh' is not one of" in bad.stderr
+
+
+def test_bash_completion_sourced_in_a_real_bash_completes_commands(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "tsctl"  # this checkout's tsctl, whatever is installed
+    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m tsctl.main \"$@\"\n")
+    wrapper.chmod(0o755)
+    script = ('source <(tsctl completion bash) && complete -p tsctl && '
+              'COMP_WORDS=(tsctl sta) COMP_CWORD=1 && _tsctl_completion tsctl sta tsctl && '
+              'printf "reply:%s\\n" "${COMPREPLY[@]}" && '
+              'COMP_WORDS=(tsctl docker p) COMP_CWORD=2 && COMPREPLY=() && '
+              '_tsctl_completion tsctl p docker && printf "reply:%s\\n" "${COMPREPLY[@]}"')
+    r = subprocess.run(["bash", "--norc", "-c", script], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60,
+                       env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "complete -o nosort -F _tsctl_completion tsctl", r.stdout
+    replies = [ln.removeprefix("reply:") for ln in lines[1:]]
+    assert replies == ["status", "ps", "pull"], r.stdout
+
+
+def test_pub_up_and_down_print_json(node, tmp_path):
+    from treescale.local import answers_ping, down
+
+    r = tsctl("pub", "greet.json", "hello", "--count", "3", "--json", "-a", node.address)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"name": "greet.json", "count": 3, "bytes": 5,
+                                    "target": None, "mode": "all", "node": "n1"}
+    port = free_port()
+    cfg = tmp_path / "one.toml"
+    cfg.write_text(f'[tree_node]\n[tree_node.solo]\nname = "solo"\ntree_port = {port}\n'
+                   'tree_ip = "127.0.0.1"\nchilds = []\n')
+    state = tmp_path / "state" / "up.json"
+    try:
+        r = tsctl("up", str(cfg), "--state", str(state), "--json", timeout=60)
+        assert r.returncode == 0, r.stderr
+        [started] = json.loads(r.stdout)
+        assert started["name"] == "solo" and started["address"] == f"tcp://127.0.0.1:{port}"
+        assert started["pid"] > 0 and answers_ping(started["address"])
+        r = tsctl("down", "--state", str(state), "--json")
+        assert r.returncode == 0 and json.loads(r.stdout) == {"stopped": ["solo"]}
+    finally:
+        down(state)

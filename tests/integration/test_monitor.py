@@ -4,48 +4,19 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import msgpack
 import pytest
 
 from tests.conftest import ROOT, wait_until
 from tests.integration.test_local_tree import seed_file
+from tests.tmuxkit import Terminal
 from treescale.local import down, read_state
 
 # One table row of a node: its tree guides, name and state.
 ROW = re.compile(r"^ ?(?P<guides>[ │├└─]*)(?P<name>[\w-]+)\s+(?P<state>up|down|re-homing)\b")
-
-
-class Terminal:
-    """A tmux server of our own (its own socket) running one command in a window."""
-
-    def __init__(self, tmp: Path, command: str, width: int, height: int) -> None:
-        if shutil.which("tmux") is None:
-            raise AssertionError("tmux is not installed (apt-get install tmux; .ci/run "
-                                 "installs it)")
-        self.socket = str(tmp / "tmux.sock")
-        self.tmux("new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height),
-                  "-c", str(ROOT), command)
-
-    def tmux(self, *args: str) -> str:
-        r = subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True,
-                           timeout=30)
-        assert r.returncode == 0, f"tmux {args[0]}: {r.stderr.decode()}"
-        return r.stdout.decode()
-
-    def screen(self, colours: bool = False) -> str:
-        return self.tmux("capture-pane", "-p", *(["-e"] if colours else []), "-t", "t")
-
-    def resize(self, width: int, height: int) -> None:
-        self.tmux("resize-window", "-t", "t", "-x", str(width), "-y", str(height))
-
-    def close(self) -> None:
-        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True,
-                       timeout=30)
 
 
 def rows(screen: str) -> dict[str, tuple[int, str]]:
