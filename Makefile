@@ -9,6 +9,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # Reinstall only when the packaging changes; the stamp lives (and dies) with the venv.
 STAMP  := $(VENV)/.installed-from-pyproject
+# `make bench` keeps every run's numbers here (BENCHMARKS.md's tables come from it).
+BENCH_JSON ?= bench-results.json
 
 .PHONY: install demo test unit integration bench bench-quick lint clean
 
@@ -41,8 +43,10 @@ unit: install
 integration: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
+# The peers (redis-server, nats-server, mosquitto) are Debian packages: installed with
+# apt-get when we run as root, else named one line each and left out of the run.
 bench: install  ## TreeScale against Redis, NATS, Mosquitto and raw pyzmq, same run
-	$(PY) -m bench.run $(BENCH_ARGS)
+	$(PY) -m bench.run --install-peers --json $(BENCH_JSON) $(BENCH_ARGS)
 	$(PY) -m bench.tree_failover
 	$(PY) -m bench.silent_link     # root: two network namespaces
 	$(PY) -m bench.tree_scale --nodes 100
