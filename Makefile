@@ -1,40 +1,61 @@
 # TreeScale developer entry points. `make demo` and `make test` are the README contract.
+#
+# Everything runs in a project virtual environment, .venv, so nothing is ever installed
+# into a system interpreter (Debian's /usr/bin/python3 refuses it: PEP 668). PYTHON only
+# picks the interpreter that creates .venv (>= 3.11, with the venv module: Debian's
+# python3-venv); every later command uses .venv/bin/python.
 PYTHON ?= python3
-PIP    ?= $(PYTHON) -m pip
-STAMP  := .make-installed
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# Reinstall only when the packaging changes; the stamp lives (and dies) with the venv.
+STAMP  := $(VENV)/.installed-from-pyproject
+# `make bench` keeps every run's numbers here (BENCHMARKS.md's tables come from it).
+BENCH_JSON ?= bench-results.json
 
 .PHONY: install demo test unit integration bench bench-quick lint clean
 
-# Reinstall only when the packaging changes.
-$(STAMP): pyproject.toml
-	$(PIP) install --quiet --disable-pip-version-check -e '.[test,bench]'
+CHECK_VERSION := import sys; sys.version_info >= (3, 11) or sys.exit("$(PYTHON) is Python %s: \
+TreeScale needs 3.11 or newer (make PYTHON=/path/to/python3.11 ...)" % sys.version.split()[0])
+
+# A failed `python -m venv` (no ensurepip: python3-venv missing) leaves a half-made
+# .venv behind: remove it, so the next run tries again instead of using it.
+$(PY):
+	@$(PYTHON) -c '$(CHECK_VERSION)'
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "could not create $(VENV) with $(PYTHON) (Debian: apt-get install python3-venv)" >&2; \
+	  exit 1; }
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 demo: install  ## a node, publishers and subscribers on loopback, live (Ctrl-C stops)
-	$(PYTHON) -m tsctl.main demo $(DEMO_ARGS)
+	$(PY) -m tsctl.main demo $(DEMO_ARGS)
 
 test: install  ## the whole suite: unit, integration (real node processes)
-	$(PYTHON) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: install
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 integration: install
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
+# The peers (redis-server, nats-server, mosquitto) are Debian packages: installed with
+# apt-get when we run as root, else named one line each and left out of the run.
 bench: install  ## TreeScale against Redis, NATS, Mosquitto and raw pyzmq, same run
-	$(PYTHON) -m bench.run $(BENCH_ARGS)
-	$(PYTHON) -m bench.tree_failover
-	$(PYTHON) -m bench.silent_link     # root: two network namespaces
-	$(PYTHON) -m bench.tree_scale --nodes 100
+	$(PY) -m bench.run --install-peers --json $(BENCH_JSON) $(BENCH_ARGS)
+	$(PY) -m bench.tree_failover
+	$(PY) -m bench.silent_link     # root: two network namespaces
+	$(PY) -m bench.tree_scale --nodes 100
 
 bench-quick: install
-	$(PYTHON) -m bench.run --quick $(BENCH_ARGS)
+	$(PY) -m bench.run --quick $(BENCH_ARGS)
 
 lint: install
-	$(PYTHON) -m ruff check .
+	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(STAMP) build *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -3,7 +3,9 @@
 Each peer is used the way its client library documents for throughput, configured to
 buffer rather than drop (see :mod:`bench.harness` for the loss policy).  All traffic
 stays on 127.0.0.1.  Worker functions are staticmethods so spawned processes can
-import them by qualified name.
+import them by qualified name.  Each broker peer names the ``program`` it starts and the
+``debian_package`` that installs it (:mod:`bench.peer_programs` finds, installs or names
+the missing ones).
 
 Where peers lose messages *by design* with their default settings (all overridden here;
 the shapes then run loss-free, and any remaining loss is reported, not hidden):
@@ -84,6 +86,7 @@ class RedisSystem(BaseSystem):
     """
 
     name = "redis"
+    program = debian_package = "redis-server"
 
     def version(self) -> str:
         return command_version(["redis-server", "--version"])
@@ -197,6 +200,7 @@ class NatsSystem(BaseSystem):
     """
 
     name = "nats"
+    program = debian_package = "nats-server"
 
     def version(self) -> str:
         return command_version(["nats-server", "--version"])
@@ -340,6 +344,7 @@ class MqttSystem(BaseSystem):
     """
 
     name = "mqtt"
+    program = debian_package = "mosquitto"
 
     def version(self) -> str:
         return command_version(["mosquitto", "-h"])

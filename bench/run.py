@@ -2,6 +2,12 @@
 
     python -m bench.run [--shapes small,large,fanout,reqrep] [--systems redis,nats,mqtt,zmq]
                         [--quick | --scale F] [--repeat N] [--json out.json]
+                        [--install-peers]
+
+A peer whose broker program is missing is left out with one line naming its Debian
+package; ``--install-peers`` (what ``make bench`` passes) apt-get installs them first
+when running as root. ``--json`` keeps the machine, the versions and every run: the
+tables in BENCHMARKS.md are written from it.
 
 Systems come from ``bench.peers.REGISTRY`` plus ``bench.treescale_system.SYSTEMS`` when that
 module imports.  Each shape runs on a fresh broker, one system at a time, so runs do not
@@ -25,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.harness import SHAPES, Result, Shape, System, run_shape, select_shapes
+from bench.peer_programs import runnable_systems
 from bench.peers import REGISTRY
 
 console = Console()
@@ -183,6 +190,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1,
                    help="run each (system, shape) N times and report the median run")
     p.add_argument("--json", metavar="PATH", help="write machine info and all runs as JSON")
+    p.add_argument("--install-peers", action="store_true",
+                   help="apt-get install missing peer brokers first (as root)")
     return p.parse_args(argv)
 
 
@@ -194,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         console.print(f"[red]unknown systems {unknown}; available: {sorted(available)}[/]")
         return 2
-    systems = {n: available[n] for n in names}
+    systems = runnable_systems({n: available[n] for n in names}, args.install_peers,
+                               say=lambda line: console.print(line, markup=False))
+    if not systems:
+        console.print("[red]no system left to benchmark[/]")
+        return 2
     scale = args.scale if args.scale is not None else (0.1 if args.quick else 1.0)
     try:
         shapes = select_shapes([s for s in args.shapes.split(",") if s], scale)

@@ -16,10 +16,13 @@ import click
 
 from tsctl.common import console, friendly, out
 
+#: The seed's sample files: `treescale build` alone builds them, as its README says.
+DEFAULT_FILES = "configs/tree.toml,configs/ssh.toml"
 files_option = click.option(
-    "-p", "--files", "--path", "files", multiple=True, required=True,
+    "-p", "--files", "--path", "files", multiple=True, default=[DEFAULT_FILES],
+    show_default=True,
     help="Config files or directories (tree + ssh), comma-separated or repeated, e.g. "
-    "--files configs/tree.toml,configs/ssh.toml or -p configs/.")
+    "--files=configs/tree.toml,configs/ssh.toml or -p configs/.")
 parallel_option = click.option("--parallel", type=click.IntRange(min=1), default=8,
                                show_default=True, help="Servers worked on at once.")
 dry_run_option = click.option("--dry-run", is_flag=True,
@@ -42,9 +45,15 @@ def _load(files: tuple[str, ...]) -> Any:
     # from its transport threads) only with -v
     if logging.getLogger().getEffectiveLevel() > logging.INFO:
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    from treescale.config import ConfigError
     from treescale.fabric import config_paths, load_fabric
 
-    return load_fabric(config_paths(files), for_build=True)
+    paths = config_paths(files)
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:  # one line, not one per file plus "the tree has no nodes"
+        raise ConfigError(f"no such file: {', '.join(missing)} (give the tree and ssh "
+                          f"files: --files=TREE,SSH; default {DEFAULT_FILES})")
+    return load_fabric(paths, for_build=True)
 
 
 def _with_progress(fabric: Any, what: str, work: Callable[[Callable[[str, str], None]],

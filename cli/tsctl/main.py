@@ -36,8 +36,21 @@ from tsctl.common import (
 from tsctl.tables import KEY, Column
 
 
+def version_message() -> str:
+    """What `--version` prints: the package, the wire protocol it speaks and the ZeroMQ
+    it runs on (what to quote in a bug report, and what must match between nodes)."""
+    import platform
+
+    import zmq
+
+    from treescale.protocol import PROTOCOL_VERSION
+
+    return (f"%(prog)s %(version)s (protocol {PROTOCOL_VERSION}, pyzmq {zmq.__version__}, "
+            f"libzmq {zmq.zmq_version()}, Python {platform.python_version()})")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="treescale")
+@click.version_option(package_name="treescale", message=version_message())
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
     """TreeScale: a pub/sub fabric for fleets of servers."""

@@ -226,6 +226,27 @@ def test_a_second_build_finds_everything_in_place(built):
                                        for v in summary(dry).values())
 
 
+def test_the_seed_spelling_reaches_the_same_servers_and_plan(built):
+    """The seed's `treescale build --files=configs/tree.toml,configs/ssh.toml`, as
+    written (installed script, `--files=a,b`, paths relative to the working directory),
+    plus this harness's own options: it logs into the same servers and finds the same
+    tree in place."""
+    from tests.scripts import run_line
+
+    work = built.hosts.base / "seed"
+    (work / "configs").mkdir(parents=True, exist_ok=True)
+    for f in built.files.split(","):
+        shutil.copy(f, work / "configs" / Path(f).name)
+    proc = run_line(f"treescale build --files=configs/tree.toml,configs/ssh.toml --dry-run "
+                    f"--json --known-hosts {built.known_hosts} --wheelhouse {built.wheels} "
+                    "--connect-timeout 5 --supervisor daemon", work, built.hosts.agent_env,
+                    timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    s = summary(proc)
+    assert {n: (s[n]["status"], s[n]["pid"]) for n in PORTS} == \
+        {n: ("up to date", built.pids[n]) for n in PORTS}
+
+
 def test_dry_run_says_what_would_change_and_changes_nothing(built):
     h = built.hosts.hosts
     files = write_fabric(built.hosts, name="regrouped")
