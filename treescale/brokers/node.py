@@ -30,7 +30,7 @@ from treescale.frames import EVENTS, NOBLOCK, POLLIN, monitor_events, recv_frame
 from treescale.interest import LOCAL, InterestTable
 from treescale.metrics import CLIENTS, LINKS, SERVICES, ProcessUsage, Traffic
 from treescale.routing import PatternError, RoutingTable, TargetError, split_pattern
-from treescale.services.rpc import SERVICE_PREFIX
+from treescale.subjects import SVC_PREFIX as SERVICE_PREFIX
 
 log = logging.getLogger("treescale.node")
 
@@ -512,7 +512,7 @@ class Node:
             return
         self._route_batch(session, view, frames[2:])
 
-    def _may_publish(self, session: Session, names: list) -> bool:
+    def _may_publish(self, session: Session, names: list, ref: Any = None) -> bool:
         """Reserved names need a permission: ``$svc.S…`` needs ``S`` (exec, docker…);
         ``$sys.…`` (what nodes and services say about the fabric, which the monitor
         and the load balancer believe) needs ``sys``. Links and services carry ``*``."""
@@ -529,7 +529,7 @@ class Node:
             if needed not in perms:
                 self._send_error(session.routing_id, "permission_denied",
                                  f"{name!r}: this client's token does not allow "
-                                 f"{needed}", name)
+                                 f"{needed}", name if ref is None else ref)
                 return False
         return True
 
@@ -1118,6 +1118,8 @@ class Node:
     # --------------------------------------------------------- request / reply
 
     def _on_request(self, session: Session, req: P.Request) -> None:
+        if not self._may_publish(session, [req.name], req.req_id):
+            return  # a request to $svc.S needs what a publish there needs
         reply_to = P.inbox_subject(self.name, session.client_id, req.req_id)
         try:
             route = self.table.lookup(req.name, req.target)
