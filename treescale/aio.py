@@ -21,22 +21,9 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from treescale import client_core as core
 from treescale import protocol as P
-from treescale.client_core import (
-    AuthError,
-    ClientCore,
-    Deliver,
-    Event,
-    FailWaiter,
-    NodeError,
-    Pong,
-    Ready,
-    Refused,
-    ReportError,
-    Resend,
-    ResendHello,
-    ResolveWaiter,
-)
+from treescale.client_core import AuthError, ClientCore, Event, NodeError
 from treescale.client_io import (
     BATCH_EVENTS,
     BYE,
@@ -50,9 +37,6 @@ from treescale.client_io import (
 from treescale.routing import split_pattern
 
 log = logging.getLogger("treescale.client")
-
-_END = object()  # in a request's reply queue: no more replies will come
-
 
 class AsyncClient:
     """The asyncio client: the same surface as ``Client`` with ``await``.
@@ -229,6 +213,7 @@ class AsyncClient:
                 fut.set_exception(closed)
         for box in self._replies.values():
             box.put_nowait(closed)
+            box.put_nowait(core.END_OF_STREAM)
 
     def _end_stream(self, req_id: int) -> None:
         self.core.forget(req_id)
@@ -295,33 +280,32 @@ class AsyncClient:
     def _carry_out(self, action: Any) -> None:
         """Do what the core decided a message from the node calls for."""
         kind = action.__class__
-        if kind is Deliver:
+        if kind is core.Deliver:
             self._inbox.put_nowait(action)
-        elif kind is ResolveWaiter or kind is FailWaiter:
+        elif kind is core.ResolveWaiter or kind is core.FailWaiter:
             box = self._replies.get(action.ref)
             if box is not None:
-                box.put_nowait(action.event if kind is ResolveWaiter else action.error)
-                if kind is ResolveWaiter and action.last:
-                    box.put_nowait(_END)
-        elif kind is Pong:
+                for item in action.items():
+                    box.put_nowait(item)
+        elif kind is core.Pong:
             fut = self._pings.get(action.token)
             if fut is not None and not fut.done():
                 fut.set_result(None)
-        elif kind is Ready:
+        elif kind is core.Ready:
             self._is_ready.set()
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(True)
             if self._outbox.names:
                 self._schedule_flush()
-        elif kind is ResendHello:
+        elif kind is core.ResendHello:
             self._is_ready.clear()
             self._spawn(self._sock.send_multipart(action.frames))
-        elif kind is Resend:
+        elif kind is core.Resend:
             self._spawn(self._send(action.frames))
-        elif kind is Refused:
+        elif kind is core.Refused:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_exception(action.error)
-        elif kind is ReportError:
+        elif kind is core.ReportError:
             self.errors.append(action.error)
             if self.on_error is not None:
                 self.on_error(action.error)
@@ -359,11 +343,11 @@ class AsyncReplyStream:
                 item = await asyncio.wait_for(self._box.get(), left)
             except TimeoutError:
                 return None
-        if item is _END or isinstance(item, Exception):
+        if item is core.END_OF_STREAM:
             self._over = True
-            if item is not _END:
-                raise item
             return None
+        if isinstance(item, Exception):
+            raise item
         return item
 
     async def __aiter__(self) -> AsyncIterator[Event]:

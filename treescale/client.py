@@ -28,23 +28,10 @@ from typing import Any
 
 import zmq
 
+from treescale import client_core as core
 from treescale import protocol as P
 from treescale.aio import AsyncClient
-from treescale.client_core import (
-    AuthError,
-    ClientCore,
-    Deliver,
-    Event,
-    NodeError,
-    NoResponders,
-    Pong,
-    Ready,
-    Refused,
-    ReportError,
-    ResendHello,
-    decode_batch,
-    iter_batch,
-)
+from treescale.client_core import AuthError, ClientCore, Event, NodeError, NoResponders
 from treescale.client_direct import DirectLink, ReplyStream
 from treescale.client_io import (
     BYE,
@@ -69,7 +56,7 @@ from treescale.frames import (
 from treescale.routing import RoutingTable, split_pattern
 
 __all__ = ["AsyncClient", "AuthError", "Client", "DirectLink", "Event", "NodeError",
-           "NoResponders", "ReplyStream", "decode_batch", "iter_batch"]
+           "NoResponders", "ReplyStream"]
 
 log = logging.getLogger("treescale.client")
 
@@ -392,6 +379,7 @@ class Client:
     def _receive(self, sock: zmq.Socket) -> None:
         ready = sock.getsockopt
         receive = self.core.receive
+        deliver = core.Deliver
         for _ in range(1000):
             try:
                 frames = recv_frames(sock, NOBLOCK)
@@ -403,7 +391,7 @@ class Client:
                 log.warning("bad message from node: %s", exc)
                 actions = ()
             for action in actions:
-                if action.__class__ is Deliver:
+                if action.__class__ is deliver:
                     if self._has_handlers:
                         self._run_handlers(action)
                     else:
@@ -416,17 +404,17 @@ class Client:
     def _carry_out(self, action: Any, sock: zmq.Socket) -> None:
         """Do what the core decided a message from the node calls for."""
         kind = action.__class__
-        if kind is Pong:
+        if kind is core.Pong:
             slot = self._pings.pop(action.token, None)
             if slot:
                 slot[0].set()
-        elif kind is Ready:
+        elif kind is core.Ready:
             self._ready.set()
-        elif kind is ResendHello:
+        elif kind is core.ResendHello:
             sock.send_multipart(action.frames)
-        elif kind is ReportError:
+        elif kind is core.ReportError:
             self._report(action.error)
-        elif kind is Refused:
+        elif kind is core.Refused:
             self._fatal = action.error
             self._ready.set()
             self._closing = True
@@ -440,7 +428,7 @@ class Client:
         else:
             log.warning("node error: %s", err)
 
-    def _run_handlers(self, delivery: Deliver) -> None:
+    def _run_handlers(self, delivery: core.Deliver) -> None:
         """Give each event to the handlers whose patterns match it; the rest (and
         events that also match a handler-less subscription) go to ``events()``."""
         events = list(delivery.iter_events())
@@ -458,4 +446,4 @@ class Client:
                 except Exception:  # a handler's bug must not stop the client
                     log.exception("subscription handler %r failed on %s", member, ev.name)
         if rest:
-            self._inbox.put(Deliver(None, tuple(rest)))
+            self._inbox.put(core.Deliver(None, tuple(rest)))

@@ -161,6 +161,9 @@ class Pong(NamedTuple):
     token: int
 
 
+END_OF_STREAM = object()  # filed after a request's last reply (or its error)
+
+
 class ResolveWaiter(NamedTuple):
     """A reply to request ``ref``; ``last``: no more will come (it wanted no more)."""
 
@@ -168,12 +171,20 @@ class ResolveWaiter(NamedTuple):
     event: Event
     last: bool
 
+    def items(self) -> tuple:
+        """What to file in the request's reply box, in order."""
+        return (self.event, END_OF_STREAM) if self.last else (self.event,)
+
 
 class FailWaiter(NamedTuple):
     """Request ``ref`` is over without (more) replies: raise ``error`` to its caller."""
 
     ref: int
     error: Exception
+
+    def items(self) -> tuple:
+        """What to file in the request's reply box, in order."""
+        return (self.error, END_OF_STREAM)
 
 
 class ResendHello(NamedTuple):

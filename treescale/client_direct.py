@@ -20,25 +20,13 @@ from typing import Any
 
 import zmq
 
+from treescale import client_core as core
 from treescale import protocol as P
-from treescale.client_core import (
-    ClientCore,
-    Event,
-    FailWaiter,
-    NodeError,
-    Refused,
-    ReportError,
-    Resend,
-    ResendHello,
-    ResolveWaiter,
-)
+from treescale.client_core import ClientCore, Event, NodeError
 from treescale.client_io import HEARTBEAT, configure_socket
 from treescale.frames import NOBLOCK, recv_frames, send_frames
 
 log = logging.getLogger("treescale.client")
-
-_END = object()  # in a request's reply box: no more replies will come
-
 
 class DirectLink:
     """One calling thread's own connection to the node, for requests.
@@ -92,11 +80,10 @@ class DirectLink:
         while not box:
             if not self._pump(deadline):
                 return None
-        if box[0] is _END:
-            return None
+        if box[0] is core.END_OF_STREAM:
+            return None  # left in the box: every later take ends at once
         item = box.popleft()
         if isinstance(item, Exception):
-            box.append(_END)
             raise item
         return item
 
@@ -148,17 +135,15 @@ class DirectLink:
 
     def _carry_out(self, action: Any, deadline: float) -> None:
         kind = action.__class__
-        if kind is ResolveWaiter or kind is FailWaiter:
+        if kind is core.ResolveWaiter or kind is core.FailWaiter:
             box = self._boxes.get(action.ref)
             if box is not None:
-                box.append(action.event if kind is ResolveWaiter else action.error)
-                if kind is ResolveWaiter and action.last:
-                    box.append(_END)
-        elif kind is ResendHello or kind is Resend:
+                box.extend(action.items())
+        elif kind is core.ResendHello or kind is core.Resend:
             self._send(action.frames, deadline)
-        elif kind is Refused:
+        elif kind is core.Refused:
             raise action.error
-        elif kind is ReportError:
+        elif kind is core.ReportError:
             self.report(action.error)
         # Ready, Pong: the core noted them. Deliver: a direct session subscribes to
         # nothing, so only replies arrive, and the core took those.

@@ -109,6 +109,7 @@ def test_a_single_reply_request_ends_with_its_first_reply():
     req_id, _ = core.request("svc.x", b"q", None, "one", None, 1)
     [action] = core.receive(deliver((reply_name(req_id), b"r")))
     assert action.__class__ is ResolveWaiter and action.last
+    assert action.items() == (action.event, client_core.END_OF_STREAM)
     assert req_id not in core.pending
     assert core.receive(deliver((reply_name(req_id), b"second"))) == []
 
@@ -137,6 +138,7 @@ def test_request_errors_fail_the_request_they_refer_to(code, cls):
     [action] = core.receive(error(code, req_id))
     assert action.__class__ is FailWaiter and action.ref == req_id
     assert type(action.error) is cls and action.error.code == code
+    assert action.items() == (action.error, client_core.END_OF_STREAM)  # raised, then over
     assert req_id not in core.pending
 
 
