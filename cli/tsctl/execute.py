@@ -1,73 +1,61 @@
-"""`tsctl api exec`: send an exec request into the tree and stream the results."""
+"""`tsctl api exec`: run a command through the exec service and stream its output.
+
+Owns: turning exec's replies into what the user sees (output as it arrives, labelled
+``[node] line`` for a group/tag, ``--json`` rows) and into tsctl's exit code.
+
+Must not touch: how the call travels (treescale.services.rpc) or what the service does
+(treescale.services.exec).
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-import time
-
-import msgpack
 
 from treescale import Client
-from treescale.services.exec import EXEC_SUBJECT, exec_subject
+from treescale.services.rpc import iter_call
+
+QUIET = 1.5  # group/tag: stop once every node heard from finished and this long passed
 
 
 def run_exec(address: str, token: str | None, timeout: float, command: str,
              exec_timeout: float, node: str | None, group: str | None, tag: str | None,
              as_json: bool) -> int:
     """Stream stdout/stderr as they arrive; return the exit code (the worst one over
-    several nodes; 124 if a node did not answer in time)."""
-    reply = f"_exec.{os.getpid()}.{time.monotonic_ns()}"
-    results: dict[str, dict] = {}
+    several nodes; 124 if a node did not answer in time, 1 if the service refused)."""
+    rows: dict[str, dict] = {}  # node -> its output, then its result
+
+    def row(name: str) -> dict:
+        return rows.setdefault(name, {"node": name, "stdout": b"", "stderr": b""})
+
+    def on_stream(name: str, stream: str, data: bytes) -> None:
+        row(name)[stream] += data
+        if not as_json:
+            _echo(name, stream, data, labelled=node is None)
+
     with Client(address, token=token, name="tsctl-exec", timeout=timeout,
                 on_error=lambda err: None) as c:
-        c.subscribe(reply)
-        body = msgpack.packb({"command": command, "timeout": exec_timeout, "reply": reply})
-        if node is not None:
-            c.publish(exec_subject(node), body)
-        else:
-            c.publish(EXEC_SUBJECT, body, target=f"group:{group}" if group else f"tag:{tag}")
-        c.flush(timeout)
-        if c.errors:
-            raise c.errors[0]
-        deadline = time.monotonic() + exec_timeout + timeout
-        quiet_after = None  # group/tag: stop once no new node answered for a while
-        while time.monotonic() < deadline:
-            ev = c.next_event(0.5)
-            if ev is None:
-                if node is None and results and all("exit" in r for r in results.values()):
-                    quiet_after = quiet_after or time.monotonic() + 1.5
-                    if time.monotonic() > quiet_after:
-                        break
-                continue
-            quiet_after = None
-            msg = msgpack.unpackb(ev.data, raw=False)
-            r = results.setdefault(msg["node"], {"node": msg["node"], "stdout": b"",
-                                                 "stderr": b""})
-            if "stream" in msg:
-                r[msg["stream"]] += msg["data"]
-                if not as_json:
-                    _echo(msg["node"], msg["stream"], msg["data"], labelled=node is None)
-            else:
-                r.update(exit=msg["exit"], duration=msg.get("duration"),
-                         error=msg.get("error"))
-                if msg.get("error") and not as_json:
-                    print(f"error: {msg['error']}", file=sys.stderr)
-                if node is not None:
-                    break
-    if node is not None and node not in results:
+        for r in iter_call(c, "exec", "run", {"command": command, "timeout": exec_timeout},
+                           node=node, group=group, tag=tag,
+                           timeout=exec_timeout + timeout, quiet=QUIET,
+                           on_stream=on_stream):
+            result = r.result if r.ok else {"exit": 1, "error": r.error}
+            row(r.node).update(exit=result["exit"], duration=result.get("duration"),
+                               error=result.get("error"))
+            if result.get("error") and not as_json:
+                print(f"error: {result['error']}", file=sys.stderr)
+    if node is not None and node not in rows:
         print(f"error: no answer from node {node!r} within {exec_timeout + timeout:g}s "
               "(is it in the tree?)", file=sys.stderr)
         return 124
-    if not results:
+    if not rows:
         print("error: no node of that group/tag answered", file=sys.stderr)
         return 124
     if as_json:
-        for r in results.values():
+        for r in rows.values():
             print(json.dumps({**r, "stdout": r["stdout"].decode(errors="replace"),
                               "stderr": r["stderr"].decode(errors="replace")}))
-    return max((r.get("exit", 124) for r in results.values()), default=124)
+    return max((r.get("exit", 124) for r in rows.values()), default=124)
 
 
 def _echo(node: str, stream: str, data: bytes, labelled: bool) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import queue
 import re
+import threading
 
 import pytest
 
@@ -102,5 +104,134 @@ def test_async_client_survives_node_restart(node_factory):
                     assert bytes(ev.data) == b"after"
                     return
             raise AssertionError("no event after the node restarted")
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------- request streams
+
+
+def _streamer(clients, address: str, name: str, subject: str, count: int):
+    """A responder that answers each request with ``count`` replies NAME:0, NAME:1…"""
+    svc = clients(address, name=name)
+
+    def answer(ev) -> None:
+        for i in range(count):
+            svc.reply(ev, f"{name}:{i}".encode())
+
+    svc.subscribe(subject, handler=answer)
+    return svc
+
+
+def test_request_stream_gets_every_reply_of_every_responder_in_order(node, clients):
+    _streamer(clients, node.address, "a", "svc.multi", 3)
+    _streamer(clients, node.address, "b", "svc.multi", 3)
+    got: dict[str, list] = {"a": [], "b": []}
+    with clients(node.address).request_stream("svc.multi", b"?", timeout=10) as replies:
+        for ev in replies:
+            got[ev.source].append(bytes(ev.data).decode())
+            if sum(map(len, got.values())) == 6:
+                break
+    assert got == {n: [f"{n}:{i}" for i in range(3)] for n in "ab"}
+
+
+def test_request_stream_ends_after_the_replies_it_asked_for(node, clients):
+    _streamer(clients, node.address, "a", "svc.many", 5)
+    c = clients(node.address)
+    with c.request_stream("svc.many", b"", timeout=30, replies=2) as replies:
+        assert [bytes(ev.data) for ev in replies] == [b"a:0", b"a:1"]  # no 30 s wait
+        assert replies.get() is None
+    assert bytes(c.request("svc.many", b"", timeout=5).data) == b"a:0"
+
+
+def test_request_stream_raises_the_nodes_refusal_and_stays_on_its_thread(node, clients):
+    c = clients(node.address)
+    with c.request_stream("svc.nobody", b"", timeout=5) as replies:
+        with pytest.raises(NoResponders, match="no subscriber"):
+            replies.get()
+        assert replies.get() is None
+    _streamer(clients, node.address, "a", "svc.here", 1)
+    errors: list = []
+    with c.request_stream("svc.here", b"", timeout=5) as replies:
+        t = threading.Thread(target=lambda: errors.append(_get_error(replies)))
+        t.start()
+        t.join(10)
+        assert bytes(replies.get().data) == b"a:0"
+    assert errors == ["a reply stream is read on the thread that made the request"]
+
+
+def _get_error(replies) -> str | None:
+    try:
+        replies.get(0)
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
+def test_replies_sent_from_several_threads_keep_their_call_order(node, clients):
+    svc = clients(node.address, name="threads")
+
+    def answer(ev) -> None:
+        worker = threading.Thread(
+            target=lambda: [svc.reply(ev, b"%d" % i) for i in range(50)])
+        worker.start()
+        worker.join()
+        svc.reply(ev, b"end")
+
+    svc.subscribe("svc.threads", handler=answer)
+    with clients(node.address).request_stream("svc.threads", b"", timeout=10,
+                                              replies=51) as replies:
+        assert [bytes(ev.data) for ev in replies] == [b"%d" % i for i in range(50)] + [b"end"]
+
+
+def test_a_request_outlives_the_nodes_client_timeout(node_factory, clients):
+    """The waiting thread pings, so a slow answer still finds its session; an idle
+    session says hello again before its next request."""
+    n = node_factory("n1", {"client_timeout": 3.0})  # clients ping after 2 s of silence
+    held: queue.Queue = queue.Queue()
+    svc = clients(n.address, name="slow")
+    svc.subscribe("svc.slow", handler=held.put)
+    requester = clients(n.address)
+    answered: list = []
+
+    def answer_late() -> None:
+        ev = held.get(timeout=10)
+        threading.Event().wait(4.0)  # the point of the test: longer than client_timeout
+        svc.reply(ev, b"late")
+        answered.append(True)
+
+    t = threading.Thread(target=answer_late)
+    t.start()
+    assert bytes(requester.request("svc.slow", b"", timeout=15).data) == b"late"
+    t.join(10)
+    assert answered
+    threading.Event().wait(4.0)  # the requesting thread idles past client_timeout
+    svc.unsubscribe("svc.slow")
+    svc.subscribe("svc.slow", handler=lambda ev: svc.reply(ev, b"prompt"))
+    assert bytes(requester.request("svc.slow", b"", timeout=15).data) == b"prompt"
+
+
+def test_async_request_stream(node):
+    async def main() -> None:
+        async with AsyncClient(node.address, name="resp") as resp, \
+                AsyncClient(node.address) as req:
+            await resp.subscribe("svc.stream")
+
+            async def serve() -> None:
+                async for ev in resp.events(timeout=5):
+                    for i in range(3):
+                        await resp.reply(ev, b"%d" % i)
+                    return
+
+            server = asyncio.create_task(serve())
+            async with await req.request_stream("svc.stream", b"", timeout=10,
+                                                replies=3) as replies:
+                assert [bytes(ev.data) async for ev in replies] == [b"0", b"1", b"2"]
+                assert await replies.get() is None
+            await server
+            replies = await req.request_stream("svc.none", b"", timeout=5)
+            with pytest.raises(NoResponders):
+                await replies.get()
+            replies.close()
 
     asyncio.run(main())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from treescale.config import NodeConfig
@@ -16,6 +18,13 @@ def _echo(args: dict, emit) -> dict:
         raise KeyError("boom")
     for i in range(args.get("chunks", 0)):
         emit("log", f"line {i}")
+    if args.get("threads"):  # like exec: output from reader threads, then the result
+        workers = [threading.Thread(target=lambda n=n: [emit(f"t{n}", i) for i in range(20)])
+                   for n in range(2)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
     return {"echo": args["text"], "requester": args["_requester"]}
 
 
@@ -37,6 +46,16 @@ def test_call_returns_the_result_and_streams_in_order(node, clients, echo_servic
     assert r.ok and r.node == "n1" and r.result["echo"] == "hi"
     assert r.result["requester"]  # the service learns who asked
     assert seen == [("n1", "log", f"line {i}") for i in range(3)]
+
+
+def test_stream_messages_from_other_threads_come_before_the_result(node, clients,
+                                                                  echo_service):
+    seen = []
+    [r] = call(clients(node.address), "echo", "echo", {"text": "t", "threads": True},
+               node="n1", timeout=5, on_stream=lambda n, s, d: seen.append((s, d)))
+    assert r.ok and len(r.streams) == 40 and seen == r.streams
+    for stream in ("t0", "t1"):
+        assert [d for s, d in seen if s == stream] == list(range(20))
 
 
 def test_refusals_unknown_ops_and_crashes_come_back_as_errors(node, clients, echo_service):

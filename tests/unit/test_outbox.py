@@ -5,9 +5,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treescale import client as C
+from treescale import client_io as C
 from treescale import protocol as P
-from treescale.client import _COMMAND, Outbox, _Extended, decode_batch, pack_outbox
+from treescale.client_core import Extended, decode_batch
+from treescale.client_io import COMMAND, Outbox, pack_outbox
 
 names = st.sampled_from(["a", "a.b", "c.d.e", "x"])
 sizes = st.one_of(st.integers(0, 300), st.sampled_from([P.LARGE_PAYLOAD, 70_000]))
@@ -45,12 +46,12 @@ def test_pack_outbox_keeps_order_and_content(items, batch_events, batch_bytes):
         expected = []
         for i, it in enumerate(items):
             if it[0] == "cmd":
-                box.add(_COMMAND, P.encode_ping(it[1]))
+                box.add(COMMAND, P.encode_ping(it[1]))
                 expected.append(it)
                 continue
             name, size, extra = it
             data = bytes([i % 256]) * size
-            box.add(_Extended(name, extra) if extra else name, data)
+            box.add(Extended(name, extra) if extra else name, data)
             expected.append((name, data, extra))
         messages = list(pack_outbox(*box.take()))
         assert len(box) == 0

@@ -1,18 +1,23 @@
 """Remote exec over the bus: a node runs a shell command for an authorised requester.
 
-The service is a client of its own node (so the node loop never waits on a process):
-it subscribes to ``$svc.exec.<node>`` and ``$svc.exec`` (the latter for group and
-tag targets, which the node's routing narrows), runs each command with a timeout
-and a concurrency limit, and publishes the output back in chunks as it comes:
+Owns: the ``exec`` service (op ``run``) and its limits: the off switch, how many
+commands run at once, the per-command timeout, the audit event.
 
-    request payload (msgpack): {"command": str, "timeout": float, "reply": subject}
-    results on ``reply``:      {"node", "stream": "stdout"|"stderr", "data": bytes}
-                               {"node", "exit": int, "duration": float[, "error"]}
+Must not touch: how a call reaches it or how replies travel (treescale.services.rpc),
+how a command is run and killed (treescale.services.process).
+
+It is an rpc ``ServiceEndpoint`` (``$svc.exec.<node>`` and ``$svc.exec`` for group and
+tag targets, which the node's routing narrows), so the node loop never waits on a
+process:
+
+    op "run", args {"command": str, "timeout": float}
+    stream messages  "stdout" / "stderr", data: bytes, as the command writes them
+    result           {"exit": int, "duration": float[, "error": str]}
 
 Every run is published as ``$sys.audit.exec``. Exec is off unless the node's config
-says ``exec_enabled = true``; a disabled node answers with an error instead of
-silence. Who may exec is checked by the node that accepted the request (permission
-``exec``).
+says ``exec_enabled = true``; a disabled or busy node answers exit 126 with an error
+instead of silence. Who may exec is checked by the node that accepted the request
+(permission ``exec``).
 """
 
 from __future__ import annotations
@@ -21,80 +26,68 @@ import logging
 import threading
 from typing import Any
 
-import msgpack
-
-from treescale.client import Client, Event
+from treescale import subjects
 from treescale.services import ServiceContext
 from treescale.services.process import run_command
-from treescale.services.rpc import service_subject
+from treescale.services.rpc import Emit, ServiceEndpoint, ServiceError
 
 log = logging.getLogger("treescale.exec")
 
-EXEC_SUBJECT = service_subject("exec")
+SERVICE = "exec"
 MAX_CONCURRENT = 8
-
-
-def exec_subject(node: str) -> str:
-    return f"{EXEC_SUBJECT}.{node}"
 
 
 class ExecService:
     """Runs in a thread of the node process; talks to the node like any client."""
 
-    def __init__(self, client: Client, node: str, enabled: bool) -> None:
-        self.node = node
+    def __init__(self, ctx: ServiceContext, enabled: bool) -> None:
+        self.node = ctx.node
         self.enabled = enabled
-        self.client = client
         self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
-        for subject in (exec_subject(node), EXEC_SUBJECT):
-            self.client.subscribe(subject, handler=self._on_request)
+        # Two workers more than may run: a request past the limit finds a free worker
+        # and gets its "busy" answer at once instead of queueing behind the runs.
+        self.endpoint = ServiceEndpoint(ctx, SERVICE, {"run": self.run},
+                                        workers=MAX_CONCURRENT + 2)
 
     @classmethod
     def start(cls, ctx: ServiceContext) -> ExecService:
-        return cls(ctx.client, ctx.node, ctx.config.exec_enabled)
+        return cls(ctx, ctx.config.exec_enabled)
 
     def close(self) -> None:
-        """Nothing to release: the client is the node's shared one."""
+        self.endpoint.close()
 
-    def _on_request(self, ev: Event) -> None:
+    def run(self, args: dict, emit: Emit) -> dict[str, Any]:
+        """Run ``args["command"]``, streaming its output; the result has its exit."""
+        command = args.get("command")
+        if not isinstance(command, str):
+            raise ServiceError("exec run needs a command (a string)")
         try:
-            req = msgpack.unpackb(ev.data, raw=False)
-            command, reply = req["command"], req["reply"]
-            timeout = float(req.get("timeout", 60.0))
-            if not isinstance(command, str) or not isinstance(reply, str):
-                raise TypeError("command and reply must be strings")
-        except Exception as exc:
-            log.warning("bad exec request from %s: %s", ev.source, exc)
-            return
+            timeout = float(args.get("timeout", 60.0))
+        except (TypeError, ValueError):
+            raise ServiceError("exec run: timeout must be a number of seconds") from None
         if not self.enabled:
-            self._result(reply, {"exit": 126, "duration": 0.0,
-                                 "error": f"exec is disabled on node {self.node} "
-                                          "(set exec_enabled = true in its config)"})
-            return
+            return {"exit": 126, "duration": 0.0,
+                    "error": f"exec is disabled on node {self.node} "
+                             "(set exec_enabled = true in its config)"}
         if not self._slots.acquire(blocking=False):
-            self._result(reply, {"exit": 126, "duration": 0.0,
-                                 "error": f"node {self.node} is already running "
-                                          f"{MAX_CONCURRENT} commands"})
-            return
-        threading.Thread(target=self._run, args=(command, reply, timeout, ev.source),
-                         daemon=True, name="exec").start()
-
-    def _run(self, command: str, reply: str, timeout: float, requester: str) -> None:
+            return {"exit": 126, "duration": 0.0,
+                    "error": f"node {self.node} is already running "
+                             f"{MAX_CONCURRENT} commands"}
         try:
-            run = run_command(command, lambda stream, chunk: self._result(
-                reply, {"stream": stream, "data": chunk}), timeout=timeout)
-            result: dict[str, Any] = {"exit": run.exit, "duration": run.duration}
-            if run.timed_out:
-                result["error"] = f"timed out after {timeout:g}s on node {self.node}"
-            self._result(reply, result)
-            self.client.publish("$sys.audit.exec", msgpack.packb({
-                "node": self.node, "command": command, "requester": requester,
-                "exit": run.exit, "duration": run.duration}))
-        except Exception as exc:  # report, never die silently
-            self._result(reply, {"exit": 127, "duration": 0.0,
-                                 "error": f"cannot run on node {self.node}: {exc}"})
+            return self._run(command, timeout, args.get("_requester", ""), emit)
         finally:
             self._slots.release()
 
-    def _result(self, reply: str, body: dict) -> None:
-        self.client.publish(reply, msgpack.packb({"node": self.node, **body}))
+    def _run(self, command: str, timeout: float, requester: str, emit: Emit) -> dict:
+        try:
+            run = run_command(command, emit, timeout=timeout)
+        except Exception as exc:  # report, never die silently
+            return {"exit": 127, "duration": 0.0,
+                    "error": f"cannot run on node {self.node}: {exc}"}
+        result: dict[str, Any] = {"exit": run.exit, "duration": run.duration}
+        if run.timed_out:
+            result["error"] = f"timed out after {timeout:g}s on node {self.node}"
+        self.endpoint.publish(subjects.AUDIT_EXEC, {
+            "node": self.node, "command": command, "requester": requester,
+            "exit": run.exit, "duration": run.duration})
+        return result

@@ -1,25 +1,29 @@
 """Calls to node services over the bus: one request, one result per answering node.
 
+Owns: the one convention by which anything asks a node service to do something, its
+server side (``ServiceEndpoint``) and its client side (``call``, ``iter_call``).
+
+Must not touch: what a service does (docker.py, lb.py, exec.py…), subject spelling
+(treescale.subjects), sockets (it works through a ``Client``).
+
 A service ``S`` on node ``N`` listens on ``$svc.S.N`` (that node) and ``$svc.S``
-(group/tag targets, which the node's routing narrows). Publishing to ``$svc.S…``
-needs the permission ``S`` on the publishing client's token.
+(group/tag targets, which the node's routing narrows). A call is a protocol REQUEST
+(mode all: every matching node answers), so the answers go to the caller's private
+inbox ``$inbox.NODE.CLIENT.REQ``, which no other client can subscribe to. Sending a
+request to ``$svc.S…`` needs the permission ``S`` on the caller's token.
 
-    request (msgpack):  {"op": str, "args": {...}, "reply": subject}
-    on ``reply``:        {"node", "stream": str, "data": any}        zero or more
-                         {"node", "ok": true, "result": any}          exactly one, last
-                         {"node", "ok": false, "error": str}
+    request payload (msgpack): {"op": str, "args": {...}}
+    replies (msgpack), each node: {"node", "stream": str, "data": any}   zero or more
+                                  {"node", "ok": true, "result": any}     exactly one, last
+                                  {"node", "ok": false, "error": str}
 
-``ServiceEndpoint`` is the server side (handlers run in a bounded thread pool, never
-on the client's I/O thread); ``call`` is the client side, used by tsctl and tests.
+Handlers run in a bounded thread pool, never on the client's I/O thread; they answer
+with ``Client.reply``, which keeps the replies of one request in order.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import queue
-import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,16 +31,11 @@ from typing import Any
 
 import msgpack
 
-from treescale.client import Client, Event
+from treescale import subjects
+from treescale.client import Client, Event, NoResponders
 from treescale.services import ServiceContext
 
 log = logging.getLogger("treescale.services")
-
-SERVICE_PREFIX = "$svc."
-
-
-def service_subject(service: str, node: str | None = None) -> str:
-    return f"{SERVICE_PREFIX}{service}" + (f".{node}" if node else "")
 
 
 class ServiceError(Exception):
@@ -45,6 +44,10 @@ class ServiceError(Exception):
 
 Emit = Callable[[str, Any], None]  # (stream name, data) -> sends a stream message
 Handler = Callable[[dict, Emit], Any]  # (args, emit) -> result (msgpack-able)
+
+
+def _pack(body: dict) -> bytes:
+    return msgpack.packb(body, use_bin_type=True)
 
 
 class ServiceEndpoint:
@@ -56,7 +59,7 @@ class ServiceEndpoint:
         self.node = ctx.node
         self.client = client or ctx.client  # shared by the node's services
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix=service)
-        for subject in (service_subject(service, ctx.node), service_subject(service)):
+        for subject in (subjects.service(service, ctx.node), subjects.service(service)):
             self.client.subscribe(subject, handler=self._on_request)
 
     def close(self) -> None:
@@ -66,42 +69,44 @@ class ServiceEndpoint:
 
     def publish(self, name: str, data: Any) -> None:
         """Publish ``data`` (msgpack) as event ``name``, e.g. ``$sys.docker.N.start``."""
-        self.client.publish(name, msgpack.packb(data, use_bin_type=True))
+        self.client.publish(name, _pack(data))
 
     def _on_request(self, ev: Event) -> None:
+        if not ev.reply:
+            log.warning("%s: ignored a publish to %s from %s (services answer requests: "
+                        "use rpc.call)", self.service, ev.name, ev.source)
+            return
         try:
             req = msgpack.unpackb(ev.data, raw=False)
-            op, reply = req["op"], req["reply"]
-            args = req.get("args") or {}
-            if not isinstance(op, str) or not isinstance(reply, str) \
-                    or not isinstance(args, dict):
-                raise TypeError("op and reply must be strings, args a map")
+            op, args = req["op"], req.get("args") or {}
+            if not isinstance(op, str) or not isinstance(args, dict):
+                raise TypeError("op must be a string, args a map")
         except Exception as exc:
             log.warning("bad %s request from %s: %s", self.service, ev.source, exc)
+            self._answer(ev, {"ok": False, "error": f"bad {self.service} request: {exc}"})
             return
-        self._pool.submit(self._serve, op, args, reply, ev.source)
+        self._pool.submit(self._serve, ev, op, args)
 
-    def _serve(self, op: str, args: dict, reply: str, requester: str) -> None:
+    def _serve(self, ev: Event, op: str, args: dict) -> None:
         handler = self.ops.get(op)
         try:
             if handler is None:
                 raise ServiceError(f"unknown {self.service} operation {op!r} "
                                    f"(known: {', '.join(sorted(self.ops))})")
-            result = handler({**args, "_requester": requester},
-                             lambda stream, data: self._send(reply, {"stream": stream,
-                                                                     "data": data}))
-            self._send(reply, {"ok": True, "result": result})
+            result = handler({**args, "_requester": ev.source},
+                             lambda stream, data: self._answer(ev, {"stream": stream,
+                                                                    "data": data}))
+            self._answer(ev, {"ok": True, "result": result})
         except ServiceError as exc:
-            self._send(reply, {"ok": False, "error": str(exc)})
+            self._answer(ev, {"ok": False, "error": str(exc)})
         except Exception as exc:  # a bug or an unexpected failure: still answer
             log.exception("%s %s failed", self.service, op)
-            self._send(reply, {"ok": False,
-                               "error": f"{self.service} {op} failed on node "
-                                        f"{self.node}: {type(exc).__name__}: {exc}"})
+            self._answer(ev, {"ok": False,
+                              "error": f"{self.service} {op} failed on node "
+                                       f"{self.node}: {type(exc).__name__}: {exc}"})
 
-    def _send(self, reply: str, body: dict) -> None:
-        self.client.publish(reply, msgpack.packb({"node": self.node, **body},
-                                                 use_bin_type=True))
+    def _answer(self, ev: Event, body: dict) -> None:
+        self.client.reply(ev, _pack({"node": self.node, **body}))
 
 
 @dataclass
@@ -136,9 +141,11 @@ def call(client: Client, service: str, op: str, args: dict | None = None, *,
     """Ask service ``service`` on one node (or every node of a group/tag) to do ``op``.
 
     For one node: returns as soon as it answered; raises TimeoutError if it did not
-    within ``timeout``. For a group/tag: collects answers until none came for ``quiet``
-    seconds after the last finished one (or ``timeout``). ``on_stream(node, stream,
-    data)`` sees stream messages (logs, progress) as they arrive."""
+    within ``timeout``. For a group/tag: collects answers until every node heard from
+    has finished and no message came for ``quiet`` seconds (or ``timeout``).
+    ``on_stream(node, stream, data)`` sees stream messages (logs, progress) as they
+    arrive. A refusal by the node (e.g. the token lacks the service's permission)
+    raises its NodeError."""
     results = list(iter_call(client, service, op, args, node=node, group=group, tag=tag,
                              timeout=timeout, quiet=quiet, on_stream=on_stream))
     if node is not None and not results:
@@ -154,30 +161,21 @@ def iter_call(client: Client, service: str, op: str, args: dict | None = None, *
               node: str | None = None, group: str | None = None, tag: str | None = None,
               timeout: float = 10.0, quiet: float = 1.0,
               on_stream: Callable[[str, str, Any], None] | None = None) -> Iterator[Result]:
-    """Like ``call``, yielding each node's Result as it finishes."""
+    """Like ``call``, yielding each node's Result as it finishes (nothing if no node
+    serves ``service`` there)."""
     suffix, target = target_of(node, group, tag)
-    reply = f"_svc.{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}"
-    inbox: queue.SimpleQueue = queue.SimpleQueue()
-    client.subscribe(reply, handler=inbox.put)  # its own queue: calls may overlap
-    try:
-        client.publish(service_subject(service, suffix or None),
-                       msgpack.packb({"op": op, "args": args or {}, "reply": reply},
-                                     use_bin_type=True), target=target)
-        client.flush(timeout)
-        if client.errors:
-            raise client.errors.popleft()
-        pending: dict[str, Result] = {}
-        deadline = time.monotonic() + timeout
-        quiet_until: float | None = None
+    body = _pack({"op": op, "args": args or {}})
+    pending: dict[str, Result] = {}
+    with client.request_stream(subjects.service(service, suffix or None), body,
+                               target=target, mode="all", timeout=timeout) as replies:
         while True:
-            now = time.monotonic()
-            limit = deadline if quiet_until is None else min(deadline, quiet_until)
-            if now >= limit:
-                return
+            settled = pending and all(r.done for r in pending.values())
             try:
-                ev = inbox.get(timeout=limit - now)
-            except queue.Empty:
-                continue
+                ev = replies.get(quiet if settled else None)
+            except NoResponders:
+                return
+            if ev is None:
+                return
             msg = msgpack.unpackb(ev.data, raw=False)
             r = pending.setdefault(msg["node"], Result(msg["node"]))
             if "stream" in msg:
@@ -190,9 +188,3 @@ def iter_call(client: Client, service: str, op: str, args: dict | None = None, *
             yield r
             if node is not None:
                 return
-            quiet_until = time.monotonic() + quiet
-    finally:
-        try:
-            client.unsubscribe(reply)
-        except Exception:
-            pass

@@ -1,0 +1,364 @@
+"""The asyncio client: ``AsyncClient``, the same surface as ``Client`` with ``await``.
+
+Owns: the I/O of the asyncio client (its reader, connection watcher and heartbeat
+tasks, the outbox flushed when the loop goes idle) and ``AsyncReplyStream``. What the
+node's messages mean is decided by ``ClientCore.receive`` (treescale.client_core);
+this module only carries out the actions it returns.
+
+Must not touch: threads or blocking calls (everything here runs on the event loop),
+the meaning of messages or error codes (client_core), the outbox packing (client_io).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from treescale import client_core as core
+from treescale import protocol as P
+from treescale.client_core import AuthError, ClientCore, Event, NodeError
+from treescale.client_io import (
+    BATCH_EVENTS,
+    BYE,
+    HEARTBEAT,
+    MONITOR_EVENTS,
+    PAYLOADS,
+    Outbox,
+    configure_socket,
+    pack_outbox,
+)
+from treescale.routing import split_pattern
+
+log = logging.getLogger("treescale.client")
+
+class AsyncClient:
+    """The asyncio client: the same surface as ``Client`` with ``await``.
+
+    >>> async with AsyncClient("tcp://127.0.0.1:8888") as c:
+    ...     await c.subscribe("orders.>")
+    ...     await c.publish("orders.created", b"42")
+    ...     async for ev in c.events(timeout=1):
+    ...         print(ev.name)
+    """
+
+    def __init__(self, address: str, token: str | None = None, name: str | None = None,
+                 groups: Iterable[str] = (), tags: Iterable[str] = (),
+                 channels: Iterable[str] = (), timeout: float = 10.0,
+                 on_error: Any = None, context: zmq.asyncio.Context | None = None) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.core = ClientCore(token, name, groups, tags, channels,
+                               payload_types=PAYLOADS)
+        self.on_error = on_error
+        self.errors: deque[NodeError] = deque(maxlen=100)
+        self._ctx = context or zmq.asyncio.Context.instance()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._monitor: zmq.asyncio.Socket | None = None
+        self._outbox = Outbox()
+        self._flush_scheduled = False
+        self._inbox: asyncio.Queue = asyncio.Queue()
+        self._current: Iterator[Event] = iter(())
+        self._replies: dict[int, asyncio.Queue] = {}  # req_id -> its replies
+        self._pings: dict[int, asyncio.Future] = {}  # flush token -> done when answered
+        self._ready: asyncio.Future | None = None  # the first ready (or the refusal)
+        self._is_ready = asyncio.Event()  # the session is ready now
+        self._tasks: list[asyncio.Task] = []
+        self._sending = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def node(self) -> str:
+        return self.core.node
+
+    async def connect(self) -> AsyncClient:
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        sock = self._ctx.socket(zmq.DEALER)
+        configure_socket(sock, self.core)
+        self._monitor = sock.get_monitor_socket(MONITOR_EVENTS)
+        sock.connect(self.address)
+        self._sock = sock
+        self._tasks = [asyncio.create_task(self._reader()),
+                       asyncio.create_task(self._watch_connection()),
+                       asyncio.create_task(self._heartbeat())]
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), self.timeout)
+        except TimeoutError:
+            await self.close()
+            raise TimeoutError(f"no answer from a TreeScale node at {self.address} "
+                               f"within {self.timeout:g}s") from None
+        except AuthError:
+            await self.close()
+            raise
+        return self
+
+    async def __aenter__(self) -> AsyncClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def publish(self, name: str, data: Any = b"", target: str | None = None,
+                      mode: str | int = "all", headers: dict | None = None) -> None:
+        self._outbox.add(*self.core.outbox_entry(name, data, target, mode, headers))
+        if len(self._outbox) >= BATCH_EVENTS:
+            await self._flush_queue()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._schedule_flush)
+
+    async def subscribe(self, pattern: str, queue: str | None = None) -> None:
+        split_pattern(pattern)
+        self.core.subs[(pattern, queue)] = None
+        await self._command(P.encode_sub(pattern, queue))
+        await self.flush()
+
+    async def unsubscribe(self, pattern: str, queue: str | None = None) -> None:
+        self.core.subs.pop((pattern, queue), None)
+        await self._command(P.encode_unsub(pattern, queue))
+        await self.flush()
+
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait until the node has processed everything sent so far."""
+        token, frames = self.core.ping()
+        fut = self._pings[token] = asyncio.get_running_loop().create_future()
+        try:
+            await self._command(frames)
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"flush: no answer within {timeout:g}s") from None
+        finally:
+            self._pings.pop(token, None)
+
+    async def events(self, timeout: float | None = None) -> AsyncIterator[Event]:
+        while True:
+            # The rest of the current batch stays there if the consumer stops early.
+            for ev in self._current:
+                yield ev
+            try:
+                batch = await asyncio.wait_for(self._inbox.get(), timeout)
+            except TimeoutError:
+                return
+            if batch is None:
+                return
+            self._current = batch.iter_events()
+
+    async def request(self, name: str, data: Any = b"", timeout: float = 5.0,
+                      target: str | None = None, mode: str | int = "one",
+                      headers: dict | None = None) -> Event:
+        """Send a request and wait for the first reply (NoResponders if nobody listens)."""
+        async with await self.request_stream(name, data, target=target, mode=mode,
+                                             headers=headers, timeout=timeout,
+                                             replies=1) as replies:
+            ev = await replies.get()
+        if ev is None:
+            raise TimeoutError(f"request {name!r}: no answer within {timeout:g}s")
+        return ev
+
+    async def request_stream(self, name: str, data: Any = b"", *,
+                             target: str | None = None, mode: str | int = "all",
+                             headers: dict | None = None, timeout: float = 5.0,
+                             replies: int | None = None) -> AsyncReplyStream:
+        """Send a request whose replies stream in (see ``Client.request_stream``):
+        ``async for ev in await c.request_stream(...)`` until ``timeout`` seconds
+        passed (or ``replies`` replies came)."""
+        req_id, frames = self.core.request(name, data, target, mode, headers, replies)
+        box = self._replies[req_id] = asyncio.Queue()
+        stream = AsyncReplyStream(self, req_id, box,
+                                  asyncio.get_running_loop().time() + timeout)
+        try:
+            await self._command(frames)
+        except BaseException:
+            stream.close()
+            raise
+        return stream
+
+    async def reply(self, event: Event, data: Any = b"", headers: dict | None = None) -> None:
+        """Answer a request event; call it several times to stream replies."""
+        await self._command(self.core.reply(event, data, headers))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._sock is not None and self.core.ready:
+            try:
+                await self._flush_queue()
+                await self._sock.send_multipart(P.encode_bye())
+            except zmq.ZMQError:
+                pass
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._sock is not None:
+            self._sock.disable_monitor()
+            self._sock.close(linger=2000)
+        if self._monitor is not None:
+            self._monitor.close(0)
+        self._inbox.put_nowait(None)
+        closed = ConnectionError("client closed")
+        for fut in self._pings.values():
+            if not fut.done():
+                fut.set_exception(closed)
+        for box in self._replies.values():
+            box.put_nowait(closed)
+            box.put_nowait(core.END_OF_STREAM)
+
+    def _end_stream(self, req_id: int) -> None:
+        self.core.forget(req_id)
+        self._replies.pop(req_id, None)
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _schedule_flush(self) -> None:
+        self._flush_scheduled = False
+        if self._outbox.names:
+            self._spawn(self._flush_queue())
+
+    def _spawn(self, coro: Any) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+        self._tasks = [t for t in self._tasks if not t.done()]
+
+    async def _flush_queue(self) -> None:
+        if not self._outbox.names or not self.core.ready:
+            return
+        for msg in pack_outbox(*self._outbox.take()):
+            await self._send(msg)
+
+    async def _command(self, frames: list) -> None:
+        """Send a control message after the publishes queued before it."""
+        await self._flush_queue()
+        await self._send(frames)
+
+    async def _send(self, frames: list) -> None:
+        if not self.core.ready and frames[0] != BYE:
+            # Hold control messages until the node knows us again.
+            await asyncio.wait_for(self._is_ready.wait(), self.timeout)
+        async with self._sending:
+            await self._sock.send_multipart(frames)
+
+    async def _watch_connection(self) -> None:
+        while True:
+            msg = await self._monitor.recv_multipart()
+            event = parse_monitor_message(msg)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                await self._sock.send_multipart(self.core.hello())
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.core.session_lost()
+                self._is_ready.clear()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            if self.core.ready:
+                await self._sock.send_multipart(P.encode_ping(0))
+
+    async def _reader(self) -> None:
+        sock = self._sock
+        receive = self.core.receive
+        while True:
+            frames = await sock.recv_multipart()
+            try:
+                actions = receive(frames)
+            except P.ProtocolError as exc:
+                log.warning("bad message from node: %s", exc)
+                continue
+            for action in actions:
+                self._carry_out(action)
+
+    def _carry_out(self, action: Any) -> None:
+        """Do what the core decided a message from the node calls for."""
+        kind = action.__class__
+        if kind is core.Deliver:
+            self._inbox.put_nowait(action)
+        elif kind is core.ResolveWaiter or kind is core.FailWaiter:
+            box = self._replies.get(action.ref)
+            if box is not None:
+                for item in action.items():
+                    box.put_nowait(item)
+        elif kind is core.Pong:
+            fut = self._pings.get(action.token)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        elif kind is core.Ready:
+            self._is_ready.set()
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(True)
+            if self._outbox.names:
+                self._schedule_flush()
+        elif kind is core.ResendHello:
+            self._is_ready.clear()
+            self._spawn(self._sock.send_multipart(action.frames))
+        elif kind is core.Resend:
+            self._spawn(self._send(action.frames))
+        elif kind is core.Refused:
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(action.error)
+        elif kind is core.ReportError:
+            self.errors.append(action.error)
+            if self.on_error is not None:
+                self.on_error(action.error)
+            else:
+                log.warning("node error: %s", action.error)
+
+
+class AsyncReplyStream:
+    """The replies to one ``AsyncClient.request_stream``, as they arrive:
+    ``async for`` them (until the deadline or the last wanted reply) or
+    ``await get(timeout)``; ``close()`` or ``async with`` stops listening."""
+
+    def __init__(self, client: AsyncClient, req_id: int, box: asyncio.Queue,
+                 deadline: float) -> None:
+        self._client = client
+        self._box = box
+        self._over = False
+        self.req_id = req_id
+        self.deadline = deadline  # loop.time() after which no reply is awaited
+
+    async def get(self, timeout: float | None = None) -> Event | None:
+        """The next reply, waiting at most ``timeout`` seconds (None: until the
+        request's deadline); None if none came or the stream is over."""
+        if self._over:
+            return None
+        left = self.deadline - asyncio.get_running_loop().time()
+        if timeout is not None:
+            left = min(left, timeout)
+        try:
+            item = self._box.get_nowait()
+        except asyncio.QueueEmpty:
+            if left <= 0:
+                return None
+            try:
+                item = await asyncio.wait_for(self._box.get(), left)
+            except TimeoutError:
+                return None
+        if item is core.END_OF_STREAM:
+            self._over = True
+            return None
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while (ev := await self.get()) is not None:
+            yield ev
+
+    def close(self) -> None:
+        self._client._end_stream(self.req_id)
+
+    async def __aenter__(self) -> AsyncReplyStream:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,141 @@
+"""The socket side both clients share: socket options, the outbox and its packing.
+
+Owns: how a client's DEALER socket is set up, the ``Outbox`` (what the application
+handed over and the socket has not sent yet, in call order) and ``pack_outbox``
+(turning it into PUB batches and control messages, large payloads as zero-copy
+frames).
+
+Must not touch: what the node's messages mean (treescale.client_core decides that),
+or the thread / event loop of one client (treescale.client, treescale.aio).
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterator
+from itertools import accumulate
+from typing import Any
+
+import zmq
+
+from treescale import protocol as P
+from treescale.client_core import PAYLOAD_TYPES, ClientCore, Extended
+
+BATCH_EVENTS = 4096
+BATCH_BYTES = 1 << 20
+MAX_QUEUED = 200_000  # events waiting in the client before publish() blocks
+HEARTBEAT = 2.0  # seconds of silence before the client pings its node
+MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+# What a payload may be: the core's types plus a received frame, passed on as is.
+PAYLOADS: tuple[type, ...] = (*PAYLOAD_TYPES, zmq.Frame)
+COMMAND = object()  # outbox name slot of a control message (its frames in the data slot)
+BYE = P.encode_bye()[0]
+
+
+def configure_socket(sock: zmq.Socket, core: ClientCore) -> None:
+    sock.setsockopt(zmq.ROUTING_ID, core.routing_id)
+    sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue into a dead connection
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.setsockopt(zmq.RECONNECT_IVL, 50)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+    sock.setsockopt(zmq.SNDHWM, 1000)
+    sock.setsockopt(zmq.RCVHWM, 1000)
+
+
+class Outbox:
+    """What the application handed over and the socket has not sent yet, in call
+    order, as two columns (names, data) so that packing a batch is C work.
+
+    ``publish`` may run on any thread; ``take`` swaps the columns out under the lock.
+    """
+
+    __slots__ = ("lock", "names", "datas")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.names: list = []
+        self.datas: list = []
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def add(self, name: Any, data: Any) -> None:
+        with self.lock:
+            self.names.append(name)
+            self.datas.append(data)
+
+    def take(self) -> tuple[list, list]:
+        with self.lock:
+            names, datas = self.names, self.datas
+            self.names, self.datas = [], []
+        return names, datas
+
+    def has_events(self) -> bool:
+        return any(n is not COMMAND for n in self.names)
+
+
+def pack_outbox(names: list, datas: list) -> Iterator[list]:
+    """Messages for what ``Outbox.take`` returned, in order: runs of events become PUB
+    batches (at most BATCH_EVENTS events / about BATCH_BYTES bytes each)."""
+    if set(map(type, names)) == {str}:
+        yield from _pack_run(names, datas, None)
+        return
+    start = 0
+    for i, name in enumerate(names):
+        if name is COMMAND:
+            if i > start:
+                yield from _pack_mixed(names[start:i], datas[start:i])
+            yield datas[i]
+            start = i + 1
+    if start < len(names):
+        yield from _pack_mixed(names[start:], datas[start:])
+
+
+def _pack_mixed(names: list, datas: list) -> Iterator[list]:
+    extras = {}
+    plain = list(names)
+    for i, name in enumerate(names):
+        if name.__class__ is Extended:
+            plain[i] = name.name
+            extras[i] = name.extra
+    if not extras:
+        yield from _pack_run(plain, datas, None)
+        return
+    # batches with extras are cut at BATCH_EVENTS only (positions index the batch)
+    for a in range(0, len(plain), BATCH_EVENTS):
+        b = a + BATCH_EVENTS
+        sub = {i - a: ex for i, ex in extras.items() if a <= i < b} or None
+        meta, body, large = P.encode_columns(plain[a:b], datas[a:b], sub)
+        yield [P._PUB_HEADER, meta, body, *map(_zero_copy, large)]
+
+
+def _pack_run(names: list, datas: list, extras: dict | None) -> Iterator[list]:
+    sizes = array("I", map(len, datas))
+    n = len(datas)
+    if n <= BATCH_EVENTS and sum(sizes) <= BATCH_BYTES:
+        meta, body, large = P.encode_columns(names, datas, extras, sizes)
+        yield [P._PUB_HEADER, meta, body, *map(_zero_copy, large)]
+        return
+    cuts = _cut_points(sizes)
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        meta, body, large = P.encode_columns(names[a:b], datas[a:b], None, sizes[a:b])
+        yield [P._PUB_HEADER, meta, body, *map(_zero_copy, large)]
+
+
+def _zero_copy(payload: Any) -> Any:
+    """Large payloads leave as frames that borrow the caller's buffer (no memcpy);
+    small frames are cheaper to copy, so messages are sent with copy=True."""
+    return zmq.Frame(payload, copy=False)
+
+
+def _cut_points(sizes: array) -> list[int]:
+    """Batch boundaries: every BATCH_EVENTS events or BATCH_BYTES bytes."""
+    total = list(accumulate(sizes, initial=0))
+    cuts = [0]
+    while cuts[-1] < len(sizes):
+        a = cuts[-1]
+        by_bytes = bisect_right(total, total[a] + BATCH_BYTES, lo=a + 1) - 1
+        cuts.append(max(a + 1, min(a + BATCH_EVENTS, by_bytes, len(sizes))))
+    return cuts
