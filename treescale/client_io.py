@@ -108,7 +108,7 @@ def _pack_mixed(names: list, datas: list) -> Iterator[list]:
         b = a + BATCH_EVENTS
         sub = {i - a: ex for i, ex in extras.items() if a <= i < b} or None
         meta, body, large = P.encode_columns(plain[a:b], datas[a:b], sub)
-        yield [P._PUB_HEADER, meta, body, *map(_zero_copy, large)]
+        yield [P.PUB_HEADER, meta, body, *map(_zero_copy, large)]
 
 
 def _pack_run(names: list, datas: list, extras: dict | None) -> Iterator[list]:
@@ -116,12 +116,12 @@ def _pack_run(names: list, datas: list, extras: dict | None) -> Iterator[list]:
     n = len(datas)
     if n <= BATCH_EVENTS and sum(sizes) <= BATCH_BYTES:
         meta, body, large = P.encode_columns(names, datas, extras, sizes)
-        yield [P._PUB_HEADER, meta, body, *map(_zero_copy, large)]
+        yield [P.PUB_HEADER, meta, body, *map(_zero_copy, large)]
         return
     cuts = _cut_points(sizes)
     for a, b in zip(cuts, cuts[1:], strict=False):
         meta, body, large = P.encode_columns(names[a:b], datas[a:b], None, sizes[a:b])
-        yield [P._PUB_HEADER, meta, body, *map(_zero_copy, large)]
+        yield [P.PUB_HEADER, meta, body, *map(_zero_copy, large)]
 
 
 def _zero_copy(payload: Any) -> Any:

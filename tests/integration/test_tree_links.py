@@ -238,3 +238,29 @@ def test_auto_join_through_any_node_stays_balanced(node_factory, clients, tmp_pa
     sub = clients(joined[-1].address)
     sub.subscribe("hello")
     assert arrives(sub, clients(joined[3].address), "hello") == b"ping"
+
+
+def test_a_mode_one_request_reaches_one_member_per_queue_group_across_links(node_factory,
+                                                                            clients):
+    """Two queue groups with members on both sides of a link: every request is
+    answered exactly once per group, however the first node chose (a request that
+    crossed the link used to be picked again there for every group)."""
+    n1 = node_factory("n1").start()
+    n2 = node_factory("n2", args=("--parent", n1.address)).start()
+    answers: list = []
+    # Group a has one more member than b at n1, so n1's round robin serves the two
+    # groups from different sides of the link in turn.
+    for node, group in ((n1, "a"), (n1, "a"), (n1, "b"), (n2, "a"), (n2, "b")):
+        svc = clients(node.address, name=f"{group}-{node.name}")
+        svc.subscribe("work", queue=group,
+                      handler=lambda ev, s=svc, tag=f"{group}@{node.name}":
+                      s.reply(ev, tag.encode()))
+    caller = clients(n1.address, name="caller")
+    probe = clients(n2.address, name="probe")  # interest from n2 has reached n1 when
+    probe.subscribe("settled")                 # an event published at n1 arrives there
+    arrives(probe, clients(n1.address, name="settle-pub"), "settled")
+    for _ in range(10):
+        with caller.request_stream("work", b"x", mode="one", timeout=1.0) as rs:
+            got = sorted(bytes(ev.data).decode().split("@")[0] for ev in rs)
+        answers.append(got)
+    assert all(got == ["a", "b"] for got in answers), answers

@@ -23,8 +23,6 @@ from fnmatch import fnmatchcase
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 # Where each top-level package lives (tsctl sits under cli/).
 PACKAGES = {"treescale": ROOT / "treescale", "tsctl": ROOT / "cli" / "tsctl"}
@@ -36,7 +34,6 @@ IMPURE = frozenset({"zmq", "socket", "time", "threading", "asyncio"})
 PURE_BY_NAME = ("treescale.protocol*", "treescale.routing", "treescale.interest",
                 "treescale.tree", SUBJECTS)
 
-MOVING = "other modules still being moved"
 
 
 # ---------------------------------------------------------------- reading the code
@@ -300,7 +297,6 @@ def test_imports_go_one_way() -> None:
     assert not found, "import circles:\n" + "\n".join(lines)
 
 
-@pytest.mark.xfail(strict=False, reason=MOVING)
 def test_only_subjects_spells_reserved_subjects() -> None:
     found = []
     for name, m in modules().items():
@@ -317,7 +313,6 @@ def test_only_subjects_spells_reserved_subjects() -> None:
                        "and builders):\n" + "\n".join(found))
 
 
-@pytest.mark.xfail(strict=False, reason=MOVING)
 def test_files_stay_small() -> None:
     found = []
     for name in treescale_modules():
@@ -328,7 +323,6 @@ def test_files_stay_small() -> None:
     assert not found, f"files over {MAX_FILE_LINES} lines:\n" + "\n".join(found)
 
 
-@pytest.mark.xfail(strict=False, reason=MOVING)
 def test_classes_stay_small() -> None:
     found = []
     for name in modules():
@@ -362,7 +356,6 @@ def _private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
-@pytest.mark.xfail(strict=False, reason=MOVING)
 def test_no_module_uses_another_modules_private_names() -> None:
     found = []
     for name in modules():

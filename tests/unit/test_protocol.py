@@ -15,7 +15,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit.protocol_kit import (
-    FAST,
     OBJECTS,
     big,
     decode_or_protocol_error,
@@ -338,32 +337,6 @@ def test_fuzz_mutated_valid_messages(frames: list, i: int, obj, how: str) -> Non
 
 
 
-# ------------------------------------------------------------------------------ inbox
-
-
-@pytest.mark.parametrize("node,client,req", [("n1", "c-1", 0), ("edge-7", "abc", 2**40),
-                                             ("n", "c", 17)])
-def test_inbox_round_trip(node: str, client: str, req: int) -> None:
-    subject = P.inbox_subject(node, client, req)
-    assert subject.startswith("$inbox.")
-    assert P.parse_inbox(subject) == (node, client, req)
-
-
-@FAST
-@given(st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True),
-       st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True), st.integers(0, 2**63))
-def test_property_inbox_round_trip(node: str, client: str, req: int) -> None:
-    assert P.parse_inbox(P.inbox_subject(node, client, req)) == (node, client, req)
-
-
-@pytest.mark.parametrize("subject", [
-    "", "$inbox", "$inbox.n1.c1", "$inbox.n1.c1.7.8", "$inbox.n1.c1.seven",
-    "$sys.n1.c1.7", "inbox.n1.c1.7", "orders.new", "$inbox.n1.c1.", "$INBOX.n1.c1.7",
-])
-def test_parse_inbox_rejects_other_subjects(subject: str) -> None:
-    assert P.parse_inbox(subject) is None
-
-
 # ------------------------------------------------------------------- the package face
 
 # Every public name treescale.protocol had before it was split (callers use P.X).
@@ -377,7 +350,7 @@ PUBLIC_BEFORE_SPLIT = """
     encode_deliver_header encode_error encode_events encode_forward_header encode_hello
     encode_interest encode_link encode_linked encode_ping encode_pong encode_pub
     encode_ready encode_redirect encode_reply encode_request encode_resync encode_single
-    encode_placement encode_sub encode_unsub inbox_subject packb parse_inbox
+    encode_placement encode_sub encode_unsub packb
 """.split()
 
 
@@ -388,12 +361,10 @@ def test_the_face_still_exports_every_public_name() -> None:
     assert all(hasattr(P, n) for n in P.__all__)
 
 
-def test_aliases_kept_for_callers_are_the_public_names() -> None:
-    """Private names other modules used, kept until they switch (then deleted)."""
-    assert P._PUB_HEADER is P.PUB_HEADER == packb([P.PUB])
-    assert P._buffer is P.as_buffer
-    assert P.inbox_subject is subjects.inbox
-    assert P.parse_inbox is subjects.parse_inbox
+def test_the_canonical_pub_header_is_public_and_inboxes_moved_to_subjects() -> None:
+    assert P.PUB_HEADER == packb([P.PUB])
+    for gone in ("_PUB_HEADER", "_buffer", "inbox_subject", "parse_inbox"):
+        assert not hasattr(P, gone), gone
 
 
 def test_as_buffer_reads_frames_without_copying() -> None:

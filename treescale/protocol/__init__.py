@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from treescale import subjects
 from treescale.protocol import links, messages
 from treescale.protocol.batch import (
     LARGE_PAYLOAD,
@@ -137,13 +136,6 @@ def decode(frames: Sequence, max_payload: int = 64 * 1024 * 1024) -> Any:
     return decoder(header, frames, max_payload)
 
 
-# Kept until every caller uses the public names (then deleted): PUB_HEADER,
-# as_buffer, subjects.inbox and subjects.parse_inbox.
-_PUB_HEADER = PUB_HEADER
-_buffer = as_buffer
-inbox_subject = subjects.inbox
-parse_inbox = subjects.parse_inbox
-
 __all__ = [
     # kinds
     "PROTOCOL_VERSION", "HELLO", "READY", "SUB", "UNSUB", "PUB", "DELIVER", "REQUEST",
@@ -168,5 +160,5 @@ __all__ = [
     "encode_linked", "encode_redirect", "encode_placement", "encode_interest",
     "encode_resync", "encode_forward_header",
     # this face
-    "DECODERS", "decode", "inbox_subject", "parse_inbox",
+    "DECODERS", "decode",
 ]
