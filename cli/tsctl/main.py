@@ -387,10 +387,11 @@ def completion(shell: str) -> None:
     `_TSCTL_COMPLETE=SHELL_source tsctl` prints it). Load it with
     `source <(tsctl completion bash)` in ~/.bashrc, `source <(tsctl completion zsh)` in
     ~/.zshrc, or `tsctl completion fish > ~/.config/fish/completions/tsctl.fish`."""
-    from click.shell_completion import get_completion_class
+    from click.shell_completion import shell_complete
 
-    complete = get_completion_class(shell)(cli, {}, "tsctl", COMPLETE_VAR)
-    click.echo(complete.source())
+    # click's own entry point, so the script is byte for byte what it prints itself
+    # (its trailing newline differs between click versions).
+    shell_complete(cli, {}, "tsctl", COMPLETE_VAR, f"{shell}_source")
 
 
 def main() -> None:
