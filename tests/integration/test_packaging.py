@@ -88,7 +88,7 @@ def test_wheel_and_sdist_hold_both_packages_and_both_scripts(installed):
     names = zipfile.ZipFile(installed.wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"treescale", "tsctl",
                                                 f"treescale-{__version__}.dist-info"}
-    assert {"treescale/protocol.py", "treescale/provision/onserver.py",
+    assert {"treescale/protocol/batch.py", "treescale/provision/onserver.py",
             "tsctl/main.py"} <= set(names)
     entry_points = zipfile.ZipFile(installed.wheel).read(
         f"treescale-{__version__}.dist-info/entry_points.txt").decode()
@@ -97,7 +97,7 @@ def test_wheel_and_sdist_hold_both_packages_and_both_scripts(installed):
     with tarfile.open(installed.sdist) as sdist:
         members = {m.split("/", 1)[1] for m in sdist.getnames() if "/" in m}
     assert {"pyproject.toml", "README.md", "cli/tsctl/main.py",
-            "treescale/protocol.py"} <= members
+            "treescale/protocol/batch.py"} <= members
 
 
 def test_installed_scripts_run_from_the_venv_and_say_their_versions(installed):
