@@ -22,7 +22,7 @@ def raw_hello(token: str) -> bytes:
 
 @pytest.fixture
 def gated(node_factory):
-    return node_factory("g1", {"tokens": TOKENS}).start()
+    return node_factory("g1", {"tokens": TOKENS})
 
 
 @pytest.fixture

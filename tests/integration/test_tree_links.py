@@ -245,8 +245,8 @@ def test_a_mode_one_request_reaches_one_member_per_queue_group_across_links(node
     """Two queue groups with members on both sides of a link: every request is
     answered exactly once per group, however the first node chose (a request that
     crossed the link used to be picked again there for every group)."""
-    n1 = node_factory("n1").start()
-    n2 = node_factory("n2", args=("--parent", n1.address)).start()
+    n1 = node_factory("n1")
+    n2 = node_factory("n2", args=("--parent", n1.address))
     answers: list = []
     # Group a has one more member than b at n1, so n1's round robin serves the two
     # groups from different sides of the link in turn.
