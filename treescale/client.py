@@ -308,7 +308,9 @@ class Client:
         poller.register(monitor, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         out: deque = deque()  # encoded messages waiting for socket room
-        last_heard = time.monotonic()
+        # The node drops a client it has not heard from for client_timeout: what
+        # counts is what we sent, so receiving events does not postpone the ping.
+        last_said = time.monotonic()
         bye_sent = False
         mask = POLLIN
         try:
@@ -336,7 +338,6 @@ class Client:
                 if monitor in ready:
                     self._on_monitor(monitor, sock)
                 if ready.get(sock, 0) & POLLIN:
-                    last_heard = time.monotonic()
                     self._receive(sock)
                 if core.ready:
                     while out:
@@ -345,15 +346,16 @@ class Client:
                         except zmq.Again:
                             break
                         msg = out.popleft()
+                        last_said = time.monotonic()
                         if msg[0] == BYE:
                             bye_sent = True
                     if not self._room.is_set() and len(self._outbox) < MAX_QUEUED // 2:
                         self._room.set()
                     if self._closing and bye_sent and not out:
                         break
-                    if time.monotonic() - last_heard > HEARTBEAT and not out:
+                    if time.monotonic() - last_said > HEARTBEAT and not out:
                         send_frames(sock, P.encode_ping(0), NOBLOCK)
-                        last_heard = time.monotonic()
+                        last_said = time.monotonic()
                 elif self._closing and not self._outbox.has_events():
                     break
         except zmq.ZMQError as exc:

@@ -8,6 +8,7 @@ import io
 import queue
 import re
 import threading
+import time
 
 import pytest
 
@@ -235,3 +236,27 @@ def test_async_request_stream(node):
             replies.close()
 
     asyncio.run(main())
+
+
+def test_a_client_that_only_receives_is_not_dropped_while_events_flow(node_factory,
+                                                                      clients):
+    """The node drops a client it has not heard from for client_timeout; a subscriber
+    that only receives must still say something (its ping), however busy it is."""
+    n = node_factory("n1", {"client_timeout": 2.0})
+    sub = clients(n.address, name="listener")
+    sub.subscribe("tick")
+    pub = clients(n.address, name="ticker")
+    got, sent = 0, 0
+    deadline = time.monotonic() + 6.0  # three client timeouts of steady traffic
+    while time.monotonic() < deadline:
+        pub.publish("tick", b"%d" % sent)
+        sent += 1
+        for _ in sub.events(timeout=0.05):
+            got += 1
+            break
+    pub.flush(5)
+    for _ in sub.events(timeout=2):
+        got += 1
+        if got == sent:
+            break
+    assert got == sent, f"{sent - got} of {sent} events lost"
