@@ -24,6 +24,10 @@ unit: install
 integration: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
+.PHONY: test-system
+test-system: install  ## the slow tier: tsctl build onto systemd containers (root, Docker, debootstrap)
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m system tests/system $(PYTEST_ARGS)
+
 bench: install  ## TreeScale against Redis, NATS, Mosquitto and raw pyzmq, same run
 	$(PYTHON) -m bench.run $(BENCH_ARGS)
 	$(PYTHON) -m bench.tree_failover
