@@ -261,6 +261,29 @@ def test_a_node_that_cannot_start_fails_the_build_with_its_log_then_recovers(tre
     assert int(tree.unit(LEAF, "NRestarts")["NRestarts"]) >= 1
 
 
+@pytest.mark.parametrize("supervisor", ["daemon", "systemd"])
+def test_switching_the_supervisor_leaves_one_node_running(tree, supervisor):
+    """From systemd to a run script, then back: the old node is stopped, the unit is
+    removed (daemon) or installed (systemd), and exactly one node runs and joins."""
+    proc = tree.build("--supervisor", supervisor)
+    assert proc.returncode == 0, proc.stderr
+    s = summary(proc)
+    for name, host in tree.on.items():
+        lay = tree.layout(name)
+        assert (s[name]["status"], s[name]["mode"], s[name]["actions"]) == \
+            ("built", supervisor, ["service", "restart"])
+        assert "joined under" in s[name]["detail"] or "root of the tree" in s[name]["detail"]
+        assert host.node_pids() == [s[name]["pid"]]
+        unit = tree.unit(name, "LoadState", "ActiveState", "MainPID")
+        if supervisor == "daemon":
+            assert host.run("test", "-e", lay.unit_path)[0] == 1
+            assert unit["LoadState"] == "not-found" and unit["ActiveState"] == "inactive"
+            assert host.check("cat", lay.pid_file).strip() == str(s[name]["pid"])
+        else:
+            assert unit == {"LoadState": "loaded", "ActiveState": "active",
+                            "MainPID": str(s[name]["pid"])}
+
+
 def test_teardown_stops_disables_and_removes_the_units(tree):
     proc = tree.tsctl("teardown")
     assert proc.returncode == 0, proc.stderr
