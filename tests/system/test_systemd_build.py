@@ -20,7 +20,6 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +43,64 @@ INSTALL_ROOTS = {ROOT: "/opt/treescale", LEAF: "/opt/tree scale/%n $HOME"}
 JOIN_TIMEOUT = 45
 
 
+class Listener:
+    """A client on the root node hearing the tree's $sys.node events from now on.
+
+    Short-lived on purpose: a client that only receives never pings its node (its
+    heartbeat counts what it hears, not what it says), so the node drops it after
+    client_timeout (15 s) and it misses a few seconds of events before it says hello
+    again. One kept across these tests missed a NODE_UP."""
+
+    def __init__(self, tree: Tree) -> None:
+        from treescale import Client
+
+        self.tree = tree
+        self.client = Client(f"tcp://{tree.on[ROOT].address}:{PORTS[ROOT]}",
+                             name="systemd-test", timeout=10)
+        for pattern in (subjects.NODE_UP, subjects.NODE_DOWN, subjects.NODE_STATS):
+            self.client.subscribe(pattern)
+
+    def __enter__(self) -> Listener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close(timeout=2)
+
+    def wait(self, what: str, match: Any, timeout: float = 30) -> dict:
+        """The first event matching ``match(name, body)``."""
+        found: list[dict] = []
+
+        def heard() -> bool:
+            ev = self.client.next_event(0.2)
+            if ev is not None and match(ev.name, ev.json()):
+                found.append(ev.json())
+            return bool(found)
+
+        try:
+            wait_until(heard, timeout, what, interval=0)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.tree.diagnosis()}") from None
+        return found[0]
+
+    def wait_linked(self, since: float, timeout: float = 30) -> None:
+        """Until the root reports the child, and the child reports the root as its
+        parent with an uptime that began after ``since`` (time.time())."""
+        seen: dict[str, dict] = {}
+
+        def match(name: str, body: dict) -> bool:
+            if name == subjects.NODE_STATS:
+                seen[body["node"]] = body
+            root, leaf = seen.get(ROOT), seen.get(LEAF)
+            return bool(root and leaf and root["children"] == [LEAF]
+                        and leaf["parent"] == ROOT
+                        and time.time() - leaf["uptime"] > since - 1)
+
+        self.wait(f"{LEAF} linked under {ROOT} again", match, timeout)
+
+
 class Tree:
-    """The built tree: where each node runs, how to build and tear it down, and a
-    client on the root node that hears the tree's system events."""
+    """The built tree: where each node runs, how to build and tear it down, what
+    systemd says about its units."""
 
     def __init__(self, hosts: SystemdHosts, wheels: Path) -> None:
         self.hosts, self.wheels = hosts, wheels
@@ -54,7 +108,6 @@ class Tree:
         self.known_hosts = hosts.base / "known_hosts"
         self.files = self._write_fabric()
         self.first: dict[str, dict] = {}
-        self.listener: Any = None
 
     def _write_fabric(self) -> str:
         nodes = {ROOT: {"tree_ip": self.on[ROOT].address, "tree_port": PORTS[ROOT],
@@ -80,66 +133,23 @@ class Tree:
     def unit(self, name: str, *props: str) -> dict[str, str]:
         return self.on[name].show(self.layout(name).unit_name, *props)
 
-    def events(self) -> Any:
-        """A client on the root subscribed to every $sys.node event (opened once)."""
-        if self.listener is None:
-            from treescale import Client
+    def listen(self) -> Listener:
+        return Listener(self)
 
-            self.listener = Client(f"tcp://{self.on[ROOT].address}:{PORTS[ROOT]}",
-                                   name="systemd-test", timeout=10)
-            for pattern in (subjects.NODE_UP, subjects.NODE_DOWN, subjects.NODE_STATS):
-                self.listener.subscribe(pattern)
-        return self.listener
-
-    def drain(self) -> None:
-        """Forget the events heard so far (listening from now on)."""
-        while self.events().next_event(0) is not None:
-            pass
-
-    def wait_event(self, what: str, match: Any, timeout: float = 30) -> dict:
-        """The first event from the root matching ``match(name, body)``."""
-        found: list[dict] = []
-
-        def heard() -> bool:
-            ev = self.events().next_event(0.2)
-            if ev is not None and match(ev.name, ev.json()):
-                found.append(ev.json())
-            return bool(found)
-
-        wait_until(heard, timeout, what, interval=0)
-        return found[0]
-
-    def wait_linked(self, since: float, timeout: float = 30) -> None:
-        """Until the root reports the child, and the child reports the root as its
-        parent with an uptime that began after ``since`` (time.time())."""
-        seen: dict[str, dict] = {}
-
-        def match(name: str, body: dict) -> bool:
-            if name == subjects.NODE_STATS:
-                seen[body["node"]] = body
-            root, leaf = seen.get(ROOT), seen.get(LEAF)
-            return bool(root and leaf and root["children"] == [LEAF]
-                        and leaf["parent"] == ROOT
-                        and time.time() - leaf["uptime"] > since - 1)
-
-        self.wait_event(f"{LEAF} linked under {ROOT} again", match, timeout)
-
-    def close(self) -> None:
-        if self.listener is not None:
-            self.listener.close(timeout=2)
+    def diagnosis(self) -> str:
+        """What systemd says about each node, for a failure message."""
+        return "\n".join(self.on[n].run("systemctl", "status", "--no-pager", "-n", "20",
+                                        self.layout(n).unit_name)[1] for n in PORTS)
 
 
 @pytest.fixture(scope="module")
-def tree(systemd_hosts: SystemdHosts, wheelhouse: Path) -> Iterator[Tree]:  # noqa: F811
+def tree(systemd_hosts: SystemdHosts, wheelhouse: Path) -> Tree:  # noqa: F811
     """The first build, root on the first container and its child on the second."""
     t = Tree(systemd_hosts, wheelhouse)
-    try:
-        proc = t.build("--supervisor", "systemd")
-        assert proc.returncode == 0, proc.stderr
-        t.first = summary(proc)
-        yield t
-    finally:
-        t.close()
+    proc = t.build("--supervisor", "systemd")
+    assert proc.returncode == 0, proc.stderr
+    t.first = summary(proc)
+    return t
 
 
 def node_argv(host: SystemdHost, pid: int | str) -> list[str]:
@@ -205,12 +215,6 @@ def test_systemd_restarts_a_node_however_it_ends_and_it_rejoins(tree, signal):
     leave down) alike."""
     host = tree.on[LEAF]
     before = tree.unit(LEAF, "MainPID", "NRestarts")
-    tree.drain()
-    killed_at = time.time()
-    host.check("sh", "-c", f"kill -{signal} {before['MainPID']}")
-    down = tree.wait_event(f"{ROOT} to see {LEAF} go", lambda name, body:
-                           name == subjects.NODE_DOWN and body["node"] == LEAF)
-    assert down["detected_by"] == ROOT
     restarted: list[dict] = []
 
     def running_again() -> bool:
@@ -218,13 +222,19 @@ def test_systemd_restarts_a_node_however_it_ends_and_it_rejoins(tree, signal):
         restarted[:] = [now]
         return now["ActiveState"] == "active" and now["MainPID"] not in ("0", before["MainPID"])
 
-    wait_until(running_again, 30, f"systemd to start {LEAF} again", interval=0.2)
-    assert int(restarted[0]["NRestarts"]) == int(before["NRestarts"]) + 1
-    assert host.node_pids() == [int(restarted[0]["MainPID"])]
-    up = tree.wait_event(f"{LEAF} to link to {ROOT} again", lambda name, body:
-                         name == subjects.NODE_UP and body["node"] == LEAF)
-    assert up["detected_by"] == ROOT
-    tree.wait_linked(since=killed_at)
+    with tree.listen() as heard:
+        killed_at = time.time()
+        host.check("sh", "-c", f"kill -{signal} {before['MainPID']}")
+        down = heard.wait(f"{ROOT} to see {LEAF} go", lambda name, body:
+                          name == subjects.NODE_DOWN and body["node"] == LEAF)
+        assert down["detected_by"] == ROOT
+        wait_until(running_again, 30, f"systemd to start {LEAF} again", interval=0.2)
+        assert int(restarted[0]["NRestarts"]) == int(before["NRestarts"]) + 1
+        assert host.node_pids() == [int(restarted[0]["MainPID"])]
+        up = heard.wait(f"{LEAF} to link to {ROOT} again", lambda name, body:
+                        name == subjects.NODE_UP and body["node"] == LEAF)
+        assert up["detected_by"] == ROOT
+        heard.wait_linked(since=killed_at)
 
 
 def test_a_node_that_cannot_start_fails_the_build_with_its_log_then_recovers(tree):
@@ -252,12 +262,12 @@ def test_a_node_that_cannot_start_fails_the_build_with_its_log_then_recovers(tre
     assert took < JOIN_TIMEOUT, "the build waited for a node that had exited"
     print(f"{LEAF}: {s[LEAF]['step']}: {s[LEAF]['error']} ({took:.1f}s)")
     # systemd keeps trying; once the port is free the node is back, with no build
-    tree.drain()
-    host.check("sh", "-c", "kill $(cat /run/blocker.pid)")
-    freed_at = time.time()
-    tree.wait_event(f"{LEAF} to link to {ROOT} by itself", lambda name, body:
-                    name == subjects.NODE_UP and body["node"] == LEAF, timeout=60)
-    tree.wait_linked(since=freed_at)
+    with tree.listen() as heard:
+        freed_at = time.time()
+        host.check("sh", "-c", "kill $(cat /run/blocker.pid)")
+        heard.wait(f"{LEAF} to link to {ROOT} by itself", lambda name, body:
+                   name == subjects.NODE_UP and body["node"] == LEAF, timeout=60)
+        heard.wait_linked(since=freed_at)
     assert int(tree.unit(LEAF, "NRestarts")["NRestarts"]) >= 1
 
 
