@@ -11,6 +11,9 @@ all and several nodes can share a machine):
     ROOT/node.log             daemon mode: the node's output
     ROOT/state.json           digests of what is installed, for the next build to compare
 
+and, in systemd mode, /etc/systemd/system/treescale-NAME.service (unit_text: what the
+unit says and how it escapes paths and names for systemd).
+
 Idempotence comes from comparing digests, never timestamps: the same wheelhouse, tree
 and service text on a running node mean "up to date" and nothing is touched.
 """
@@ -158,7 +161,7 @@ def exec_line(argv: tuple[str, ...]) -> str:
 def unit_text(layout: Layout, config: str) -> str:
     """Systemd mode: a unit that runs the node as root (its services drive Docker and
     the kernel's load balancing), from its install root, and starts it again however
-    it ended (crash, kill -9 or a clean exit), for as long as it keeps ending."""
+    it ended (crash, kill -9 or a clean exit), never giving up."""
     return (f"# TreeScale node {layout.name}, written by `tsctl build`.\n"
             "[Unit]\n"
             f"Description={_literal(f'TreeScale node {layout.name}')}\n"
