@@ -16,6 +16,7 @@ cgroup per unit), tmpfs on /run, /run/lock and /tmp, and SIGRTMIN+3 to stop (sys
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -156,15 +157,22 @@ class SystemdHosts:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="module")
 def systemd_hosts(docker_client: Any) -> Iterator[SystemdHosts]:
-    """Two systemd servers (root logs in with ``.key_file``); removed afterwards."""
+    """Two systemd servers (root logs in with ``.key_file``); removed afterwards, also
+    when the run is terminated (SIGTERM becomes an interrupt pytest tears down after)."""
     try:
         ensure_image()
     except ImageError as exc:
         pytest.fail(str(exc), pytrace=False)
     hosts = SystemdHosts(docker_client, 2)
+    previous = signal.signal(signal.SIGTERM, _interrupted)
     try:
         yield hosts.start()
     finally:
         hosts.close()
+        signal.signal(signal.SIGTERM, previous)
