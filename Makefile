@@ -43,6 +43,11 @@ unit: install
 integration: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
 
+.PHONY: test-system
+test-system: install  ## the slow tier: tsctl build onto systemd containers (root, Docker, debootstrap)
+	$(PY) -m pytest -q -p no:cacheprovider -m system tests/system $(PYTEST_ARGS)
+
+
 # The peers (redis-server, nats-server, mosquitto) are Debian packages: installed with
 # apt-get when we run as root, else named one line each and left out of the run.
 bench: install  ## TreeScale against Redis, NATS, Mosquitto and raw pyzmq, same run

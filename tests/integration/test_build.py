@@ -4,24 +4,22 @@ one clear error per broken server while the others succeed, and teardown.
 
 The tests of this module share one built tree (module-scoped) and run in file order:
 build, traffic, rebuild, failures, teardown. The wheelhouse is built once per session
-(cached in ~/.cache/treescale/wheelhouse across sessions) and passed with --wheelhouse,
+(tests/buildkit.py; cached in ~/.cache/treescale/wheelhouse across sessions) and passed
+with --wheelhouse,
 so edits to the source tree during a run cannot change what "up to date" means."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, wait_until
+from tests.buildkit import run_tsctl, summary, wheelhouse  # noqa: F401  (a fixture)
+from tests.conftest import wait_until
 from tests.sshhosts import SshHosts, sh, ssh_hosts  # noqa: F401  (the fixture)
 from treescale.fabric import to_toml
 from treescale.provision import plan as P
@@ -79,20 +77,6 @@ def test_wheels_for_another_server_follow_its_glibc():
 # ------------------------------------------------------------------ the harness
 
 
-@pytest.fixture(scope="session")
-def wheelhouse() -> Iterator[Path]:
-    """TreeScale and its dependencies as wheels, built (or found in the cache) once."""
-    from treescale.provision.wheelhouse import WheelhouseCache, local_target
-
-    house = WheelhouseCache().get(local_target())
-    # not under pytest's basetemp: concurrent pytest sessions prune old ones
-    target = Path(tempfile.mkdtemp(prefix="tsb-wheelhouse-"))
-    for f in house.files:
-        shutil.copy(f, target / f.name)
-    yield target
-    shutil.rmtree(target, ignore_errors=True)
-
-
 def write_fabric(hosts: SshHosts, extra_nodes: dict | None = None,
                  extra_ssh: dict | None = None, name: str = "fabric") -> str:
     """tree.toml + ssh.toml for t1 (host1, root) with children t2 and t3, plus extras
@@ -118,17 +102,7 @@ def write_fabric(hosts: SshHosts, extra_nodes: dict | None = None,
 
 
 def tsctl(hosts: SshHosts, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tsctl.main", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200", **hosts.agent_env})
-
-
-def summary(proc: subprocess.CompletedProcess) -> dict[str, dict]:
-    try:
-        data = json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError(f"no JSON summary; stderr:\n{proc.stderr}") from None
-    return {s["name"]: s for s in data["servers"]}
+    return run_tsctl(*args, env=hosts.agent_env, timeout=timeout)
 
 
 def node_pids(hosts: SshHosts) -> dict[str, int]:

@@ -21,12 +21,16 @@ import time
 from treescale import subjects
 
 
-def _alive(pid_file: str | None) -> bool:
-    if not pid_file:
-        return True
+def _alive(pid_file: str | None, pid: int | None = None) -> bool:
+    """The node still runs: the process ``pid`` (systemd mode: the unit's main pid when
+    it was started; if systemd had to start it again, this node exited) or the one
+    ``pid_file`` names (daemon mode). True when neither is known."""
     try:
-        with open(pid_file) as f:
-            pid = int(f.read().split()[0])
+        if pid is None:
+            if not pid_file:
+                return True
+            with open(pid_file) as f:
+                pid = int(f.read().split()[0])
         os.kill(pid, 0)
         with open(f"/proc/{pid}/status") as f:
             return "\nState:\tZ" not in f.read()  # a zombie has exited
@@ -35,14 +39,14 @@ def _alive(pid_file: str | None) -> bool:
 
 
 def wait_joined(name: str, parent: str | None, address: str, token: str | None,
-                timeout: float, pid_file: str | None = None) -> dict:
+                timeout: float, pid_file: str | None = None, pid: int | None = None) -> dict:
     from treescale import Client
 
     deadline = time.monotonic() + timeout
     last: dict | None = None
     error = "no report"
     while time.monotonic() < deadline:
-        if not _alive(pid_file):
+        if not _alive(pid_file, pid):
             return {"ok": False, "error": f"node {name} exited"}
         try:
             with Client(address, token=token, name="tsctl-build",
@@ -52,7 +56,7 @@ def wait_joined(name: str, parent: str | None, address: str, token: str | None,
                 while time.monotonic() < deadline:
                     ev = c.next_event(min(1.0, max(0.0, deadline - time.monotonic())))
                     if ev is None:
-                        if not _alive(pid_file):
+                        if not _alive(pid_file, pid):
                             return {"ok": False, "error": f"node {name} exited"}
                         continue
                     report = ev.json()
@@ -92,7 +96,7 @@ def main() -> None:
         if action == "join":
             answer = wait_joined(args["name"], args.get("parent"), args["address"],
                                  args.get("token"), float(args.get("timeout", 60)),
-                                 args.get("pid_file"))
+                                 args.get("pid_file"), args.get("pid"))
         elif action == "db":
             answer = install_db(args["new"], args["live"], bool(args.get("pinned")))
         else:

@@ -11,6 +11,9 @@ all and several nodes can share a machine):
     ROOT/node.log             daemon mode: the node's output
     ROOT/state.json           digests of what is installed, for the next build to compare
 
+and, in systemd mode, /etc/systemd/system/treescale-NAME.service (unit_text: what the
+unit says and how it escapes paths and names for systemd).
+
 Idempotence comes from comparing digests, never timestamps: the same wheelhouse, tree
 and service text on a running node mean "up to date" and nothing is touched.
 """
@@ -19,11 +22,16 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+import string
 from dataclasses import dataclass, field
 
 MARKER = ".treescale-install"
 STATE_FILE = "state.json"
 SYSTEMD_DIR = "/etc/systemd/system"
+# What a unit name holds unescaped (systemd.unit(5)); "@" would make it a template.
+UNIT_NAME_SAFE = frozenset(string.ascii_letters + string.digits + ":_-")
+# What a word of a unit's command line holds without quotes.
+EXEC_WORD_PLAIN = frozenset(string.ascii_letters + string.digits + "/._-+=:,@")
 
 # Actions, in the order they run.
 INSTALL = "install"   # upload the wheelhouse and (re)create the venv from it
@@ -82,17 +90,20 @@ class Layout:
 
     @property
     def unit_name(self) -> str:
-        return f"treescale-{self.name}.service"
+        return f"treescale-{unit_escape(self.name)}.service"
 
     @property
     def unit_path(self) -> str:
         return f"{SYSTEMD_DIR}/{self.unit_name}"
 
+    def node_argv(self, config: str) -> tuple[str, ...]:
+        """The command that runs the node (same in both modes)."""
+        return (self.python, "-m", "tsctl.main", "node", "start", "--config", config,
+                "--name", self.name)
+
     def node_command(self, config: str) -> str:
-        """The command line that runs the node (same in both modes)."""
-        return " ".join(shlex.quote(p) for p in (
-            self.python, "-m", "tsctl.main", "node", "start", "--config", config,
-            "--name", self.name))
+        """node_argv as a shell command line."""
+        return " ".join(shlex.quote(p) for p in self.node_argv(config))
 
 
 def check_install_root(root: str) -> str:
@@ -100,6 +111,8 @@ def check_install_root(root: str) -> str:
     directory); ValueError otherwise."""
     if not root.startswith("/"):
         raise ValueError(f"install_root {root!r} must be an absolute path")
+    if any(ord(c) < 32 or c == "\x7f" for c in root):
+        raise ValueError(f"install_root {root!r} must not hold control characters")
     parts = [p for p in root.split("/") if p]
     if not parts or parts in (["usr"], ["etc"], ["var"], ["opt"], ["home"], ["root"],
                               ["tmp"], ["bin"], ["lib"], ["srv"]) or ".." in parts:
@@ -117,16 +130,51 @@ def run_script(layout: Layout, config: str) -> str:
             f"exec {layout.node_command(config)}\n")
 
 
+def unit_escape(name: str) -> str:
+    """``name`` as part of a unit name: every character a unit name cannot hold becomes
+    \\xNN per UTF-8 byte, like systemd-escape (letters, digits, ':', '_', '-' stay)."""
+    return "".join(c if c in UNIT_NAME_SAFE else "".join(f"\\x{b:02x}" for b in c.encode())
+                   for c in name)
+
+
+def _literal(text: str) -> str:
+    """``text`` with '%' doubled: systemd expands %-specifiers in most settings."""
+    return text.replace("%", "%%")
+
+
+def _quoted(word: str) -> str:
+    """One word that systemd takes literally, quoted if it must be (C escapes inside
+    double quotes: backslash and quote)."""
+    if word and set(word) <= EXEC_WORD_PLAIN:
+        return word
+    return '"' + _literal(word.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
+def exec_line(argv: tuple[str, ...]) -> str:
+    """An ExecStart= value that runs exactly ``argv``: '$' doubled in the arguments,
+    where systemd would expand $VARIABLES, but not in the program's path, which it
+    takes literally."""
+    program, *args = argv
+    return " ".join([_quoted(program), *(_quoted(word).replace("$", "$$") for word in args)])
+
+
 def unit_text(layout: Layout, config: str) -> str:
-    """Systemd mode: a unit that runs the node and restarts it if it crashes."""
+    """Systemd mode: a unit that runs the node as root (its services drive Docker and
+    the kernel's load balancing), from its install root, and starts it again however
+    it ended (crash, kill -9 or a clean exit), never giving up."""
     return (f"# TreeScale node {layout.name}, written by `tsctl build`.\n"
             "[Unit]\n"
-            f"Description=TreeScale node {layout.name}\n"
-            "After=network-online.target\nWants=network-online.target\n\n"
+            f"Description={_literal(f'TreeScale node {layout.name}')}\n"
+            "After=network-online.target\nWants=network-online.target\n"
+            "# never give up restarting: the tree needs the node back\n"
+            "StartLimitIntervalSec=0\n\n"
             "[Service]\n"
-            f"Environment=TREE_DB_PATH={layout.db} PYTHONUNBUFFERED=1\n"
-            f"ExecStart={layout.node_command(config)}\n"
-            "Restart=on-failure\nRestartSec=2\n\n"
+            f"Environment={_quoted('TREE_DB_PATH=' + layout.db)} PYTHONUNBUFFERED=1\n"
+            f"WorkingDirectory={_literal(layout.root)}\n"
+            f"ExecStart={exec_line(layout.node_argv(config))}\n"
+            "Restart=always\nRestartSec=2\n"
+            "# well within the time `tsctl build` and `teardown` wait for a stop\n"
+            "TimeoutStopSec=20\n\n"
             "[Install]\nWantedBy=multi-user.target\n")
 
 

@@ -308,7 +308,10 @@ class ServerJob:
             remote.check(f"systemctl restart {q(lay.unit_name)}", "start", timeout=60)
             out = remote.check(f"systemctl show -p MainPID --value {q(lay.unit_name)}",
                                "start")
-            return int(out.strip() or 0) or None
+            if not int(out.strip() or 0):  # the main pid is kept until the node exits
+                raise StepError("start", f"node {self.name} exited at once"
+                                + self._node_log(remote, systemd))
+            return int(out.strip())
         # `&` on the start command alone: a backgrounded list would keep the channel open
         remote.check(f"cd {q(lay.root)} || exit 1; rm -f {q(lay.pid_file)}; "
                      f"setsid nohup sh {q(lay.run_script)} >> {q(lay.log_file)} 2>&1 "
@@ -327,18 +330,28 @@ class ServerJob:
         """Ask the server itself (so its address need not be reachable from here) until
         its node reports the expected parent."""
         lay = self.layout
+        systemd = self.result.mode == "systemd"
+        # systemd: the main pid the unit started; a restart by systemd means it exited
         args = {"name": self.name, "parent": parent, "address": address, "token": token,
-                "timeout": timeout, "pid_file": None if self.result.mode == "systemd"
-                else lay.pid_file}
+                "timeout": timeout, "pid_file": None if systemd else lay.pid_file,
+                "pid": self.result.pid if systemd else None}
         try:
             self._on_server(remote, "join", args, timeout + 30, "join")
         except StepError as exc:
-            logs = (f"journalctl -q -n 5 -u {q(lay.unit_name)}" if self.result.mode == "systemd"
-                    else f"tail -n 5 {q(lay.log_file)}")
-            tail = remote.run(f"{logs} 2>/dev/null", 10)[1].strip()
-            raise StepError("join", exc.reason + (f"; node log: {' | '.join(tail.splitlines())}"
-                                                  if tail else "")) from None
+            raise StepError("join", exc.reason + self._node_log(remote, systemd)) from None
         return f"joined under {parent}" if parent else "root of the tree"
+
+    def _node_log(self, remote: Remote, systemd: bool) -> str:
+        """'; node log: ...', its last lines, for an error ('' if it wrote none)."""
+        lay = self.layout
+        unit = q(lay.unit_name)
+        # the node's own output; systemd's lines on the unit if it wrote none (a node
+        # that could not even be executed)
+        logs = (f"journalctl -q -o cat -n 5 _SYSTEMD_UNIT={unit} _TRANSPORT=stdout "
+                f"| grep . || journalctl -q -n 5 -u {unit}" if systemd
+                else f"tail -n 5 {q(lay.log_file)}")
+        tail = remote.run(f"{logs} 2>/dev/null", 10)[1].strip()
+        return f"; node log: {' | '.join(tail.splitlines())}" if tail else ""
 
     def _on_server(self, remote: Remote, action: str, args: dict, timeout: float,
                    step: str) -> dict:
@@ -384,8 +397,11 @@ class ServerJob:
             return
         if found.unit:
             self._step("stop")
-            remote.check(f"systemctl disable --now {q(lay.unit_name)}; rm -f "
-                         f"{q(lay.unit_path)} && systemctl daemon-reload", "stop", timeout=60)
+            # reset-failed: a unit that ended failed would otherwise stay listed
+            unit = q(lay.unit_name)
+            remote.check(f"systemctl disable --now {unit}; rm -f {q(lay.unit_path)} && "
+                         f"systemctl daemon-reload && {{ systemctl reset-failed {unit} "
+                         "2>/dev/null; true; }", "stop", timeout=60)
         elif found.pid is not None:
             self._step("stop")
             remote.check(stop_pid_script(found.pid), "stop", timeout=60)
