@@ -7,11 +7,10 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from tests.integration.test_bad_input import Raw
 from treescale import protocol as P
 from treescale import subjects
 from treescale.client import Client, NodeError
-
-from .test_bad_input import Raw
 
 TOKENS = {"admin": ["*"], "viewer": ["pub", "sub"]}
 
