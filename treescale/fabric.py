@@ -53,7 +53,7 @@ class SshTarget:
     host: str
     port: int = 22
     username: str = "root"
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr or a log
     key_file: str | None = None
     agent: bool = True
     python: str = "python3"  # interpreter on the server (>= 3.11) that makes the venv
@@ -510,8 +510,10 @@ def stored_version(store: Any) -> int:
 def store_fabric(store: Any, fabric: Fabric, version: int,
                  compiled_at: float | None = None) -> None:
     """Replace the fabric in ``store`` (tables tree, ssh, meta) in one transaction; the
-    database's other tables (handlers, load balancer state) stay as they are."""
-    data = fabric_to_dict(fabric)
+    database's other tables (handlers, load balancer state) stay as they are. SSH
+    passwords are never written: a node keeps the targets (any node can rebuild the
+    tree), not the secrets that log into the other servers."""
+    data = fabric_to_dict(without_passwords(fabric))
     with store.write() as w:
         w.replace(TREE_TABLE, data["tree_node"])
         w.replace(SSH_TABLE, data["ssh"])
@@ -520,6 +522,11 @@ def store_fabric(store: Any, fabric: Fabric, version: int,
               else time.time())
         w.put(META_TABLE, "sources", list(fabric.sources))
         w.put(META_TABLE, "format", DB_FORMAT)
+
+
+def without_passwords(fabric: Fabric) -> Fabric:
+    """``fabric`` with no SSH password (what nodes may hold and be sent)."""
+    return replace(fabric, ssh={n: replace(t, password=None) for n, t in fabric.ssh.items()})
 
 
 def fabric_from_store(store: Any, label: str) -> Fabric | None:
@@ -634,4 +641,4 @@ def config_paths(values: Iterable[str]) -> list[str]:
 
 __all__ = ["Fabric", "SshTarget", "load_fabric", "fabric_from_dict", "fabric_to_dict",
            "compile_db", "read_db", "store_fabric", "stored_version", "fabric_from_store",
-           "load_any", "to_toml", "dump", "config_paths"]
+           "load_any", "to_toml", "dump", "config_paths", "without_passwords"]

@@ -4,6 +4,10 @@ Every node keeps what must survive a restart here: the tree config and its versi
 custom event handlers, load-balancer state. LMDB gives atomic multi-key writes and
 lets `tsctl` read a running node's file without stopping it.
 
+The file holds secrets (tokens, the link token): it and its lock file are created
+0600, a directory made for it is 0700, and a directory any user may write to (without
+the sticky bit) is refused: another user could swap the file.
+
     with Store("/etc/treescale/tree.db") as db:
         db.put("handlers", "deploy", {"run": "..."})
         with db.write() as w:              # several changes, applied atomically
@@ -24,6 +28,8 @@ import msgpack
 DEFAULT_DB_PATH = "/etc/treescale/tree.db"
 MAP_SIZE = 256 * 1024 * 1024  # address space only; the file grows as data does
 MAX_TABLES = 32
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
 
 def default_db_path() -> str:
@@ -33,6 +39,28 @@ def default_db_path() -> str:
 
 class StoreError(RuntimeError):
     """The database cannot be opened or written (message names the path)."""
+
+
+def _check_directory(directory: Path) -> None:
+    """Refuse a directory every user may write to without the sticky bit."""
+    import stat
+
+    mode = directory.stat().st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise StoreError(f"{directory}: any user may write to this directory (mode "
+                         f"{stat.filemode(mode)}): keep the database somewhere private "
+                         f"(chmod o-w {directory}, or another db_path / $TREE_DB_PATH)")
+
+
+def _make_private(*files: Path) -> None:
+    """Files made before databases were private (0644) become 0600 (ours only)."""
+    for f in files:
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            os.chmod(f, FILE_MODE)
 
 
 def _pack(value: Any) -> bytes:
@@ -70,10 +98,13 @@ class Store:
         self.path = Path(path)
         try:
             if not readonly:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+                _check_directory(self.path.parent)
             self.env = lmdb.open(str(self.path), subdir=False, map_size=MAP_SIZE,
                                  max_dbs=MAX_TABLES, readonly=readonly, lock=True,
-                                 create=not readonly)
+                                 create=not readonly, mode=FILE_MODE)
+            if not readonly:
+                _make_private(self.path, Path(f"{self.path}-lock"))
         except (lmdb.Error, OSError) as exc:
             raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
         self._tables: dict[str, Any] = {}
