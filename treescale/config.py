@@ -53,15 +53,27 @@ class NodeConfig:
     slow_consumer_bytes: int = 64 * 1024 * 1024
     slow_consumer_messages: int = 10_000
     client_timeout: float = 15.0
-    tokens: Any = None
+    tokens: Any = field(default=None, repr=False)  # secrets: never in a repr or a log
     auth_command: Any = None
     auth_url: str | None = None
     auth_timeout: float = 5.0
+    # Links have their own credential: a child presents link_token in its LINK (or
+    # parent_token, an alias kept for old configs), and a node admits a LINK only with
+    # its own link_token. Client tokens never admit a link.
+    link_token: str | None = field(default=None, repr=False)
     # Address of the parent node (tcp://host:port); None for a root.
     parent: str | None = None
-    parent_token: str | None = None
+    parent_token: str | None = field(default=None, repr=False)
     join: bool = False  # parent is a contact: let the tree place us (auto-join)
+    # Services that run commands or change the machine start only when their flag is
+    # true and the node has client auth (tokens, auth_command or auth_url).
     exec_enabled: bool = False
+    handlers_enabled: bool = False
+    docker_enabled: bool = False
+    lb_enabled: bool = False
+    config_enabled: bool = False
+    # Listen on a non-loopback address without client auth (a trusted network only).
+    insecure: bool = False
     metrics_port: int | None = None
     # Docker service: the engine (default $DOCKER_HOST, else the local socket) and how
     # often each running container's stats are published ($sys.docker.NODE.stats).
@@ -88,6 +100,95 @@ class NodeConfig:
     def auth_settings(self) -> dict:
         return {k: getattr(self, k) for k in ("tokens", "auth_command", "auth_url",
                                               "auth_timeout") if getattr(self, k) is not None}
+
+    @property
+    def has_auth(self) -> bool:
+        """Whether clients must authenticate (tokens, auth_command or auth_url)."""
+        return any(getattr(self, k) is not None for k in AUTH_METHODS)
+
+    def service_off_reason(self, service: str) -> str | None:
+        """Why service ``service`` does not run on this node (None: it runs)."""
+        if self.services is not None and service not in self.services:
+            return f"not in services ({', '.join(self.services) or 'none'})"
+        flag = service_flag(service)
+        if not getattr(self, flag):
+            return f"{flag} is false"
+        if not self.has_auth:
+            return (f"{flag} is true but the node has no client auth (set tokens, "
+                    "auth_command or auth_url)")
+        return None
+
+    def bind_refusal(self) -> str | None:
+        """Why this node must not listen where it is configured to (None: it may): a
+        non-loopback address without client auth would let anyone who reaches the port
+        in, unless the config says ``insecure``."""
+        if self.has_auth or self.insecure or is_loopback(self.host):
+            return None
+        return (f"node {self.name}: refusing to listen on {self.host} without client "
+                "auth (anyone who reaches the port could use the node): set tokens, "
+                "auth_command or auth_url, or start it with --insecure (insecure = true) "
+                "on a trusted network")
+
+
+AUTH_METHODS = ("tokens", "auth_command", "auth_url")
+# What only a token with "*" may change by a config push: client auth, the link
+# credential, and the switches of the services that run commands or change the machine.
+PRIVILEGED_FIELDS = (*AUTH_METHODS, "auth_timeout", "link_token", "parent_token",
+                     "keys_dir", "insecure",
+                     *(f"{name}_enabled" for name in SERVICES))
+# Secrets a node database holds; shown only to a token with "*".
+SECRET_FIELDS = ("tokens", "link_token", "parent_token")
+# Where the node reads secrets that must never be on its command line.
+ENV_LINK_TOKEN = "TREESCALE_LINK_TOKEN"
+ENV_ADMIN_TOKEN = "TREESCALE_ADMIN_TOKEN"  # a token with every permission
+ENV_CLIENT_TOKEN = "TREESCALE_TOKEN"  # what clients and tsctl present
+
+
+def service_flag(service: str) -> str:
+    """The NodeConfig flag that turns service ``service`` on (``exec_enabled``...)."""
+    return f"{service}_enabled"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name or a wildcard: it may be reachable from elsewhere
+
+
+def secrets_from_env(cfg: NodeConfig, environ: dict) -> NodeConfig:
+    """Take the node's secrets from the environment (and out of it, so that nothing
+    the node runs inherits them): ``$TREESCALE_LINK_TOKEN`` is its link_token unless
+    the config sets one; ``$TREESCALE_ADMIN_TOKEN`` joins its tokens with every
+    permission; a client's ``$TREESCALE_TOKEN`` is dropped."""
+    link = environ.pop(ENV_LINK_TOKEN, None)
+    admin = environ.pop(ENV_ADMIN_TOKEN, None)
+    environ.pop(ENV_CLIENT_TOKEN, None)  # a client's: not the node's, nor its commands'
+    if link and cfg.link_token is None:
+        cfg.link_token = link
+    if admin:
+        if cfg.auth_command is not None or cfg.auth_url is not None:
+            raise ConfigError(f"node {cfg.name}: ${ENV_ADMIN_TOKEN} needs token auth, "
+                              "but the config sets auth_command or auth_url")
+        cfg.tokens = with_token(cfg.tokens, admin, ["*"])
+    return cfg
+
+
+def with_token(tokens: Any, token: str, permissions: list[str]) -> dict:
+    """``tokens`` (None, a list: every permission, or a map) plus ``token``."""
+    if tokens is None:
+        merged: dict = {}
+    elif isinstance(tokens, dict):
+        merged = dict(tokens)
+    else:
+        merged = {t: ["*"] for t in tokens}
+    merged[token] = permissions
+    return merged
 
 
 # Keys of the seed's tree format mapped onto NodeConfig fields.

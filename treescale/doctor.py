@@ -2,7 +2,9 @@
 
 Each check looks at the real thing (binds the port, writes a probe file in the database
 directory, asks the Docker engine for its version, trial-loads an nftables NAT chain,
-opens the IPVS netlink family, reads the clocks) and returns one ``Check``: ``ok``,
+opens the IPVS netlink family, reads the clocks; says from the config who may connect
+and link, and which services that run commands will start, and why not) and returns
+one ``Check``: ``ok``,
 ``warn`` (the node runs, with less) or ``fail`` (the node will not run as configured),
 and for a warning or failure what to do about it. A check that breaks in an unexpected
 way is itself a failure of that check; the others still run.
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from treescale.config import NodeConfig
+from treescale.config import AUTH_METHODS, NodeConfig, is_loopback, service_flag
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 MIN_PYTHON = (3, 11)
@@ -63,6 +65,8 @@ def run_checks(cfg: NodeConfig, db_path: str, keys_dir: str | None = None) -> li
     checks += [
         ("database", lambda: check_database(db_path)),
         ("keys", lambda: check_keys(keys_dir)),
+        ("auth", lambda: check_auth(cfg)),
+        ("services", lambda: check_services(cfg)),
         ("docker", lambda: check_docker(cfg)),
         ("nftables", lambda: check_nft(cfg)),
         ("ipvs", lambda: check_ipvs(cfg)),
@@ -234,15 +238,61 @@ def check_keys(keys_dir: str | None) -> Check:
     return Check("keys", OK, f"{path} is private ({len(list(path.iterdir()))} file(s))")
 
 
+def check_auth(cfg: NodeConfig) -> Check:
+    """Who may connect and link: a non-loopback address needs client auth (or
+    ``insecure``), and with client auth a child links only with a link_token."""
+    refusal = cfg.bind_refusal()
+    if refusal is not None:
+        return Check("auth", FAIL, f"{cfg.host} is not loopback and the node has no "
+                     "client auth: it will refuse to start",
+                     "set tokens, auth_command or auth_url (tsctl build gives every node "
+                     "an admin token), or insecure = true (--insecure) on a trusted "
+                     "network")
+    if not cfg.has_auth:
+        if cfg.insecure and not is_loopback(cfg.host):
+            return Check("auth", WARN, f"listens on {cfg.host} without client auth "
+                         "(insecure = true): anyone who reaches it may use it",
+                         "set tokens, auth_command or auth_url")
+        return Check("auth", OK, f"no client auth, loopback only ({cfg.host}): "
+                     "services that run commands stay off")
+    method = next(k for k in AUTH_METHODS if getattr(cfg, k) is not None)
+    if cfg.link_token is None:
+        return Check("auth", WARN, f"clients authenticate ({method}); no link_token: "
+                     "this node refuses every child link",
+                     "set link_token (the same on every node of the tree; tsctl build "
+                     "sets one)")
+    return Check("auth", OK, f"clients authenticate ({method}); children link with "
+                 "the link_token")
+
+
+def check_services(cfg: NodeConfig) -> Check:
+    """Which services that run commands or change the machine will start, and why
+    the others will not."""
+    from treescale.services import SERVICES
+
+    on = [name for name in SERVICES if cfg.service_off_reason(name) is None]
+    off = {name: cfg.service_off_reason(name) for name in SERVICES if name not in on}
+    detail = f"on: {', '.join(on) or 'none'}"
+    if off:
+        detail += "; off: " + ", ".join(f"{name} ({why})" for name, why in off.items())
+    wanted = [name for name in off if getattr(cfg, service_flag(name))
+              and (cfg.services is None or name in cfg.services)]
+    if wanted:
+        return Check("services", WARN, detail, f"{', '.join(wanted)}: enabled but will not "
+                     "start without client auth: set tokens, auth_command or auth_url")
+    return Check("services", OK, detail)
+
+
 def _service_off(cfg: NodeConfig, service: str) -> bool:
-    return cfg.services is not None and service not in cfg.services
+    return cfg.service_off_reason(service) is not None
 
 
 def check_docker(cfg: NodeConfig) -> Check:
     from treescale.services.docker import DEFAULT_ENGINE
 
     if _service_off(cfg, "docker"):
-        return Check("docker", OK, "the docker service is not enabled in this config")
+        return Check("docker", OK, "the docker service is off in this config (see "
+                     "services)")
     url = cfg.docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_ENGINE
     fix = ("start the engine (dockerd, or systemctl start docker) or point docker_host "
            "at one; until then `tsctl docker` on this node says the engine is "
@@ -268,7 +318,8 @@ def check_nft(cfg: NodeConfig) -> Check:
     from treescale.lb.nft import probe
 
     if _service_off(cfg, "lb"):
-        return Check("nftables", OK, "the lb service is not enabled in this config")
+        return Check("nftables", OK, "the lb service is off in this config (see "
+                     "services)")
     reason = probe()
     if reason is not None:
         fix = "apt-get install nftables" if shutil.which("nft") is None else \
@@ -285,7 +336,7 @@ def check_ipvs(cfg: NodeConfig) -> Check:
     from treescale.lb.ipvs import probe
 
     if _service_off(cfg, "lb"):
-        return Check("ipvs", OK, "the lb service is not enabled in this config")
+        return Check("ipvs", OK, "the lb service is off in this config (see services)")
     reason = probe()
     if reason is not None:
         return Check("ipvs", WARN, f"{reason}: a limit of this kernel, not a TreeScale "

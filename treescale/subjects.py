@@ -93,6 +93,12 @@ def service_of(subject: str) -> str | None:
     return subject[len(SVC_PREFIX):].split(".", 1)[0]
 
 
+# A request's header, set by the node the requester is attached to (never the
+# requester's word): the permissions of its token, so that a service can refuse what
+# only a token with "*" may do (a config push that changes auth).
+PERMISSIONS_HEADER = "$permissions"
+
+
 def permission_for(subject: str) -> str | None:
     """The permission a token needs to send to ``subject`` (None: no special one).
 

@@ -35,7 +35,8 @@ STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
 def doctor(config_path: str | None, name: str | None, port: int | None, host: str | None,
            db: str | None, keys_dir: str | None, as_json: bool) -> None:
     """Check this machine for what a node needs: its port, database directory, keys,
-    Docker engine, nftables, IPVS, clock, Python and ZeroMQ. One line per check: ok,
+    auth (who may connect and link), which services will start (and why not), Docker
+    engine, nftables, IPVS, clock, Python and ZeroMQ. One line per check: ok,
     warn (the node runs, with less) or fail, and what to do about it. Exit status 1
     if any check failed (warnings do not fail)."""
     from treescale.doctor import FAIL, run_checks

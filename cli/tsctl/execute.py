@@ -45,8 +45,9 @@ def run_exec(address: str, token: str | None, timeout: float, command: str,
             if result.get("error") and not as_json:
                 print(f"error: {result['error']}", file=sys.stderr)
     if node is not None and node not in rows:
-        print(f"error: no answer from node {node!r} within {exec_timeout + timeout:g}s "
-              "(is it in the tree?)", file=sys.stderr)
+        print(f"error: no answer from node {node!r}: it is not in the tree, or its exec "
+              "service is off (it runs with exec_enabled = true and client auth)",
+              file=sys.stderr)
         return 124
     if not rows:
         print("error: no node of that group/tag answered", file=sys.stderr)

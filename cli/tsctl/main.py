@@ -17,7 +17,7 @@ import click
 
 from treescale import subjects
 from treescale.loader import load_node_config, load_tree
-from treescale.local import DEFAULT_STATE
+from treescale.local import DEFAULT_STATE, token_file
 from tsctl.common import (
     address_of_node,
     address_option,
@@ -74,7 +74,8 @@ def node() -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Node or tree config (TOML, JSON or YAML).")
 @click.option("--token", "tokens", multiple=True,
-              help="Accept this client token (repeatable); default: no auth.")
+              help="Accept this client token (repeatable; visible in `ps`: prefer tokens "
+              "in the config file, or $TREESCALE_ADMIN_TOKEN); default: no auth.")
 @click.option("--max-payload", type=int, help="Largest payload in bytes.")
 @click.option("--parent", help="Link under the node at this address (tcp://HOST:PORT); "
               "if it is full it redirects us below it.")
@@ -86,15 +87,27 @@ def node() -> None:
               help="Rewrite this node's and its parent's addresses to 127.0.0.1.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535),
               help="Serve Prometheus /metrics on this port (0: pick a free one).")
+@click.option("--insecure", is_flag=True,
+              help="Listen on a non-loopback address without client auth (a trusted "
+              "network only; the config's `insecure = true`).")
 @friendly
 def node_start(name: str | None, port: int | None, host: str | None,
                config_path: str | None, tokens: tuple[str, ...],
                max_payload: int | None, parent: str | None, join: str | None,
-               parent_token: str | None, local: bool, metrics_port: int | None) -> None:
-    """Start a node in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
+               parent_token: str | None, local: bool, metrics_port: int | None,
+               insecure: bool) -> None:
+    """Start a node in the foreground (SIGTERM or Ctrl-C stops it cleanly).
+
+    Secrets come from the config file or the environment, never the command line:
+    $TREESCALE_LINK_TOKEN (the link token, unless the config sets one),
+    $TREESCALE_ADMIN_TOKEN (a client token with every permission) and
+    $TREESCALE_PARENT_TOKEN; the node removes them from its environment."""
     from treescale.brokers.node import Node
+    from treescale.config import secrets_from_env
 
     cfg = load_node_config(config_path, name)
+    if insecure:
+        cfg.insecure = True
     if join:
         cfg.parent, cfg.join = join, True
     if local:
@@ -108,6 +121,8 @@ def node_start(name: str | None, port: int | None, host: str | None,
             setattr(cfg, key, value)
     if tokens:
         cfg.tokens = list(tokens)
+    secrets_from_env(cfg, os.environ)
+    os.environ.pop("TREESCALE_PARENT_TOKEN", None)  # --parent-token has read it
     n = Node(cfg)
     n.install_signal_handlers()
     logging.getLogger("treescale").setLevel(logging.INFO)
@@ -140,7 +155,9 @@ state_option = click.option(
               help="Print the started nodes (name, address, pid, log) as JSON.")
 @friendly
 def up_cmd(config: str, keep_addresses: bool, state: Path, as_json: bool) -> None:
-    """Start every node of a tree file as local processes (root first)."""
+    """Start every node of a tree file as local processes (root first). They accept
+    one admin token: $TREESCALE_TOKEN if set, else the one kept beside the state file
+    (made the first time)."""
     from dataclasses import asdict
 
     from rich.progress import Progress
@@ -159,6 +176,9 @@ def up_cmd(config: str, keep_addresses: bool, state: Path, as_json: bool) -> Non
         console.print(f"[green]up[/] {n.name:<10} {n.address:<24} pid {n.pid}")
     console.print(f"{len(nodes)} node(s) running; `tsctl status -a {nodes[0].address}` "
                   "shows the tree, `tsctl down` stops it")
+    console.print(f"the tree's admin token is in {token_file(state)}: export "
+                  f"TREESCALE_TOKEN=$(cat {token_file(state)}) or pass --token-file",
+                  soft_wrap=True)
 
 
 @cli.command("down")

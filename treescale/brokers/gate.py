@@ -84,7 +84,7 @@ def admit(session: Session | None, msg: object) -> Refusal | None:
         who = "a client" if peer == CLIENT else "a child node"
         return Refusal(subjects.UNEXPECTED, f"{who} may not send {what} messages")
     if kind == P.REQUEST:
-        return may_publish(session, (msg.name,), ref=msg.req_id)
+        return may_publish(session, (msg.name,), ref=msg.req_id, request=True)
     if kind == P.SUB:
         return may_subscribe(session, msg.pattern)
     return None
@@ -99,10 +99,13 @@ def from_parent(msg: object) -> Refusal | None:
     return None
 
 
-def may_publish(session: Session, names, ref: object = None) -> Refusal | None:
+def may_publish(session: Session, names, ref: object = None,
+                request: bool = False) -> Refusal | None:
     """Reserved names need a permission: ``$svc.S…`` needs ``S`` (exec, docker…);
     ``$sys.…`` (what nodes and services say about the fabric, which the monitor and
-    the load balancer believe) needs ``sys``. Links and services carry ``*``."""
+    the load balancer believe) needs ``sys``. Links and services carry ``*``. A
+    service is only ever asked by a REQUEST (the node stamps the requester's
+    permissions on it): a publish there could carry forged ones."""
     perms = session.permissions
     if "*" in perms:
         return None
@@ -111,6 +114,9 @@ def may_publish(session: Session, names, ref: object = None) -> Refusal | None:
         if needed is not None and needed not in perms:
             return Refusal(subjects.PERMISSION_DENIED, f"{name!r}: this client's token "
                            f"does not allow {needed}", name if ref is None else ref)
+        if not request and subjects.service_of(name) is not None:
+            return Refusal(subjects.PERMISSION_DENIED, f"{name!r}: services take "
+                           "requests, not publishes", name if ref is None else ref)
     return None
 
 

@@ -5,13 +5,18 @@ when the hook may block: a command or an HTTP call must never stall the loop), a
 finishing: a refusal (``token_required``/``bad_token``, ``$sys.client.denied``), or
 READY with the client's private inbox subscribed and its hello's subscriptions
 applied, or handing a child to placement. The node's own services prove themselves
-with a secret only this process knows.
+with a secret only this process knows. A LINK is admitted by the link credential
+alone (``link_token``, compared in constant time), never by a client token; a node
+with client auth but no link_token refuses every LINK, and only a node with no auth
+at all (development on loopback) takes any.
 
 Must not touch: what a ready session may send afterwards (gate.py), routing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import queue
 import secrets
 import time
@@ -22,7 +27,7 @@ import zmq
 
 from treescale import protocol as P
 from treescale import subjects
-from treescale.auth import AuthHook, ClientIdentity, Decision
+from treescale.auth import ALL_PERMISSIONS, AuthHook, ClientIdentity, Decision
 from treescale.brokers.sessions import AUTHENTICATING, READY, Session, client_id_of
 
 if TYPE_CHECKING:
@@ -59,6 +64,9 @@ class Handshake:
                           quiet=is_link or bool(hello.options.get("direct")),
                           is_link=is_link, fd=_fd_of(frames[1]) if is_link else None)
         node.sessions[rid] = session
+        if is_link:
+            self.finish(rid, hello, self.link_decision(hello.token))
+            return
         who = ClientIdentity(session.name, session.groups, session.tags, session.channels,
                              _peer_address(frames[0]))
         if not is_link and hello.options.get("service") == self.service_secret:
@@ -77,6 +85,20 @@ class Handshake:
             node.wake()
 
         self._pool.submit(work)
+
+    def link_decision(self, token: str | None) -> Decision:
+        """Whether a LINK carrying ``token`` may become a child link."""
+        config = self.node.config
+        if config.link_token is None:
+            if config.has_auth:
+                return Decision(False, f"links need link_token: node {self.node.name} "
+                                "has client auth but no link_token set")
+            return Decision(True, "no auth on this node", ALL_PERMISSIONS)
+        if not token:
+            return Decision(False, "link token required")
+        if not hmac.compare_digest(_digest(token), _digest(config.link_token)):
+            return Decision(False, "invalid link token")
+        return Decision(True, "link", ALL_PERMISSIONS)
 
     def finish_pending(self) -> None:
         """Hellos whose auth check finished on a worker thread."""
@@ -116,6 +138,11 @@ class Handshake:
         if not session.quiet:
             node.emit(subjects.CLIENT_CONNECT, {"node": node.name, "client": session.name,
                                                 "id": session.client_id})
+
+
+def _digest(token: str) -> bytes:
+    """Equal-length values to compare (no length leak)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 def _fd_of(frame) -> int | None:

@@ -1,9 +1,10 @@
 """What runs beside a node's loop: its machine services and its /metrics endpoint.
 
-Owns: starting the services the config names (as clients of the node, on a thread of
-their own, after the loop runs: a service talks to its node like any client, so the
-loop never waits on Docker or a process), closing them within a bounded time, and the
-Prometheus endpoint's life.
+Owns: starting the services the config turns on (each needs its ``<name>_enabled``
+flag and client auth on the node; one log line says why one is off) as clients of the
+node, on a thread of their own, after the loop runs (a service talks to its node like
+any client, so the loop never waits on Docker or a process), closing them within a
+bounded time, and the Prometheus endpoint's life.
 
 Must not touch: the loop, sessions or routing. Services reach the node only through
 its port.
@@ -60,10 +61,13 @@ class Hosting:
         address = node.endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
         self.context = ServiceContext(address, node.name, node.config,
                                       node.handshake.service_secret)
-        wanted = SERVICES if node.config.services is None else node.config.services
-        for name in wanted:
+        for name in SERVICES:
             if node.stopping:
                 return
+            off = node.config.service_off_reason(name)
+            if off is not None:  # secure by default: say why, once
+                log.info("node %s: service %s not started: %s", node.name, name, off)
+                continue
             try:
                 service = load_factory(SERVICES[name])(self.context)
                 with self._lock:

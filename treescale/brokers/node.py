@@ -40,7 +40,7 @@ from treescale.brokers.parent import ParentLink, heartbeats
 from treescale.brokers.placement import Placement
 from treescale.brokers.requests import Requests
 from treescale.brokers.sessions import Session
-from treescale.config import NodeConfig
+from treescale.config import ConfigError, NodeConfig
 from treescale.frames import EVENTS, NOBLOCK, POLLIN, monitor_events, recv_frames, send_frames
 from treescale.metrics import CLIENTS, SERVICES, ProcessUsage, Traffic
 from treescale.routing import PatternError, RoutingTable, TargetError
@@ -57,6 +57,9 @@ class Node:
 
     def __init__(self, config: NodeConfig, auth: AuthHook | None = None,
                  context: zmq.Context | None = None) -> None:
+        refusal = config.bind_refusal()
+        if refusal is not None:  # before any socket: nothing listens, nothing to undo
+            raise ConfigError(refusal)
         self.config = config
         self.name = config.name
         self.ctx = context or zmq.Context.instance()

@@ -177,8 +177,9 @@ class ParentLink:
 
     def link_message(self) -> list:
         config = self.node.config
-        return P.encode_link(self.node.name, config.parent_token, config.groups,
-                             config.tags, self.node.endpoint, config.join)
+        # parent_token: the older name of what a child presents
+        return P.encode_link(self.node.name, config.parent_token or config.link_token,
+                             config.groups, config.tags, self.node.endpoint, config.join)
 
     def send(self, frames: list) -> bool:
         return self.node.links.send(PARENT, frames)

@@ -2,10 +2,12 @@
 subject; a reply finds its way back to that inbox, on this node or through the tree.
 
 Owns: turning a REQUEST into one event (mode all: every responder; mode one: one per
-queue group) carrying the reply subject ``$inbox.NODE.CLIENT.REQID``, and routing a
-REPLY to the client that owns the inbox (here) or toward the node that does (through
-its ``$inbox.NODE.>`` interest). The requester's id is the node's, never the client's
-word, so a reply cannot be steered to someone else's inbox by the requester.
+queue group) carrying the reply subject ``$inbox.NODE.CLIENT.REQID`` and, to a
+service, the requester's permissions (header ``subjects.PERMISSIONS_HEADER``), and
+routing a REPLY to the client that owns the inbox (here) or toward the node that does
+(through its ``$inbox.NODE.>`` interest). The requester's id and permissions are the node's word,
+never the client's, so a reply cannot be steered to someone else's inbox and a
+service knows what the requester's token allows.
 
 Must not touch: how events are queued and sent (fanout.py), who may send (gate.py).
 """
@@ -33,6 +35,11 @@ class Requests:
     def on_request(self, session: Session, req: P.Request) -> None:
         node = self.node
         reply_to = subjects.inbox(node.name, session.client_id, req.req_id)
+        headers = req.headers
+        if subjects.service_of(req.name) is not None:
+            # what the requester's token allows, in our words (whatever it wrote there)
+            headers = {**(headers or {}),
+                       subjects.PERMISSIONS_HEADER: sorted(session.permissions)}
         try:
             route = node.table.lookup(req.name, req.target)
         except (PatternError, TargetError) as exc:
@@ -42,18 +49,17 @@ class Requests:
             dests = route.everyone
             if dests:
                 node.fanout.queue_single(session.name, req.name, req.payload,
-                                         req.target, req.mode, reply_to, req.headers,
-                                         dests)
+                                         req.target, req.mode, reply_to, headers, dests)
                 return
         else:  # one member per queue group; a link is told which groups it serves
             groups_of: dict = {}
             for dest, queue in node.table.pick_groups(route):
                 groups_of.setdefault(dest, []).append(queue)
             for dest, groups in groups_of.items():
-                headers = with_queues(req.headers, groups) if dest in node.links \
-                    else req.headers
                 node.fanout.queue_single(session.name, req.name, req.payload,
-                                         req.target, req.mode, reply_to, headers, (dest,))
+                                         req.target, req.mode, reply_to,
+                                         with_queues(headers, groups) if dest in node.links
+                                         else headers, (dest,))
             if groups_of:
                 return
         node.send_error(session.routing_id, subjects.NO_RESPONDERS,

@@ -7,6 +7,11 @@ Operations on ``$svc.config.<node>`` (and ``$svc.config``), permission ``config`
     version {} -> {version, compiled_at, nodes}        (``tsctl config version``)
     get     {} -> {version, compiled_at, sources, fabric}
 
+Only a token with "*" may push a fabric that changes a node's auth (tokens,
+auth_command, auth_url), its link credential or a ``*_enabled`` switch of a service
+that runs commands (config.PRIVILEGED_FIELDS): anyone else's push is refused naming
+the field. ``get`` shows tokens and link tokens only to a token with "*".
+
 A newly stored version is announced as ``$sys.config.applied`` {node, version,
 previous, via}. Catching up needs no push: each node says which version it holds in a
 ``$sys.config.version`` event {node, version} when it starts, whenever one of its links
@@ -30,12 +35,14 @@ from typing import Any
 import msgpack
 
 from treescale import subjects
-from treescale.config import ConfigError
+from treescale.auth import ALL_PERMISSIONS
+from treescale.config import PRIVILEGED_FIELDS, SECRET_FIELDS, ConfigError, NodeConfig
 from treescale.fabric import (
     META_TABLE,
     SSH_TABLE,
     TREE_TABLE,
     fabric_from_dict,
+    fabric_from_store,
     load_any,
     store_fabric,
     stored_version,
@@ -48,6 +55,7 @@ log = logging.getLogger("treescale.config")
 SERVICE = "config"
 ANNOUNCE_INTERVAL = 30.0  # safety net: a missed announcement is repeated this often
 FETCH_TIMEOUT = 10.0
+REDACTED = "<redacted: needs a token with *>"
 
 
 class ConfigService:
@@ -89,8 +97,11 @@ class ConfigService:
     # ---------------------------------------------------------------- applying
 
     def apply(self, version: Any, data: Any, sources: Any = None,
-              compiled_at: Any = None, via: str = "push") -> dict:
-        """Store fabric ``data`` as ``version`` if newer than ours (atomically)."""
+              compiled_at: Any = None, via: str = "push",
+              permissions: frozenset[str] = ALL_PERMISSIONS) -> dict:
+        """Store fabric ``data`` as ``version`` if newer than ours (atomically). Only
+        ``permissions`` with "*" may change a node's auth, link credential or the
+        switches of the services that run commands."""
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ServiceError(f"version must be a positive integer, got {version!r}")
         if not isinstance(data, dict):
@@ -106,12 +117,29 @@ class ConfigService:
             previous = self.version
             if version <= previous:
                 return {"version": previous, "applied": False, "previous": previous}
+            if "*" not in permissions:
+                self._check_unprivileged(fabric, version, permissions)
             store_fabric(self.store, fabric, version, stamp)
         log.info("node %s: config version %d applied (%s; was %d)", self.node, version,
                  via, previous)
         self.endpoint.publish(subjects.CONFIG_APPLIED, {"node": self.node, "version": version,
                                               "previous": previous, "via": via})
         return {"version": version, "applied": True, "previous": previous}
+
+    def _check_unprivileged(self, fabric: Any, version: int,
+                            permissions: frozenset[str]) -> None:
+        """Refuse, naming the field, a fabric that changes what only "*" may."""
+        current = fabric_from_store(self.store, str(self.store.path))
+        before = current.nodes if current is not None else {}
+        for name in sorted(set(fabric.nodes) | set(before)):
+            old = before.get(name) or NodeConfig(name=name)
+            new = fabric.nodes.get(name) or NodeConfig(name=name)
+            for key in PRIVILEGED_FIELDS:
+                if getattr(old, key, None) != getattr(new, key, None):
+                    raise ServiceError(
+                        f"node {self.node} refused version {version}: changing {key} of "
+                        f"node {name} needs a token with \"*\" (this one allows "
+                        f"{', '.join(sorted(permissions)) or 'nothing'})")
 
     def _seed(self) -> None:
         """A node started from a tree file or database keeps that tree (unless the
@@ -134,7 +162,8 @@ class ConfigService:
 
     def _op_apply(self, args: dict, emit: Any) -> dict:
         return self.apply(args.get("version"), args.get("fabric"), args.get("sources"),
-                          args.get("compiled_at"), via=f"push from {args['_requester']}")
+                          args.get("compiled_at"), via=f"push from {args['_requester']}",
+                          permissions=args["_permissions"])
 
     def _op_version(self, args: dict, emit: Any) -> dict:
         with self._lock:
@@ -150,6 +179,9 @@ class ConfigService:
         if not nodes:
             raise ServiceError(f"node {self.node} holds no tree config")
         version = meta.get("version", 0)
+        if "*" not in args["_permissions"]:  # secrets only for who may change them
+            nodes = {n: {k: REDACTED if k in SECRET_FIELDS else v for k, v in t.items()}
+                     for n, t in nodes.items()}
         return {"version": version, "compiled_at": meta.get("compiled_at"),
                 "sources": meta.get("sources", []),
                 "fabric": {"version": version, "tree_node": nodes, "ssh": ssh}}

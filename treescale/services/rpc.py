@@ -18,7 +18,9 @@ request to ``$svc.S…`` needs the permission ``S`` on the caller's token.
                                   {"node", "ok": false, "error": str}
 
 Handlers run in a bounded thread pool, never on the client's I/O thread; they answer
-with ``Client.reply``, which keeps the replies of one request in order.
+with ``Client.reply``, which keeps the replies of one request in order. A handler's
+args carry ``_requester`` (the requester's name) and ``_permissions`` (what its token
+allows, as the node it is attached to says).
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ class ServiceEndpoint:
             if handler is None:
                 raise ServiceError(f"unknown {self.service} operation {op!r} "
                                    f"(known: {', '.join(sorted(self.ops))})")
-            result = handler({**args, "_requester": ev.source},
+            result = handler({**args, "_requester": ev.source,
+                              "_permissions": _permissions_of(ev)},
                              lambda stream, data: self._answer(ev, {"stream": stream,
                                                                     "data": data}))
             self._answer(ev, {"ok": True, "result": result})
@@ -107,6 +110,15 @@ class ServiceEndpoint:
 
     def _answer(self, ev: Event, body: dict) -> None:
         self.client.reply(ev, _pack({"node": self.node, **body}))
+
+
+def _permissions_of(ev: Event) -> frozenset[str]:
+    """What the requester's token allows, as its node stamped it on the request
+    (nothing if no node did)."""
+    stamped = (ev.headers or {}).get(subjects.PERMISSIONS_HEADER)
+    if not isinstance(stamped, list):
+        return frozenset()
+    return frozenset(p for p in stamped if isinstance(p, str))
 
 
 @dataclass
