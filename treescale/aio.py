@@ -33,6 +33,7 @@ from treescale.client_io import (
     Outbox,
     configure_socket,
     pack_outbox,
+    token_or_env,
 )
 from treescale.routing import split_pattern
 
@@ -54,7 +55,7 @@ class AsyncClient:
                  on_error: Any = None, context: zmq.asyncio.Context | None = None) -> None:
         self.address = address
         self.timeout = timeout
-        self.core = ClientCore(token, name, groups, tags, channels,
+        self.core = ClientCore(token_or_env(token), name, groups, tags, channels,
                                payload_types=PAYLOADS)
         self.on_error = on_error
         self.errors: deque[NodeError] = deque(maxlen=100)

@@ -43,6 +43,7 @@ from treescale.client_io import (
     Outbox,
     configure_socket,
     pack_outbox,
+    token_or_env,
 )
 from treescale.frames import (
     EVENTS,
@@ -79,7 +80,7 @@ class Client:
                  on_error: Any = None, context: zmq.Context | None = None,
                  options: dict | None = None) -> None:
         self.address = address
-        self.core = ClientCore(token, name, groups, tags, channels, options, PAYLOADS)
+        self.core = ClientCore(token_or_env(token), name, groups, tags, channels, options, PAYLOADS)
         self.on_error = on_error
         self.errors: deque[NodeError] = deque(maxlen=100)
         self._ctx = context or zmq.Context.instance()

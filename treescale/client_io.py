@@ -1,6 +1,7 @@
 """The socket side both clients share: socket options, the outbox and its packing.
 
-Owns: how a client's DEALER socket is set up, the ``Outbox`` (what the application
+Owns: how a client's DEALER socket is set up, where its token comes from when none is
+given (``$TREESCALE_TOKEN``), the ``Outbox`` (what the application
 handed over and the socket has not sent yet, in call order) and ``pack_outbox``
 (turning it into PUB batches and control messages, large payloads as zero-copy
 frames).
@@ -11,6 +12,7 @@ or the thread / event loop of one client (treescale.client, treescale.aio).
 
 from __future__ import annotations
 
+import os
 import threading
 from array import array
 from bisect import bisect_right
@@ -32,6 +34,14 @@ MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 PAYLOADS: tuple[type, ...] = (*PAYLOAD_TYPES, zmq.Frame)
 COMMAND = object()  # outbox name slot of a control message (its frames in the data slot)
 BYE = P.encode_bye()[0]
+
+
+def token_or_env(token: str | None) -> str | None:
+    """``token``, else ``$TREESCALE_TOKEN`` (so that no secret need be in code or on a
+    command line); an empty string means: no token, whatever the environment says."""
+    if token is None:
+        return os.environ.get("TREESCALE_TOKEN") or None
+    return token
 
 
 def configure_socket(sock: zmq.Socket, core: ClientCore) -> None:

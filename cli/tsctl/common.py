@@ -57,8 +57,32 @@ address_option = click.option(
     "-a", "--address", default=lambda: os.environ.get("TREESCALE_ADDRESS", DEFAULT_ADDRESS),
     show_default=f"$TREESCALE_ADDRESS or {DEFAULT_ADDRESS}",
     help="Node to attach to.")
-token_option = click.option("--token", envvar="TREESCALE_TOKEN", default=None,
-                            help="Auth token (or $TREESCALE_TOKEN).")
+def token_option(fn: Callable) -> Callable:
+    """--token (or $TREESCALE_TOKEN) and --token-file (or $TREESCALE_TOKEN_FILE): the
+    ``token`` parameter. A file keeps the secret out of the command line (``ps``
+    shows every process's arguments); an explicit --token wins over the file."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, token_file: str | None = None, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        explicit = ctx.get_parameter_source("token") == click.core.ParameterSource.COMMANDLINE
+        if token_file is not None and not explicit:
+            from treescale.credentials import read_token_file
+
+            try:
+                kwargs["token"] = read_token_file(token_file)
+            except ConfigError as exc:
+                raise click.BadParameter(str(exc), param_hint="--token-file") from None
+        return fn(*args, **kwargs)
+
+    wrapper = click.option("--token-file", envvar="TREESCALE_TOKEN_FILE", default=None,
+                           type=click.Path(dir_okay=False),
+                           help="Read the auth token from this file (or "
+                           "$TREESCALE_TOKEN_FILE), e.g. the one `tsctl build` wrote.")(wrapper)
+    return click.option("--token", envvar="TREESCALE_TOKEN", default=None,
+                        help="Auth token (or $TREESCALE_TOKEN; --token-file keeps it off "
+                        "the command line).")(wrapper)
+
 timeout_option = click.option("--timeout", type=float, default=10.0, show_default=True,
                               help="Seconds to wait for the node.")
 
