@@ -2,7 +2,10 @@
 
 Each node runs as `python -m tsctl.main node start --config FILE --name NAME` in its
 own session, logging to a file; a JSON state file remembers the processes so that
-`tsctl down` (or another shell) can stop them.
+`tsctl down` (or another shell) can stop them. Like a built tree, a local one is
+closed: every node accepts the tree's admin token (every permission) and links with
+the link token derived from it, both handed over in the environment, never on a
+command line; the admin token is written 0600 beside the state file (``up.token``).
 
 Must not touch: what a node does (it is only started and stopped here), reading config
 beyond the tree (treescale.loader).
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,6 +29,8 @@ from pathlib import Path
 import msgpack
 import zmq
 
+from treescale.config import ENV_ADMIN_TOKEN, ENV_LINK_TOKEN
+from treescale.credentials import link_token_for, read_token_file, write_private
 from treescale.loader import load_tree
 
 DEFAULT_STATE = Path(os.environ.get("TREESCALE_STATE",
@@ -81,16 +87,38 @@ def answers_ping(address: str, timeout: float = 0.2) -> bool:
         sock.close()
 
 
+def token_file(state: Path = DEFAULT_STATE) -> Path:
+    """Where `up` keeps the admin token of the tree it started."""
+    return state.with_name(state.stem + ".token")
+
+
+def _admin_token(state: Path, given: str | None) -> str:
+    """``given``, else $TREESCALE_TOKEN, else the last tree's, else a new one; kept
+    (0600) in ``token_file(state)``."""
+    path = token_file(state)
+    token = given or os.environ.get("TREESCALE_TOKEN")
+    if not token and path.exists():
+        token = read_token_file(path)
+    token = token or secrets.token_urlsafe(32)
+    if not path.exists() or read_token_file(path) != token:
+        path.unlink(missing_ok=True)
+        write_private(path, token + "\n")
+    return token
+
+
 def up(config: str | Path, state: Path = DEFAULT_STATE, local: bool = True,
-       timeout: float = 30.0, on_started: Callable[[LocalNode], object] | None = None
-       ) -> list[LocalNode]:
+       timeout: float = 30.0, on_started: Callable[[LocalNode], object] | None = None,
+       admin_token: str | None = None) -> list[LocalNode]:
     """Start every node of the tree in ``config`` (parents first); wait until each
-    answers. ``local`` rewrites every address to 127.0.0.1."""
+    answers. ``local`` rewrites every address to 127.0.0.1. Every node accepts
+    ``admin_token`` (default: see ``_admin_token``) with every permission."""
     tree = load_tree(config)
     if state.exists() and any(_alive(n.pid) for n in read_state(state)):
         raise RuntimeError(f"a tree is already running (state {state}); "
                            "run `tsctl down` first")
     state.parent.mkdir(parents=True, exist_ok=True)
+    admin = _admin_token(state, admin_token)
+    secrets_env = {ENV_ADMIN_TOKEN: admin, ENV_LINK_TOKEN: link_token_for(admin)}
     logs = state.parent / "logs"
     logs.mkdir(exist_ok=True)
     nodes: list[LocalNode] = []
@@ -104,7 +132,8 @@ def up(config: str | Path, state: Path = DEFAULT_STATE, local: bool = True,
             if local:
                 cmd.append("--local")
             # Each local node its own database beside its log (one machine, many nodes).
-            env = {**os.environ, "TREE_DB_PATH": str(state.parent / "db" / f"{name}.db")}
+            env = {**os.environ, **secrets_env,
+                   "TREE_DB_PATH": str(state.parent / "db" / f"{name}.db")}
             with open(log, "ab") as out:
                 proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True,

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from tsctl.common import console, friendly, out
+from tsctl.common import console, friendly, out, token_option
 
 #: The seed's sample files: `treescale build` alone builds them, as its README says.
 DEFAULT_FILES = "configs/tree.toml,configs/ssh.toml"
@@ -128,23 +128,38 @@ def server_options(fn: Callable) -> Callable:
               default="auto", show_default=True,
               help="What keeps each node running: a systemd unit, or a run script with a pid "
               "file (daemon); auto picks systemd where it runs and we log in as root.")
-@click.option("--token", envvar="TREESCALE_TOKEN", default=None,
-              help="Token for the join check on nodes with auth (default: one the node "
-              "accepts, from its config).")
+@click.option("--insecure", is_flag=True,
+              help="Build the tree with only the auth its configs give (no admin token, "
+              "no link token): nodes without auth listen open. A trusted network only.")
+@token_option
 @friendly
 def build_cmd(files: tuple[str, ...], parallel: int, dry_run: bool, as_json: bool,
               known_hosts: Path | None, connect_timeout: float, wheelhouse: Path | None,
               cache: Path | None, wait: bool, join_timeout: float, supervisor: str,
-              token: str | None) -> None:
+              insecure: bool, token: str | None) -> None:
     """Install TreeScale on every server of the tree over SSH and start its node.
 
     Per server: check Python (>= 3.11), copy a wheelhouse (no internet needed there),
     install a venv, write the compiled tree, install a systemd unit (or a run script
     where systemd is absent), start the node and wait until it joins. A second run
-    changes nothing that is already in place and says "up to date"."""
-    from treescale import provision
+    changes nothing that is already in place and says "up to date".
+
+    The tree is closed by default: every node gets an admin token (every permission)
+    and the tree's link token; the admin token is written 0600 to
+    ~/.config/treescale/ROOT.token ($TREESCALE_CONFIG_DIR), for later commands'
+    --token-file. --token is the token of the join check (default: the admin token)."""
+    from treescale import credentials, provision
 
     fabric = _load(files)
+    if insecure:
+        fabric = credentials.insecure(fabric)
+    else:
+        path = credentials.token_path(fabric)
+        admin, made = credentials.admin_token(path, create=not dry_run)
+        if admin is not None:
+            fabric = credentials.secured(fabric, admin)
+            console.print(f"{'made' if made else 'using'} the tree's admin token {path} "
+                          f"(tsctl ... --token-file {path})", soft_wrap=True)
     kw: dict[str, Any] = {"parallel": parallel, "dry_run": dry_run, "wait": wait,
                           "join_timeout": join_timeout, "wheelhouse": wheelhouse,
                           "token": token, "connect_timeout": connect_timeout,

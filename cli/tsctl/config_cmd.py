@@ -178,16 +178,23 @@ def show_cmd(db: str | None, source: str | None, fmt: str, as_json: bool) -> Non
 def push_cmd(paths: tuple[str, ...], version: int | None, as_json: bool, address: str,
              token: str | None, timeout: float) -> None:
     """Send a new config version to every node of the tree; each stores it if newer.
-    Exits 1 unless every node confirms the version. SSH passwords are not sent."""
+    Exits 1 unless every node confirms the version. SSH passwords are not sent. A
+    tree built by `tsctl build` keeps its admin and link tokens (from the admin token
+    file build wrote). Changing a node's auth or turning on a service that runs
+    commands needs a token with "*"."""
     from rich.progress import Progress
 
-    from treescale.fabric import fabric_to_dict
+    from treescale import credentials
+    from treescale.fabric import fabric_to_dict, without_passwords
     from treescale.services.config import call_nodes
     from treescale.services.rpc import call
 
     fabric = _load(paths)
+    admin, _ = credentials.admin_token(credentials.token_path(fabric), create=False)
+    if admin is not None:
+        fabric = credentials.secured(fabric, admin)
     # like `tsctl build`: nodes get the ssh targets, never the passwords to log into them
-    fabric = replace(fabric, ssh={n: replace(t, password=None) for n, t in fabric.ssh.items()})
+    fabric = without_passwords(fabric)
     names = list(fabric.tree.names)
     with connect(address, token, timeout) as c:
         if version is None:

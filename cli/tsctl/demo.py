@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import secrets
 import tempfile
 import threading
 import time
@@ -132,19 +133,20 @@ def run_demo(duration: float | None, rate: int, shape: str = "configs/tree.toml"
             spec["tree_ip"] = "127.0.0.1"
         config.write_text(json.dumps(seed))
         state = Path(tmp) / "up.json"
-        nodes = {n.name: n.address for n in up(config, state)}
+        token = secrets.token_urlsafe(16)  # the demo's own tree: its own admin token
+        nodes = {n.name: n.address for n in up(config, state, admin_token=token)}
         try:
-            _run(nodes, duration, rate)
+            _run(nodes, duration, rate, token)
         finally:
             down(state)
 
 
-def _run(nodes: dict, duration: float | None, rate: int) -> None:
+def _run(nodes: dict, duration: float | None, rate: int, token: str) -> None:
     stop = threading.Event()
     made: list[Client] = []
     try:
         def client(name: str, node: str) -> Client:
-            c = Client(nodes[node], name=name, timeout=15)
+            c = Client(nodes[node], token=token, name=name, timeout=15)
             made.append(c)
             return c
 

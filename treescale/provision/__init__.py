@@ -16,7 +16,6 @@ import logging
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +45,15 @@ def servers(fabric: Any) -> list[tuple[str, Any]]:
 
 
 def _token_for(node_cfg: Any, given: str | None) -> str | None:
-    """A token the join check can use on this node: --token, else one it accepts."""
-    if given is not None:
-        return given
+    """A token the join check can use on this node: --token if the node's own tokens
+    take it (or it has another kind of auth), else the last of its tokens (the tree's
+    admin token, in a fabric `tsctl build` secured)."""
     tokens = getattr(node_cfg, "tokens", None)
-    if isinstance(tokens, str):
-        return tokens
-    if isinstance(tokens, dict | list | tuple) and tokens:
-        return next(iter(tokens))
-    return None
+    known = [tokens] if isinstance(tokens, str) else \
+        list(tokens) if isinstance(tokens, dict | list | tuple) else []
+    if given is not None and (not known or given in known):
+        return given
+    return known[-1] if known else None
 
 
 def compile_config(fabric: Any, workdir: Path) -> tuple[Path, str]:
@@ -62,10 +61,9 @@ def compile_config(fabric: Any, workdir: Path) -> tuple[Path, str]:
 
     SSH passwords stay here: nodes get the targets (any node can rebuild the tree) but
     never the secrets used to log into the other servers."""
-    from treescale.fabric import compile_db, fabric_to_dict
+    from treescale.fabric import compile_db, fabric_to_dict, without_passwords
 
-    shipped = replace(fabric, ssh={n: replace(t, password=None)
-                                   for n, t in fabric.ssh.items()})
+    shipped = without_passwords(fabric)
     path = workdir / "tree.db"
     compile_db(shipped, path)
     content = json.dumps(fabric_to_dict(shipped), sort_keys=True).encode()
