@@ -46,7 +46,9 @@ def main() -> None:
     results: list[float] = []
     with two_hosts(PARENT_IP, CHILD_IP, prefix="bs") as (run, (a, _), (b, vb)):
         parent = f"tcp://{PARENT_IP}:{PORT}"
-        run(a, "node", "start", "--name", "pa", "--host", PARENT_IP, "--port", str(PORT))
+        # namespaces of this machine: a trusted network, no auth needed (--insecure)
+        run(a, "node", "start", "--name", "pa", "--host", PARENT_IP, "--port", str(PORT),
+            "--insecure")
         watch = run(a, "sub", "$sys.node.*", "--json", "-a", parent, "--timeout", "20")
         ready, _, _ = select.select([watch.stderr], [], [], 30)
         assert ready and b"subscribed" in watch.stderr.readline()
@@ -54,7 +56,7 @@ def main() -> None:
             # A fresh child each time, so every trial starts from the same state (cut
             # off, the child leads its own side until the link returns).
             child = run(b, "node", "start", "--name", "cb", "--host", CHILD_IP,
-                        "--port", str(7402 + trial), "--parent", parent)
+                        "--port", str(7402 + trial), "--parent", parent, "--insecure")
             wait_for(watch.stdout, "$sys.node.up", "cb", time.monotonic() + 30)
             time.sleep(0.5)  # let the link settle: a steady state to cut
             cut = time.monotonic()

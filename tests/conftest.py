@@ -20,6 +20,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 ping = answers_ping  # a node answers at this address (shared with `tsctl up`)
 
+# Nodes are closed by default: a service that runs commands needs its flag and client
+# auth. Tests that use one configure the node with ``secure(...)``; every client and
+# tsctl of a test presents ADMIN unless told otherwise ($TREESCALE_TOKEN, set below).
+ADMIN = "admin-secret"
+LINK = "link-secret"  # the tests' link token: children present it to their parents
+
+
+def secure(config: dict | None = None, *services: str) -> dict:
+    """``config`` with client auth (ADMIN may do anything), the tests' link token and
+    ``services`` turned on (``secure({"groups": ["web"]}, "exec")``); keys of
+    ``config`` win (its own tokens, say)."""
+    return {"tokens": {ADMIN: ["*"]}, "link_token": LINK,
+            **{f"{s}_enabled": True for s in services}, **(config or {})}
+
 
 def wait_until(predicate, timeout: float = 10.0, what: str = "condition",
                interval: float = 0.02) -> None:
@@ -106,6 +120,16 @@ def own_database(tmp_path, monkeypatch) -> None:
     `tsctl` commands) writes into this test's directory, never /etc/treescale: no
     handler or load-balancer state leaks from one test (or run) into another."""
     monkeypatch.setenv("TREE_DB_PATH", str(tmp_path / "default-tree.db"))
+    # tokens `tsctl build` writes stay in the test's directory too
+    monkeypatch.setenv("TREESCALE_CONFIG_DIR", str(tmp_path / "treescale-config"))
+
+
+@pytest.fixture(autouse=True)
+def admin_token(monkeypatch) -> str:
+    """Every Client and tsctl of a test presents ADMIN unless given a token (a node
+    without auth ignores it)."""
+    monkeypatch.setenv("TREESCALE_TOKEN", ADMIN)
+    return ADMIN
 
 
 def start_all(nodes: list[NodeProcess], timeout: float = 60.0) -> None:

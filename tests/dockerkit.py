@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, secure, wait_until
 
 IMAGE = "treescale-busybox:test"
 LABEL = "treescale.test"
@@ -86,8 +86,8 @@ def docker_service_answers(client: Any, node: str) -> bool:
 def docker_node(node_factory, clients, docker_client) -> Any:
     """A node (name d1, group web, tag eu) with stats each 0.5 s; its docker service
     answers and follows the engine. Returns (node process, client attached to it)."""
-    n = node_factory("d1", {"groups": ["web"], "tags": ["eu"],
-                            "docker_stats_interval": 0.5})
+    n = node_factory("d1", secure({"groups": ["web"], "tags": ["eu"],
+                                   "docker_stats_interval": 0.5}, "docker", "lb"))
     c = clients(n.address, name="docker-test")
     wait_until(lambda: docker_service_answers(c, "d1"), 30, "d1's docker service")
     return n, c

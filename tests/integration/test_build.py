@@ -10,9 +10,11 @@ so edits to the source tree during a run cannot change what "up to date" means."
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 from pathlib import Path
 
@@ -21,7 +23,8 @@ import pytest
 from tests.buildkit import run_tsctl, summary, wheelhouse  # noqa: F401  (a fixture)
 from tests.conftest import wait_until
 from tests.sshhosts import SshHosts, sh, ssh_hosts  # noqa: F401  (the fixture)
-from treescale.fabric import to_toml
+from treescale import AuthError, Client
+from treescale.fabric import read_db, to_toml
 from treescale.provision import plan as P
 
 pytestmark = pytest.mark.timeout(400)
@@ -101,8 +104,18 @@ def write_fabric(hosts: SshHosts, extra_nodes: dict | None = None,
     return f"{d / 'tree.toml'},{d / 'ssh.toml'}"
 
 
+def operator_env(hosts: SshHosts) -> dict[str, str]:
+    """The operator's side: the SSH agent, and where build keeps the tree's admin token
+    (this module's own directory: the tree outlives any one test)."""
+    return {**hosts.agent_env, "TREESCALE_CONFIG_DIR": str(hosts.base / "operator")}
+
+
+def admin_token_file(hosts: SshHosts) -> Path:
+    return hosts.base / "operator" / "t1.token"  # <root>.token
+
+
 def tsctl(hosts: SshHosts, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return run_tsctl(*args, env=hosts.agent_env, timeout=timeout)
+    return run_tsctl(*args, env=operator_env(hosts), timeout=timeout)
 
 
 def node_pids(hosts: SshHosts) -> dict[str, int]:
@@ -168,11 +181,35 @@ def test_build_installs_and_starts_the_tree_on_three_hosts(built):
         assert f"{host.address} ssh-ed25519 {key}" in recorded
 
 
+def test_the_built_tree_is_closed_and_the_operator_holds_its_admin_token(built, clients):
+    """The configs set no auth: build made an admin token (0600, on this side only)
+    and a link token; the nodes listen on their hosts' addresses and let in only the
+    admin token. Their databases are private and hold no SSH password."""
+    token_file = admin_token_file(built.hosts)
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    t2 = f"tcp://{built.hosts.hosts[1].address}:{PORTS['t2']}"
+    with pytest.raises(AuthError, match="invalid token"):
+        Client(t2, token="guess", timeout=5)
+    with pytest.raises(AuthError, match="token required"):
+        Client(t2, token="", timeout=5)
+    status = tsctl(built.hosts, "status", "--json", "-a", t2, "--token-file",
+                   str(token_file), "--wait", "2.5")
+    assert status.returncode == 0, status.stderr
+    assert {n["node"] for n in json.loads(status.stdout)} == set(PORTS)  # linked
+    for host in built.hosts.hosts[:3]:
+        db = Path(host.install_root, "tree.db")
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600
+        assert all(t.password is None for t in read_db(db).ssh.values())
+        assert token_file.read_text().strip().encode() not in Path(
+            host.install_root, "run.sh").read_bytes()  # nor on a command line
+
+
 def test_an_event_published_on_one_host_reaches_a_subscriber_on_another(built, clients):
     h = built.hosts.hosts
-    sub = clients(f"tcp://{h[1].address}:{PORTS['t2']}", name="on-host2")
+    token = admin_token_file(built.hosts).read_text().strip()
+    sub = clients(f"tcp://{h[1].address}:{PORTS['t2']}", name="on-host2", token=token)
     sub.subscribe("build.check")
-    pub = clients(f"tcp://{h[2].address}:{PORTS['t3']}", name="on-host3")
+    pub = clients(f"tcp://{h[2].address}:{PORTS['t3']}", name="on-host3", token=token)
     got = []
 
     def delivered() -> bool:  # interest reaches t3 through t1 shortly after subscribe
@@ -213,8 +250,8 @@ def test_the_seed_spelling_reaches_the_same_servers_and_plan(built):
         shutil.copy(f, work / "configs" / Path(f).name)
     proc = run_line(f"treescale build --files=configs/tree.toml,configs/ssh.toml --dry-run "
                     f"--json --known-hosts {built.known_hosts} --wheelhouse {built.wheels} "
-                    "--connect-timeout 5 --supervisor daemon", work, built.hosts.agent_env,
-                    timeout=300)
+                    "--connect-timeout 5 --supervisor daemon", work,
+                    operator_env(built.hosts), timeout=300)
     assert proc.returncode == 0, proc.stderr
     s = summary(proc)
     assert {n: (s[n]["status"], s[n]["pid"]) for n in PORTS} == \
@@ -311,6 +348,9 @@ def test_broken_servers_fail_alone_with_a_clear_reason(built):
     # nothing was installed where the build failed before the install
     assert not Path(h4.install_root).exists() and not Path(h5.install_root).exists()
     assert not Path(h4.install_root + "-badpw").exists()
+    # the healthy nodes hold the whole fabric, badpw's target too, never its password
+    shipped = read_db(Path(hosts.hosts[0].install_root, "tree.db"))
+    assert shipped.ssh["badpw"].host == h4.address and shipped.ssh["badpw"].password is None
 
 
 def test_teardown_stops_the_nodes_and_removes_the_install(built):

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from tests.conftest import ROOT, NodeProcess, wait_until
+from tests.conftest import ROOT, NodeProcess, secure, wait_until
 from treescale import Client
 from treescale.fabric import read_db
 from treescale.services.config import call_nodes
@@ -26,15 +26,16 @@ def tsctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 def tree_file(path: Path, nodes: dict[str, NodeProcess], version: int | None,
               tags: tuple[str, ...] = ()) -> Path:
-    """n1 <- n2 <- n3 on the nodes' ports, with an ssh entry each."""
+    """n1 <- n2 <- n3 on the nodes' ports, config service on, with an ssh entry each."""
     data: dict = {"tree_node": {}, "ssh": {}}
     if version is not None:
         data["version"] = version
     for i, name in enumerate(NAMES):
         child = NAMES[i + 1:i + 2]
-        data["tree_node"][name] = {"name": name, "tree_ip": "127.0.0.1",
-                                   "tree_port": nodes[name].port, "childs": list(child),
-                                   "tags": list(tags)}
+        data["tree_node"][name] = secure({"name": name, "tree_ip": "127.0.0.1",
+                                          "tree_port": nodes[name].port,
+                                          "childs": list(child), "tags": list(tags)},
+                                         "config")
         data["ssh"][name] = {"host": "127.0.0.1", "username": "ts", "password": "secret",
                              "install_root": f"/opt/ts/{name}"}
     path.write_text(json.dumps(data))
@@ -159,7 +160,8 @@ def test_a_bad_push_is_refused_and_the_node_keeps_serving(tree, tmp_path):
 
 
 def test_config_ops_need_the_config_permission(node_factory, tmp_path):
-    n = node_factory("n1", {"tokens": {"admin": ["*"], "viewer": ["pub", "sub"]}})
+    n = node_factory("n1", secure({"tokens": {"admin": ["*"], "viewer": ["pub", "sub"]}},
+                                  "config"))
     config = tmp_path / "one.json"
     config.write_text(json.dumps({"tree_node": {"n1": {"tree_ip": "127.0.0.1",
                                                        "tree_port": n.port}}}))

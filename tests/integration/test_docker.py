@@ -21,7 +21,7 @@ import msgpack
 import pytest
 
 from tests import dockerkit
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, secure, wait_until
 from tests.dockerkit import IMAGE, LABEL, docker_service_answers, host_port, http_get
 from treescale.services.docker import parse_port, parse_restart, stats_sample
 from treescale.services.rpc import ServiceError, call
@@ -368,7 +368,8 @@ def test_engine_unreachable_answers_clearly_then_recovers(node_factory, clients,
                                                            docker_client, test_label,
                                                            late_engine):
     url, appear = late_engine
-    n = node_factory("d2", {"docker_host": url, "docker_stats_interval": 0.5})
+    n = node_factory("d2", secure({"docker_host": url, "docker_stats_interval": 0.5},
+                                  "docker"))
     c = clients(n.address)
     wait_until(lambda: docker_service_answers_or_errs(c, "d2"), 30, "d2's docker service")
     for op, args in (("ps", {}), ("run", {"image": IMAGE}), ("logs", {"container": "x"})):
@@ -399,9 +400,10 @@ def docker_service_answers_or_errs(c, node: str) -> bool:
 
 
 def test_group_targets_and_permission(node_factory, clients, docker_client, test_label):
-    top = node_factory("d1", {"groups": ["web"], "tokens": {
-        "admin": ["*"], "viewer": ["pub", "sub"], "ops": ["pub", "sub", "docker"]}})
-    node_factory("d2", {"groups": ["web"], "parent": top.address, "parent_token": "admin"})
+    tokens = {"admin": ["*"], "viewer": ["pub", "sub"], "ops": ["pub", "sub", "docker"]}
+    top = node_factory("d1", secure({"groups": ["web"], "tokens": tokens}, "docker"))
+    node_factory("d2", secure({"groups": ["web"], "parent": top.address, "tokens": tokens},
+                              "docker"))
     admin = clients(top.address, token="admin")
     wait_until(lambda: docker_service_answers(admin, "d1")
                and docker_service_answers(admin, "d2"), 30, "both docker services")

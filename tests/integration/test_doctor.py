@@ -19,7 +19,8 @@ import pytest
 from tests.conftest import ROOT, free_port
 from treescale.store import Store
 
-CHECKS = ["python", "zmq", "port", "database", "keys", "docker", "nftables", "ipvs", "clock"]
+CHECKS = ["python", "zmq", "port", "database", "keys", "auth", "services", "docker",
+          "nftables", "ipvs", "clock"]
 DOCTOR = [sys.executable, "-m", "tsctl.main", "doctor"]
 
 
@@ -66,7 +67,7 @@ def test_a_free_port_and_a_fresh_database_directory_pass(tmp_path):
         status, shown = line.split()[:2]
         assert shown == name and status == checks[name]["status"], line
         assert ("→" in line) == (status != "ok"), line
-    assert "9 checks: 0 failed" in r.stderr
+    assert "11 checks: 0 failed" in r.stderr
 
 
 def test_lmdb_files_readable_by_everyone_are_a_warning_until_made_private(tmp_path):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, secure, wait_until
 
 
 def tsctl(*args: str, timeout: float = 60):
@@ -17,13 +17,17 @@ def tsctl(*args: str, timeout: float = 60):
                           capture_output=True, timeout=timeout)
 
 
+TOKENS = {"admin": ["*"], "viewer": ["pub", "sub"]}
+
+
 @pytest.fixture
 def tree(node_factory):
-    """root (tokens: admin may exec, viewer may not) <- mid (exec on) <- leaf (exec on)."""
-    root = node_factory("root", {"tokens": {"admin": ["*"], "viewer": ["pub", "sub"]}})
-    mid = node_factory("mid", {"exec_enabled": True, "groups": ["workers"]},
-                       args=("--parent", root.address, "--parent-token", "admin"))
-    leaf = node_factory("leaf", {"exec_enabled": True, "groups": ["workers"]},
+    """root (tokens: admin may exec, viewer may not) <- mid (exec on) <- leaf (exec on);
+    children link with the tests' link token."""
+    root = node_factory("root", secure({"tokens": TOKENS}))
+    mid = node_factory("mid", secure({"tokens": TOKENS, "groups": ["workers"]}, "exec"),
+                       args=("--parent", root.address))
+    leaf = node_factory("leaf", secure({"tokens": TOKENS, "groups": ["workers"]}, "exec"),
                         args=("--parent", mid.address))
     return root, mid, leaf
 
@@ -63,8 +67,8 @@ def test_exec_needs_permission_and_an_enabled_node(tree):
               "-t", "leaf")
     assert r.returncode == 1 and b"does not allow exec" in r.stderr
     assert b"Traceback" not in r.stderr
-    r = exec_on(root, "-c", "id", "-t", "root")  # exec is off on the root
-    assert r.returncode == 126 and b"exec is disabled on node root" in r.stderr
+    r = exec_on(root, "-c", "id", "-t", "root")  # exec is off on the root: not running
+    assert r.returncode == 124 and b"its exec service is off" in r.stderr
 
 
 def test_exec_is_audited(tree, clients):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, secure, wait_until
 from treescale.services.handlers import MAX_OUTPUT
 from treescale.services.rpc import call
 from treescale.subjects import AUDIT_HANDLER, handler_result
@@ -43,7 +43,7 @@ def next_result(watcher, timeout: float = 15.0) -> dict:
 
 @pytest.fixture
 def n1(node_factory):
-    n = node_factory("n1", {"tokens": TOKENS})
+    n = node_factory("n1", secure({"tokens": TOKENS}, "handlers"))
     wait_until(lambda: service_up(n), 30, "the handlers service")
     return n
 
@@ -191,11 +191,12 @@ def test_the_service_itself_validates_what_it_stores(n1, clients):
 
 @pytest.fixture
 def tree(node_factory):
-    """n1 <- n2 <- n3, n2 and n3 in group workers; n1 has tokens."""
-    n1 = node_factory("n1", {"tokens": TOKENS})
-    n2 = node_factory("n2", {"groups": ["workers"]},
-                      args=("--parent", n1.address, "--parent-token", "admin"))
-    n3 = node_factory("n3", {"groups": ["workers"]}, args=("--parent", n2.address))
+    """n1 <- n2 <- n3, n2 and n3 in group workers; handlers on everywhere."""
+    n1 = node_factory("n1", secure({"tokens": TOKENS}, "handlers"))
+    n2 = node_factory("n2", secure({"tokens": TOKENS, "groups": ["workers"]}, "handlers"),
+                      args=("--parent", n1.address))
+    n3 = node_factory("n3", secure({"tokens": TOKENS, "groups": ["workers"]}, "handlers"),
+                      args=("--parent", n2.address))
     for name in ("n1", "n2", "n3"):
         wait_until(lambda name=name: service_up(n1, name), 30, f"handlers on {name}")
     return n1, n2, n3

@@ -22,7 +22,7 @@ import msgpack
 import pytest
 
 from tests import dockerkit
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ROOT, free_port, secure, wait_until
 from treescale.services.rpc import call
 
 IO_TIMEOUT = 5.0
@@ -86,7 +86,7 @@ def lb_ready(client, node: str = "n1") -> None:
 
 @pytest.fixture
 def lb_node(node_factory, clients):
-    n = node_factory("n1")
+    n = node_factory("n1", secure(None, "lb"))
     c = clients(n.address, name="lb-test")
     lb_ready(c)
     return n, c

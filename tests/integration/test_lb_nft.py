@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, secure, wait_until
 
 VIP = "10.77.0.1"
 REALS = ("10.77.1.1", "10.77.1.2", "10.77.1.3")
@@ -112,9 +112,12 @@ class Lab:
 
     def start_node(self) -> None:
         log = open(self.tmp / "lb-node.log", "ab")
+        config = self.tmp / "lb-node.json"
+        config.write_text(json.dumps({"node": secure(None, "lb")}))
         self.node = subprocess.Popen(
             ["ip", "netns", "exec", self.lb, sys.executable, "-m", "tsctl.main", "node",
-             "start", "--name", "lbn", "--port", "8888"], cwd=ROOT, stdout=log,
+             "start", "--name", "lbn", "--port", "8888", "--config", str(config)],
+            cwd=ROOT, stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "TREE_DB_PATH": str(self.db), "PYTHONUNBUFFERED": "1"})
         log.close()

@@ -11,6 +11,7 @@ not crowd the monitor. `docker ps` runs against a node of the real engine.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ from tsctl.main import STATUS_COLUMNS
 from tsctl.monitor import COLUMNS as MONITOR_COLUMNS
 
 from tests import dockerkit
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ADMIN, ROOT, free_port, wait_until
 from tests.integration.test_monitor import rows as monitor_rows
 from tests.tmuxkit import TSCTL, Terminal, run_in_terminal
 from treescale.local import down
@@ -55,12 +56,16 @@ def tree(tmp_path_factory):
                   'tree_ip = "127.0.0.1"', "tags = []", f"groups = {json.dumps(groups)}",
                   f"childs = {json.dumps(kids)}",
                   f'docker_host = "unix://{tmp}/no-docker.sock"']
+        if name == DEEP:
+            lines += ["handlers_enabled = true", "lb_enabled = true"]
     cfg = tmp / "tree.toml"
     cfg.write_text("\n".join(lines) + "\n")
     state = tmp / "state" / "up.json"
     try:
+        # the tree's admin token: what every tsctl of the tests presents
         r = subprocess.run([sys.executable, "-m", "tsctl.main", "up", str(cfg), "--state",
-                            str(state)], cwd=ROOT, capture_output=True, timeout=120)
+                            str(state)], cwd=ROOT, capture_output=True, timeout=120,
+                           env={**os.environ, "TREESCALE_TOKEN": ADMIN})
         assert r.returncode == 0, r.stderr.decode()
         address = {name: f"tcp://127.0.0.1:{port}" for name, port in ports.items()}
         wait_until(lambda: linked(address["fra-b-3"]), 60, "seven linked nodes")

@@ -38,14 +38,16 @@ def next_sys_event(stream, deadline: float) -> tuple[str, dict]:
 
 def test_silent_link_is_detected_by_heartbeats(two_hosts):
     run, (a, _), (b, vb) = two_hosts
-    run(a, "node", "start", "--name", "pa", "--host", "10.231.0.1", "--port", "7401")
+    # namespaces this test made: a trusted network, no auth needed (--insecure)
+    run(a, "node", "start", "--name", "pa", "--host", "10.231.0.1", "--port", "7401",
+        "--insecure")
     # a watcher next to the parent, subscribed before the child exists
     watch = run(a, "sub", "$sys.node.*", "--json", "-a", "tcp://10.231.0.1:7401",
                 "--timeout", "20")
     ready, _, _ = select.select([watch.stderr], [], [], 30)
     assert ready and b"subscribed" in watch.stderr.readline()
     run(b, "node", "start", "--name", "cb", "--host", "10.231.0.2", "--port", "7402",
-        "--parent", "tcp://10.231.0.1:7401")
+        "--parent", "tcp://10.231.0.1:7401", "--insecure")
     deadline = time.monotonic() + 30
     while True:
         name, info = next_sys_event(watch.stdout, deadline)

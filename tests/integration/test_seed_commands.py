@@ -146,9 +146,10 @@ def test_seed_api_exec_runs_on_tree3_through_tree1(seed_tree):
     r = run_line(SEED_EXEC, seed_tree)
     assert r.returncode == 0, r.stderr
     assert r.stdout == os.uname().sysname + "\n" and r.stderr == ""
-    # -t picks where it runs: tree2 has exec off, and says so in one line
+    # -t picks where it runs: tree2 has exec off (no service runs), said in one line
     r = run_line('treescale api exec -c "uname" -n tree1 -t tree2', seed_tree)
     no_traceback(r)
     assert r.returncode != 0 and r.stdout == ""
     assert r.stderr.strip().splitlines() == [
-        "error: exec is disabled on node tree2 (set exec_enabled = true in its config)"]
+        "error: no answer from node 'tree2': it is not in the tree, or its exec service "
+        "is off (it runs with exec_enabled = true and client auth)"]

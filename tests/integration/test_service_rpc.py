@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from tests.conftest import secure
 from treescale.config import NodeConfig
 from treescale.services import ServiceContext
 from treescale.services.rpc import ServiceEndpoint, ServiceError, call
@@ -112,8 +113,8 @@ def test_sys_events_are_reserved_for_nodes_services_and_sys_tokens(node_factory,
 
 
 def test_a_node_runs_only_the_services_its_config_names(node_factory, clients):
-    full = node_factory("n1")
-    lean = node_factory("n2", {"services": ["exec"]})
+    full = node_factory("n1", secure(None, "handlers", "exec"))
+    lean = node_factory("n2", secure({"services": ["exec"]}, "handlers", "exec"))
     [r] = call(clients(full.address), "handlers", "ls", node="n1", timeout=10)
     assert r.ok
     with pytest.raises(TimeoutError, match="no answer from handlers on node 'n2'"):

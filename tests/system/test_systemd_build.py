@@ -56,6 +56,7 @@ class Listener:
 
         self.tree = tree
         self.client = Client(f"tcp://{tree.on[ROOT].address}:{PORTS[ROOT]}",
+                             token=tree.token_file.read_text().strip(),
                              name="systemd-test", timeout=10)
         for pattern in (subjects.NODE_UP, subjects.NODE_DOWN, subjects.NODE_STATS):
             self.client.subscribe(pattern)
@@ -122,9 +123,19 @@ class Tree:
     def layout(self, name: str) -> P.Layout:
         return P.Layout(INSTALL_ROOTS[name], name)
 
+    @property
+    def operator_env(self) -> dict[str, str]:
+        """Where build keeps the tree's admin token: this module's own directory."""
+        return {"TREESCALE_CONFIG_DIR": str(self.hosts.base / "operator")}
+
+    @property
+    def token_file(self) -> Path:
+        return self.hosts.base / "operator" / f"{ROOT}.token"  # <root>.token
+
     def tsctl(self, command: str, *extra: str) -> subprocess.CompletedProcess:
         return run_tsctl(command, "--files", self.files, "--known-hosts",
-                         str(self.known_hosts), "--json", "--connect-timeout", "10", *extra)
+                         str(self.known_hosts), "--json", "--connect-timeout", "10", *extra,
+                         env=self.operator_env)
 
     def build(self, *extra: str) -> subprocess.CompletedProcess:
         return self.tsctl("build", "--wheelhouse", str(self.wheels), "--join-timeout",
@@ -189,7 +200,8 @@ def test_build_installs_enables_and_starts_a_unit_on_each_server(tree):
 
 def test_the_root_sees_its_child(tree):
     proc = run_tsctl("status", "--json", "--address",
-                     f"tcp://{tree.on[ROOT].address}:{PORTS[ROOT]}")
+                     f"tcp://{tree.on[ROOT].address}:{PORTS[ROOT]}", "--token-file",
+                     str(tree.token_file))
     assert proc.returncode == 0, proc.stderr
     nodes = {n["node"]: n for n in json.loads(proc.stdout)}
     assert nodes[ROOT]["children"] == [LEAF] and nodes[ROOT]["parent"] is None
