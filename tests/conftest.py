@@ -120,8 +120,6 @@ def own_database(tmp_path, monkeypatch) -> None:
     `tsctl` commands) writes into this test's directory, never /etc/treescale: no
     handler or load-balancer state leaks from one test (or run) into another."""
     monkeypatch.setenv("TREE_DB_PATH", str(tmp_path / "default-tree.db"))
-    # tokens `tsctl build` writes stay in the test's directory too
-    monkeypatch.setenv("TREESCALE_CONFIG_DIR", str(tmp_path / "treescale-config"))
 
 
 @pytest.fixture(autouse=True)

@@ -41,8 +41,10 @@ class DirectLink:
 
     def __init__(self, ctx: zmq.Context, address: str, parent: ClientCore,
                  report: Callable[[NodeError], None]) -> None:
-        # The node does not announce this session on $sys.client.*.
-        self.core = parent.sibling({"direct": True})
+        # The node does not announce this session on $sys.client.*; a node's own
+        # service keeps its marker (on a node with auth it has no token to show).
+        service = {k: v for k, v in parent.options.items() if k == "service"}
+        self.core = parent.sibling({**service, "direct": True})
         self.sock = ctx.socket(zmq.DEALER)
         configure_socket(self.sock, self.core)
         self.sock.connect(address)

@@ -82,7 +82,8 @@ def node() -> None:
 @click.option("--join", help="Join the tree through any node at this address: the tree "
               "places us where it stays shallow and balanced.")
 @click.option("--parent-token", envvar="TREESCALE_PARENT_TOKEN",
-              help="Token the parent node expects (or $TREESCALE_PARENT_TOKEN).")
+              help="The link token the parent expects (or $TREESCALE_PARENT_TOKEN; "
+              "link_token in the config, or $TREESCALE_LINK_TOKEN, keeps it out of ps).")
 @click.option("--local", is_flag=True,
               help="Rewrite this node's and its parent's addresses to 127.0.0.1.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535),

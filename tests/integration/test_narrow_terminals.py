@@ -75,8 +75,10 @@ def tree(tmp_path_factory):
 
 
 def tsctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """tsctl with the tree's admin token (the module's tree outlives a test's env)."""
     return subprocess.run([sys.executable, "-m", "tsctl.main", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "TREESCALE_TOKEN": ADMIN})
 
 
 def linked(address: str) -> bool:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,10 @@ def workdir(tmp_path: Path) -> Path:
 
 
 def env_for(work: Path) -> dict[str, str]:
-    return {"HOME": str(work.parent / "home"), "TREE_DB_PATH": str(work / "restored.db")}
+    """The test's own home, database and place for the admin token build makes."""
+    home = work.parent / "home"
+    return {"HOME": str(home), "TREE_DB_PATH": str(work / "restored.db"),
+            "TREESCALE_CONFIG_DIR": str(home / ".config" / "treescale")}
 
 
 @pytest.mark.parametrize("line", ["treescale --help", "treescale build --help",
@@ -85,6 +89,9 @@ def test_seed_build_tries_every_server_of_both_files(workdir):
     assert errors == [f"error: {n} (127.0.0.1): connect: connection refused (is sshd "
                       "listening on that port?)" for n in NODES], r.stderr
     assert "7 of 7 server(s) failed" in r.stderr
+    # the fleet would have been closed: build made its admin token first, for this user only
+    token = workdir.parent / "home" / ".config" / "treescale" / "tree1.token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600 and f"{token}" in r.stderr
     # the same command as a dry run, with its JSON summary: servers in tree order
     r = run_line(SEED_BUILD + " --dry-run --json", workdir, env_for(workdir))
     assert r.returncode == 1, r.stderr

@@ -48,6 +48,18 @@ def service_request(req_id: int, service: str, node: str, op: str, args: dict) -
                             msgpack.packb({"op": op, "args": args}), mode=P.MODE_ALL)
 
 
+def serves(client: Client, service: str, node: str) -> bool:
+    """Whether ``service`` answers on ``node`` (a harmless call: a node answers
+    before its services have subscribed)."""
+    op, args = ("run", {"command": "true"}) if service == "exec" else ("ls", {})
+    if service == "config":
+        op = "version"
+    try:
+        return bool(call(client, service, op, args, node=node, timeout=1))
+    except TimeoutError:
+        return False
+
+
 def attacks(tmp: Path) -> dict[str, tuple[str, dict]]:
     """What an attacker asks of each service: a shell handler, a command, Docker, a
     proxy listener."""
@@ -100,17 +112,8 @@ def test_with_tokens_and_flags_the_admin_does_each(node_factory, clients, tmp_pa
     finally:
         stranger.close()
     admin = clients(n.address, token=ADMIN)
-
-    def answers(service: str) -> bool:
-        try:
-            return bool(call(admin, service, "ls" if service != "exec" else "run",
-                             {"command": "true"} if service == "exec" else {},
-                             node="closed", timeout=1))
-        except TimeoutError:
-            return False
-
     for service in ("exec", "handlers", "docker", "lb"):
-        wait_until(lambda s=service: answers(s), 30, f"the {service} service")
+        wait_until(lambda s=service: serves(admin, s, "closed"), 30, f"the {service} service")
     todo = attacks(tmp_path)
     [r] = call(admin, "exec", *todo["exec"], node="closed", timeout=10)
     assert r.ok and r.result["exit"] == 0 and (tmp_path / "pwned").exists()
@@ -176,8 +179,7 @@ def test_a_client_token_never_links_and_the_link_token_does(node_factory, tmp_pa
     parent = node_factory("p", secure({"tokens": {ADMIN: ["*"], "viewer": ["pub"]}},
                                       "exec"))
     with Client(parent.address, token=ADMIN) as admin:
-        wait_until(lambda: call(admin, "exec", "run", {"command": "true"}, node="p",
-                                timeout=2)[0].ok, 30, "p's exec service")
+        wait_until(lambda: serves(admin, "exec", "p"), 30, "p's exec service")
     pwned = tmp_path / "pwned"
     for token, code in ((ADMIN, subjects.BAD_TOKEN), ("viewer", subjects.BAD_TOKEN),
                         (None, subjects.TOKEN_REQUIRED)):
@@ -342,8 +344,7 @@ def test_a_local_tree_keeps_its_tokens_off_command_lines_and_out_of_commands(tmp
         assert stat.S_IMODE(token_file(state).stat().st_mode) == 0o600
         assert ADMIN.encode() not in Path(f"/proc/{solo.pid}/cmdline").read_bytes()
         with Client(solo.address, token=ADMIN) as c:
-            wait_until(lambda: call(c, "exec", "run", {"command": "true"}, node="solo",
-                                    timeout=2)[0].ok, 30, "solo's exec service")
+            wait_until(lambda: serves(c, "exec", "solo"), 30, "solo's exec service")
             [r] = call(c, "exec", "run", {"command": "env"}, node="solo", timeout=10)
         out = b"".join(data for stream, data in r.streams if stream == "stdout").decode()
         assert r.ok and "PATH=" in out
@@ -373,8 +374,7 @@ def config_node(tmp_path):
     try:
         n.start()
         with Client(n.address, token=ADMIN) as c:
-            wait_until(lambda: call(c, "config", "version", node="n1",
-                                    timeout=2)[0].ok, 30, "n1's config service")
+            wait_until(lambda: serves(c, "config", "n1"), 30, "n1's config service")
         yield n
     finally:
         n.kill()

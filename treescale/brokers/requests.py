@@ -5,9 +5,9 @@ Owns: turning a REQUEST into one event (mode all: every responder; mode one: one
 queue group) carrying the reply subject ``$inbox.NODE.CLIENT.REQID`` and, to a
 service, the requester's permissions (header ``subjects.PERMISSIONS_HEADER``), and
 routing a REPLY to the client that owns the inbox (here) or toward the node that does
-(through its ``$inbox.NODE.>`` interest). The requester's id and permissions are the node's word,
-never the client's, so a reply cannot be steered to someone else's inbox and a
-service knows what the requester's token allows.
+(through its ``$inbox.NODE.>`` interest). The requester's id and permissions are the
+node's word, never the client's, so a reply cannot be steered to someone else's inbox
+and a service knows what the requester's token allows.
 
 Must not touch: how events are queued and sent (fanout.py), who may send (gate.py).
 """

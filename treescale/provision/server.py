@@ -233,7 +233,7 @@ class ServerJob:
             self._install(remote, house, state, before_venv=stop_once)
         if P.WRITE_DB in actions:
             self._step("db")
-            remote.put(art.db_file, lay.db + ".new")
+            remote.put(art.db_file, lay.db + ".new", mode=0o600)  # it holds tokens
             self._on_server(remote, "db", {"new": lay.db + ".new", "live": lay.db,
                                            "pinned": art.pinned}, 60, "db")
             self._save(remote, state, db=art.db_digest)

@@ -232,9 +232,17 @@ class Remote:
         self.sftp.chmod(tmp, mode)
         self.sftp.posix_rename(tmp, path)
 
-    def put(self, local: Path, path: str) -> None:
+    def put(self, local: Path, path: str, mode: int | None = None) -> None:
+        """Upload ``local`` to ``path`` (a temporary file renamed over it); with
+        ``mode``, the file has it before any byte is written (a database holding
+        tokens is never readable by another user of the server, even for a moment)."""
         tmp = f"{path}.part"
-        self.sftp.put(str(local), tmp)
+        if mode is None:
+            self.sftp.put(str(local), tmp)
+        else:
+            with self.sftp.open(tmp, "wb") as f:
+                f.chmod(mode)
+                f.write(local.read_bytes())
         self.sftp.posix_rename(tmp, path)
 
     def listdir_sizes(self, path: str) -> dict[str, int]:
