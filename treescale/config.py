@@ -60,6 +60,16 @@ class NodeConfig:
     # Address of the parent node (tcp://host:port); None for a root.
     parent: str | None = None
     parent_token: str | None = None
+    # The credential of links (child -> parent); with CURVE an authorized node key
+    # also authorizes a link.
+    link_token: str | None = None
+    # CURVE (treescale.keys): the node's keypair and whom it trusts; None: plain links.
+    keys_dir: str | None = None
+    # The parent's public key: z85, or a name in keys_dir/authorized/.
+    parent_key: str | None = None
+    # Which client keys may connect: "any" (clients still need their token) or
+    # "authorized" (only keys in keys_dir/authorized/).
+    client_keys: str = "any"
     join: bool = False  # parent is a contact: let the tree place us (auto-join)
     exec_enabled: bool = False
     metrics_port: int | None = None
@@ -93,6 +103,7 @@ class NodeConfig:
 # Keys of the seed's tree format mapped onto NodeConfig fields.
 _ALIASES = {"tree_port": "port", "tree_ip": "host", "childs": None, "children": None}
 _FIELD_TYPES = {f.name: f.type for f in fields(NodeConfig)}
+CHOICES = {"client_keys": ("any", "authorized")}
 
 
 def read_file(path: str | Path) -> dict:
@@ -176,4 +187,7 @@ def coerce_field(value: Any, key: str, source: str, node: Any) -> Any:
     if kind == "str" or kind == "str | None":
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"{where} must be one of {', '.join(CHOICES[key])}, "
+                              f"got {value!r}")
     return value

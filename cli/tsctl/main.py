@@ -366,7 +366,7 @@ def demo(duration: float | None, rate: int) -> None:
 
 # Command groups that live in modules of their own (each defines a click group/command).
 COMMAND_MODULES: list[str] = ["event_cmd", "config_cmd", "lb_cmd", "monitor", "docker_cmd",
-                              "build_cmd", "doctor_cmd"]
+                              "build_cmd", "doctor_cmd", "keys_cmd"]
 
 for _module in COMMAND_MODULES:
     _mod = __import__(f"tsctl.{_module}", fromlist=["COMMANDS"])

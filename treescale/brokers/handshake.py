@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 AUTH_WORKERS = 4
 SERVICE = Decision(True, "service", frozenset({"*"}))
+NODE_KEY = Decision(True, "authorized node key", frozenset({"*"}))
 
 
 class Handshake:
@@ -59,6 +60,8 @@ class Handshake:
                           quiet=is_link or bool(hello.options.get("direct")),
                           is_link=is_link, fd=_fd_of(frames[1]) if is_link else None)
         node.sessions[rid] = session
+        if node.curve is not None and self._by_key(rid, hello, session, is_link, frames):
+            return
         who = ClientIdentity(session.name, session.groups, session.tags, session.channels,
                              _peer_address(frames[0]))
         if not is_link and hello.options.get("service") == self.service_secret:
@@ -77,6 +80,25 @@ class Handshake:
             node.wake()
 
         self._pool.submit(work)
+
+    def _by_key(self, rid: bytes, hello: P.Hello | P.Link, session: Session,
+                is_link: bool, frames: list) -> bool:
+        """CURVE: the key this connection proved decides first. A revoked key, or a
+        link without its node's authorized key, is refused; a link with it needs
+        nothing else. True if the hello was dealt with here."""
+        node = self.node
+        session.curve_key = node.curve.key_of(frames[1])
+        refusal = node.curve.admit(session, is_link)
+        if refusal is not None:
+            node.forget_session(rid)
+            node.send_error(rid, refusal.code, refusal.message)
+            node.emit(subjects.CLIENT_DENIED, {"node": node.name, "client": session.name,
+                                               "reason": refusal.message})
+            return True
+        if is_link:
+            self.finish(rid, hello, NODE_KEY)
+            return True
+        return False
 
     def finish_pending(self) -> None:
         """Hellos whose auth check finished on a worker thread."""
