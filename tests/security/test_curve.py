@@ -205,6 +205,27 @@ def test_client_keys_authorized_admits_only_authorized_clients(tmp_path, node_fa
     assert ev is not None and bytes(ev.data) == b"mine"
 
 
+def test_the_documents_curve_block_reaches_a_curve_node(tmp_path, node_factory):
+    import re
+
+    from tests.conftest import ROOT
+
+    doc = (ROOT / "docs" / "PROTOCOL.md").read_text()
+    block = re.search(r"<!-- curve-example -->\s*```python\n(.*?)```", doc, re.S).group(1)
+    d = keyring(tmp_path, "p1")
+    node = node_factory("p1", {"keys_dir": str(d["p1"])})
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    try:
+        exec(compile(block, "PROTOCOL.md curve block", "exec"),
+             {"zmq": zmq, "sock": sock, "NODE_PUBLIC_KEY": key(d["p1"]).encode()})
+        sock.connect(node.address)
+        sock.send(msgpack.packb([P.HELLO, 1, None, "raw", [], [], [], [], {}]))
+        assert sock.poll(5000)
+        assert msgpack.unpackb(sock.recv())[0] == P.READY
+    finally:
+        sock.close(linger=0)
+
+
 # ------------------------------------------------------------------ redirects
 
 
