@@ -130,7 +130,17 @@ class Built:
                      "--connect-timeout", "5", "--join-timeout", "45",
                      # the hosts are namespaces of this one machine: a systemd here would
                      # start their nodes outside their namespaces
-                     "--supervisor", "daemon", *extra)
+                     "--supervisor", "daemon", "--keys-dir", str(self.key_store), *extra)
+
+    @property
+    def key_store(self) -> Path:
+        """The operator's CURVE keys for this tree (build makes them)."""
+        return self.hosts.base / "operator-keys"
+
+    def server_key(self, name: str) -> str:
+        from treescale.keys import read_certificate
+
+        return read_certificate(self.key_store / f"{name}.key").public
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +171,13 @@ def test_build_installs_and_starts_the_tree_on_three_hosts(built):
         assert argv[0].decode() == f"{host.install_root}/venv/bin/python"
         assert argv[-3:-1] == [b"--name", name.encode()]
         assert s[name]["mode"] == "daemon"
+        # CURVE: its own keypair (secret 0600 in a 0700 directory), every node's key
+        keys = Path(host.install_root, "keys")
+        assert oct(keys.stat().st_mode & 0o777) == "0o700"
+        assert oct((keys / "node.key_secret").stat().st_mode & 0o777) == "0o600"
+        assert sorted(p.name for p in (keys / "authorized").iterdir()) == \
+            [f"{n}.key" for n in PORTS]
+        assert "keys" in s[name]["actions"]
     # trust on first use: every host key recorded as the servers really have them
     recorded = built.known_hosts.read_text()
     for host in built.hosts.hosts[:3]:
@@ -170,9 +187,12 @@ def test_build_installs_and_starts_the_tree_on_three_hosts(built):
 
 def test_an_event_published_on_one_host_reaches_a_subscriber_on_another(built, clients):
     h = built.hosts.hosts
-    sub = clients(f"tcp://{h[1].address}:{PORTS['t2']}", name="on-host2")
+    # the tree links over CURVE: clients need the node's public key
+    sub = clients(f"tcp://{h[1].address}:{PORTS['t2']}", name="on-host2",
+                  server_key=built.server_key("t2"))
     sub.subscribe("build.check")
-    pub = clients(f"tcp://{h[2].address}:{PORTS['t3']}", name="on-host3")
+    pub = clients(f"tcp://{h[2].address}:{PORTS['t3']}", name="on-host3",
+                  server_key=built.server_key("t3"))
     got = []
 
     def delivered() -> bool:  # interest reaches t3 through t1 shortly after subscribe
@@ -213,7 +233,8 @@ def test_the_seed_spelling_reaches_the_same_servers_and_plan(built):
         shutil.copy(f, work / "configs" / Path(f).name)
     proc = run_line(f"treescale build --files=configs/tree.toml,configs/ssh.toml --dry-run "
                     f"--json --known-hosts {built.known_hosts} --wheelhouse {built.wheels} "
-                    "--connect-timeout 5 --supervisor daemon", work, built.hosts.agent_env,
+                    f"--connect-timeout 5 --supervisor daemon --keys-dir {built.key_store}",
+                    work, built.hosts.agent_env,
                     timeout=300)
     assert proc.returncode == 0, proc.stderr
     s = summary(proc)
@@ -289,7 +310,8 @@ def test_broken_servers_fail_alone_with_a_clear_reason(built):
     # the healthy servers took the new tree (it has more nodes) and run it
     for name in PORTS:
         assert s[name]["ok"] and s[name]["status"] == "built", (s[name], proc.stderr)
-        assert s[name]["actions"] == ["db", "restart"]
+        # more nodes: a new tree, and every node's key in authorized/
+        assert s[name]["actions"] == ["db", "keys", "restart"]
     assert (s["badpw"]["step"], s["badpw"]["error"]) == \
         ("connect", "authentication failed as root (password)")
     assert s["nopy"]["step"] == "python"

@@ -125,3 +125,45 @@ def test_a_redirect_carries_the_targets_key_and_reads_without_one():
     assert P.decode(P.encode_redirect("n2", "tcp://h:1", key)) == \
         P.Redirect("n2", "tcp://h:1", key)
     assert P.decode(P.encode_redirect("n2", "tcp://h:1")) == P.Redirect("n2", "tcp://h:1")
+
+
+# ----------------------------------------------------------------- tsctl build's keys
+
+
+def test_build_gives_every_node_its_keypair_every_public_key_and_its_parents(tmp_path):
+    from treescale.fabric import compile_db, load_fabric, read_db
+    from treescale.provision import _with_keys
+    from treescale.provision import plan as PL
+    from treescale.provision.keyring import files_digest
+
+    (tmp_path / "tree.toml").write_text(
+        '[tree_node.a]\ntree_ip = "10.0.0.1"\ntree_port = 1\nchilds = ["b"]\n'
+        '[tree_node.b]\ntree_ip = "10.0.0.2"\ntree_port = 2\n')
+    (tmp_path / "ssh.toml").write_text(
+        '[ssh.a]\nhost = "10.0.0.1"\ninstall_root = "/opt/ts-a"\n'
+        '[ssh.b]\nhost = "10.0.0.2"\n')
+    fabric = load_fabric([tmp_path / "tree.toml", tmp_path / "ssh.toml"], for_build=True)
+    store = tmp_path / "store"
+    targets = [(n, fabric.ssh[n]) for n in fabric.tree.names]
+    keyed, files = _with_keys(fabric, store, targets)
+    assert mode(store) == 0o700 and mode(store / "a.key_secret") == 0o600
+    a, b = (K.read_certificate(store / f"{n}.key_secret") for n in "ab")
+    # the node configs, as the compiled tree carries them to the servers
+    compile_db(keyed, tmp_path / "tree.db")
+    back = read_db(tmp_path / "tree.db")
+    assert (back.nodes["a"].keys_dir, back.nodes["a"].parent_key) == ("/opt/ts-a/keys", None)
+    assert (back.nodes["b"].keys_dir, back.nodes["b"].parent_key) == \
+        ("/opt/treescale/keys", a.public)
+    # b's server: its own secret, everyone's public key, nobody else's secret
+    fb = files["b"]
+    assert set(fb) == {"node.key", "node.key_secret", "authorized/a.key", "authorized/b.key"}
+    assert fb["node.key_secret"][1] == 0o600 and b.secret.encode() in fb["node.key_secret"][0]
+    assert a.secret.encode() not in b"".join(data for data, _ in fb.values())
+    # a second build keeps the keypairs: the same files, nothing to write
+    again = _with_keys(fabric, store, targets)[1]
+    assert files_digest(again["b"]) == files_digest(fb)
+    state = {"wheelhouse": "w", "db": "d", "service": PL.digest("s"), "keys": files_digest(fb)}
+    assert PL.plan(PL.Desired("w", "d", "s", files_digest(fb)), PL.Found(state, True, True)) == ()
+    assert PL.plan(PL.Desired("w", "d", "s", "new"), PL.Found(state, True, True)) == \
+        (PL.WRITE_KEYS, PL.RESTART)
+    assert PL.describe((PL.WRITE_KEYS,), systemd=False) == "write the node's keys"
