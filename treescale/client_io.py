@@ -53,12 +53,13 @@ class ClientCurve:
     @classmethod
     def of(cls, server_key: str | bytes | None,
            keypair: Keypair | tuple | None = None) -> ClientCurve | None:
-        """``server_key`` (z85 or a key file; None: ``$TREESCALE_SERVER_KEY``; neither:
-        a plain connection) with ``keypair`` ((public, secret) or a Keypair)."""
+        """``server_key`` (z85 or a key file; None: ``$TREESCALE_SERVER_KEY``; "" or
+        neither: a plain connection) with ``keypair`` ((public, secret) or a Keypair)."""
         if isinstance(server_key, bytes):
             server_key = server_key.decode()
-        server_key = server_key or os.environ.get(SERVER_KEY_ENV) or None
         if server_key is None:
+            server_key = os.environ.get(SERVER_KEY_ENV)
+        if not server_key:
             if keypair is not None:
                 raise ValueError("a client keypair needs the node's key too (server_key "
                                  f"or ${SERVER_KEY_ENV})")

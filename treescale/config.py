@@ -185,6 +185,8 @@ def coerce_field(value: Any, key: str, source: str, node: Any) -> Any:
                                   f"(known: {', '.join(SERVICES)})")
         return tuple(value)
     if kind == "str" or kind == "str | None":
+        if value is None and "None" in kind:
+            return None
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         if key in CHOICES and value not in CHOICES[key]:

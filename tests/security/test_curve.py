@@ -359,3 +359,36 @@ def test_a_payload_crossing_the_link_is_not_on_the_wire_with_keys(tmp_path, with
         assert b"wire.check" not in wire  # names are encrypted too
     else:
         assert payload.encode() in wire  # the control: the capture shows plain text
+
+
+# ------------------------------------------------------------------ tsctl keys
+
+
+def test_tsctl_keys_gen_ls_trust_revoke_and_one_line_errors(tmp_path):
+    from tests.buildkit import run_tsctl
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    gen = run_tsctl("keys", "gen", "--dir", str(a), "--json")
+    assert gen.returncode == 0, gen.stderr
+    assert json.loads(gen.stdout)["public_key"] == key(a)
+    assert run_tsctl("keys", "gen", "--dir", str(b)).returncode == 0
+    trusted = run_tsctl("keys", "trust", "--dir", str(a), "b", str(b / K.OWN_PUBLIC))
+    assert trusted.returncode == 0 and "trusted b" in trusted.stderr
+    listed = json.loads(run_tsctl("keys", "ls", "--dir", str(a), "--json").stdout)
+    assert listed["authorized"] == {"b": key(b)} and listed["revoked"] == []
+    revoked = run_tsctl("keys", "revoke", "--dir", str(a), "b", "--json")
+    assert json.loads(revoked.stdout) == {"revoked": key(b), "name": "b"}
+    listed = json.loads(run_tsctl("keys", "ls", "--dir", str(a), "--json").stdout)
+    assert listed["authorized"] == {} and listed["revoked"] == [key(b)]
+    for args, message in (
+            (("gen", "--dir", str(a)), "a keypair exists already"),
+            (("trust", "--dir", str(a), "x", "not-a-key"), "neither a CURVE key"),
+            (("trust", "--dir", str(a), "b", key(b)), "is revoked"),
+            (("ls", "--dir", str(tmp_path / "none")), "no such directory")):
+        proc = run_tsctl("keys", *args)
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    # a command that connects: a bad --server-key is one line too
+    proc = run_tsctl("status", "--server-key", "nonsense", "--timeout", "1")
+    assert proc.returncode == 1 and "neither a CURVE key" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -113,6 +113,7 @@ def test_client_curve_takes_a_key_a_key_file_or_the_environment(tmp_path, monkey
     assert ClientCurve.of(pair.public, (mine.public, mine.secret)).keypair == mine
     monkeypatch.setenv("TREESCALE_SERVER_KEY", pair.public)
     assert ClientCurve.of(None).server_key == pair.public
+    assert ClientCurve.of("") is None  # explicitly plain, whatever the environment says
     monkeypatch.delenv("TREESCALE_SERVER_KEY")
     with pytest.raises(ValueError, match="needs the node's key"):
         ClientCurve.of(None, mine)

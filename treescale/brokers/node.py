@@ -10,7 +10,8 @@ The rooms, one concept each: handshake.py (hello → session), gate.py (who may 
 what), fanout.py (routing and output: the hot path), links.py (one Link per
 neighbour), exchange.py (interest), placement.py (joiners), parent.py (the parent
 link and healing, driving treescale/healing.py), requests.py (request/reply),
-hosting.py (services and metrics beside the loop), sessions.py (a client's state).
+hosting.py (services and metrics beside the loop), sessions.py (a client's state),
+curve.py (CURVE: keys, ZAP, revocation).
 
 Must not touch: the meaning of messages (treescale/protocol.py), routing rules
 (treescale/routing.py), interest rules (treescale/interest.py): those are pure.

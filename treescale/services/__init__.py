@@ -49,9 +49,10 @@ class ServiceContext:
 
     def client_keys(self) -> dict:
         """CURVE: a node with keys is reached with its own keypair (a key it trusts,
-        whatever ``client_keys`` says); {} without keys."""
+        whatever ``client_keys`` says); a node without, plainly (whatever
+        $TREESCALE_SERVER_KEY says)."""
         if not self.config.keys_dir:
-            return {}
+            return {"server_key": ""}
         from treescale.keys import load_own
 
         own = load_own(self.config.keys_dir)
