@@ -119,6 +119,33 @@ def test_a_trusted_child_links_over_curve_and_events_flow(tmp_path, node_factory
         Client(parent.address, name="plain", timeout=1.5).close()
 
 
+def test_the_asyncio_client_and_requests_go_over_curve(tmp_path, node_factory, clients):
+    import asyncio
+
+    from treescale import AsyncClient
+
+    d = keyring(tmp_path, "p1")
+    node = node_factory("p1", {"keys_dir": str(d["p1"])})
+    responder = clients(node.address, name="echo", server_key=key(d["p1"]))
+    responder.subscribe("curve.echo", handler=lambda ev: responder.reply(ev, ev.data))
+    # a request goes over the calling thread's own session: CURVE too
+    caller = clients(node.address, name="caller", server_key=key(d["p1"]))
+    assert caller.request("curve.echo", b"sync", timeout=5).data == b"sync"
+
+    async def main() -> bytes:
+        async with AsyncClient(node.address, name="async", server_key=key(d["p1"])) as c:
+            return bytes((await c.request("curve.echo", b"async", timeout=5)).data)
+
+    assert asyncio.run(main()) == b"async"
+
+    async def plain() -> None:  # without the key: no session
+        async with AsyncClient(node.address, name="plain", timeout=1.5):
+            pass
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(plain())
+
+
 def test_a_child_without_its_authorized_key_cannot_link(tmp_path, node_factory, clients):
     d = keyring(tmp_path, "p1", "c1", "impostor")
     trust(d, "p1", "c1")
