@@ -86,11 +86,16 @@ def node() -> None:
               help="Rewrite this node's and its parent's addresses to 127.0.0.1.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535),
               help="Serve Prometheus /metrics on this port (0: pick a free one).")
+@click.option("--keys-dir", type=click.Path(file_okay=False),
+              help="CURVE: the node's keys (tsctl keys gen); links and clients encrypted.")
+@click.option("--parent-key", help="CURVE: the parent's public key (z85, or its name in "
+              "the keys dir's authorized/).")
 @friendly
 def node_start(name: str | None, port: int | None, host: str | None,
                config_path: str | None, tokens: tuple[str, ...],
                max_payload: int | None, parent: str | None, join: str | None,
-               parent_token: str | None, local: bool, metrics_port: int | None) -> None:
+               parent_token: str | None, local: bool, metrics_port: int | None,
+               keys_dir: str | None, parent_key: str | None) -> None:
     """Start a node in the foreground (SIGTERM or Ctrl-C stops it cleanly)."""
     from treescale.brokers.node import Node
 
@@ -103,7 +108,8 @@ def node_start(name: str | None, port: int | None, host: str | None,
             cfg.parent = "tcp://127.0.0.1:" + cfg.parent.rsplit(":", 1)[1]
     for key, value in (("port", port), ("host", host), ("max_payload", max_payload),
                        ("parent", parent), ("parent_token", parent_token),
-                       ("metrics_port", metrics_port)):
+                       ("metrics_port", metrics_port), ("keys_dir", keys_dir),
+                       ("parent_key", parent_key)):
         if value is not None:
             setattr(cfg, key, value)
     if tokens:

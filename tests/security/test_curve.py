@@ -342,9 +342,10 @@ def test_a_payload_crossing_the_link_is_not_on_the_wire_with_keys(tmp_path, with
     trust(d, "wc", "wp")
     parent_cfg = {"name": "wp", "host": ip_p, "port": 7601}
     child_cfg = {"name": "wc", "host": ip_c, "port": 7602, "parent": f"tcp://{ip_p}:7601"}
-    if with_keys:
+    child_args: tuple[str, ...] = ()
+    if with_keys:  # the parent from its config, the child from tsctl's options
         parent_cfg["keys_dir"] = str(d["wp"])
-        child_cfg.update(keys_dir=str(d["wc"]), parent_key="wp")
+        child_args = ("--keys-dir", str(d["wc"]), "--parent-key", "wp")
     files = {}
     for cfg in (parent_cfg, child_cfg):
         files[cfg["name"]] = tmp_path / f"{cfg['name']}.json"
@@ -358,7 +359,7 @@ def test_a_payload_crossing_the_link_is_not_on_the_wire_with_keys(tmp_path, with
             line = dump.stderr.readline().decode()
             assert "listening on" in line, line
             run(ns_p, "node", "start", "--config", str(files["wp"]))
-            run(ns_c, "node", "start", "--config", str(files["wc"]))
+            run(ns_c, "node", "start", "--config", str(files["wc"]), *child_args)
             keys_p = ("--server-key", str(d["wp"] / K.OWN_PUBLIC)) if with_keys else ()
             keys_c = ("--server-key", key(d["wc"])) if with_keys else ()
             sub = run(ns_p, "sub", "wire.check", "--count", "1", "--json", "--timeout",
