@@ -335,7 +335,9 @@ def test_a_redirect_to_an_untrusted_key_is_refused_before_any_credential(tmp_pat
 def test_a_payload_crossing_the_link_is_not_on_the_wire_with_keys(tmp_path, with_keys):
     from tests.netns import two_hosts
 
-    payload = f"PAYLOAD-{uuid.uuid4().hex}"
+    # the token, many times: a TCP segment boundary can cut one copy, not all of them
+    token = f"PAYLOAD-{uuid.uuid4().hex[:12]}"
+    payload = "|".join([token] * 8)
     ip_p, ip_c = "10.213.7.1", "10.213.7.2"
     d = keyring(tmp_path, "wp", "wc")
     trust(d, "wp", "wc")
@@ -352,8 +354,10 @@ def test_a_payload_crossing_the_link_is_not_on_the_wire_with_keys(tmp_path, with
         files[cfg["name"]].write_text(json.dumps({"node": cfg}))
     capture = tmp_path / "link.pcap"
     with two_hosts(ip_p, ip_c, prefix="tc") as (run, (ns_p, veth_p), (ns_c, _)):
+        # immediate mode, packet-buffered: each packet is in the file as it is seen
         dump = subprocess.Popen(["ip", "netns", "exec", ns_p, "tcpdump", "-i", veth_p,
-                                 "-U", "-s", "0", "-w", str(capture), "tcp"],
+                                 "--immediate-mode", "-U", "-s", "0", "-w", str(capture),
+                                 "tcp"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             line = dump.stderr.readline().decode()
@@ -377,16 +381,21 @@ def test_a_payload_crossing_the_link_is_not_on_the_wire_with_keys(tmp_path, with
                 assert sub.returncode == 0, err.decode()
                 got = json.loads(out.decode().splitlines()[0])
             assert got is not None and got["data"] == payload
+            # the file is written in order: once it grew past this moment (the link's
+            # heartbeats run every 200 ms), the event's packets are in it
+            seen = capture.stat().st_size
+            wait_until(lambda: capture.stat().st_size > seen + 500, 15,
+                       "the capture to go past the event")
         finally:
             dump.send_signal(signal.SIGINT)
             dump.wait(10)
     wire = capture.read_bytes()
     assert len(wire) > 1000  # the capture saw the link's traffic
     if with_keys:
-        assert payload.encode() not in wire
+        assert token.encode() not in wire
         assert b"wire.check" not in wire  # names are encrypted too
     else:
-        assert payload.encode() in wire  # the control: the capture shows plain text
+        assert token.encode() in wire  # the control: the capture shows plain text
 
 
 # ------------------------------------------------------------------ tsctl keys
