@@ -7,7 +7,8 @@ Layout (the certificate files are zmq.auth's format, readable by ``load_certific
       node.key_secret         its secret certificate, 0600
       authorized/NAME.key     the public certificate of each node (or client) trusted,
                               one file per name
-      revoked                 z85 public keys no longer trusted, one a line (# comments)
+      revoked                 z85 public keys no longer trusted, one a line (the key
+                              first; after it, or on a line of its own, a # comment)
 
 A key in ``revoked`` is refused even if an authorized file still holds it. ``Trust`` is
 the live view a node keeps: it re-reads the directory when a file changes, so a trust
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +70,11 @@ def check_key(key: str | bytes, what: str = "key") -> str:
     KeysError naming ``what``."""
     text = key.decode(errors="replace") if isinstance(key, bytes) else str(key)
     text = text.strip()
-    if not _Z85.match(text) or len(z85.decode(text)) != 32:
+    try:
+        valid = bool(_Z85.match(text)) and len(z85.decode(text)) == 32
+    except (ValueError, struct.error):  # z85 text whose groups overflow 32 bits
+        valid = False
+    if not valid:
         raise KeysError(f"{what}: not a CURVE key (40 z85 characters), got {text[:48]!r}")
     return text
 
@@ -189,9 +195,12 @@ def revoked(keys_dir: str | Path) -> set[str]:
         return set()
     out = set()
     for n, line in enumerate(lines, 1):
-        line = line.split("#", 1)[0].strip()
-        if line:
-            out.add(check_key(line, f"{p}:{n}"))
+        # the key is the first word, what follows it a comment: '#' is a z85
+        # character, but never the first of a key (its value would overflow 32 bits)
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        out.add(check_key(words[0], f"{p}:{n}"))
     return out
 
 

@@ -92,6 +92,26 @@ def test_trust_revoke_and_the_live_view(tmp_path):
         K.trust(d, "../evil", K.Keypair.generate().public)
 
 
+def test_revoked_keys_may_hold_the_comment_character(tmp_path):
+    """'#' is a z85 character: a key holding one is read whole."""
+    def key_where(ok) -> str:
+        while True:  # about one key in three holds a '#'
+            public = K.Keypair.generate().public
+            if ok(public):
+                return public
+
+    d = tmp_path / "n1"
+    K.generate(d)
+    one, two = key_where(lambda k: "#" in k), key_where(lambda k: "#" in k)
+    (d / K.REVOKED).write_text(f"# revoked by hand\n{one}  # a\n\n{two}\n")
+    assert K.revoked(d) == {one, two}
+    other = key_where(lambda k: "#" in k)
+    K.trust(d, "x", other)
+    assert K.revoke(d, "x") == (other, "x") and other in K.revoked(d)
+    with pytest.raises(K.KeysError, match="not a CURVE key"):  # z85 that overflows
+        K.check_key("#" * 40)
+
+
 def test_a_broken_revoked_list_keeps_the_last_good_view(tmp_path):
     d = tmp_path / "n1"
     K.generate(d)
