@@ -82,7 +82,8 @@ class NodeProcess:
 
     def wait_ready(self, timeout: float = 15.0) -> NodeProcess:
         deadline = time.monotonic() + timeout
-        while not ping(self.address):
+        keys_dir = (self.config or {}).get("keys_dir")  # CURVE: ask with its own key
+        while not ping(self.address, keys_dir=keys_dir):
             if self.proc.poll() is not None:
                 raise AssertionError(f"node {self.name} exited with {self.proc.returncode}:"
                                      f"\n{self.log()}")

@@ -23,13 +23,16 @@ from zmq.utils.monitor import parse_monitor_message
 
 from treescale import client_core as core
 from treescale import protocol as P
+from treescale import subjects
 from treescale.client_core import AuthError, ClientCore, Event, NodeError
 from treescale.client_io import (
     BATCH_EVENTS,
     BYE,
     HEARTBEAT,
+    KEY_REFUSED,
     MONITOR_EVENTS,
     PAYLOADS,
+    ClientCurve,
     Outbox,
     configure_socket,
     pack_outbox,
@@ -47,13 +50,17 @@ class AsyncClient:
     ...     await c.publish("orders.created", b"42")
     ...     async for ev in c.events(timeout=1):
     ...         print(ev.name)
+
+    ``server_key`` and ``keypair``: CURVE, as for ``Client``.
     """
 
     def __init__(self, address: str, token: str | None = None, name: str | None = None,
                  groups: Iterable[str] = (), tags: Iterable[str] = (),
                  channels: Iterable[str] = (), timeout: float = 10.0,
-                 on_error: Any = None, context: zmq.asyncio.Context | None = None) -> None:
+                 on_error: Any = None, context: zmq.asyncio.Context | None = None,
+                 server_key: str | None = None, keypair: Any = None) -> None:
         self.address = address
+        self.curve = ClientCurve.of(server_key, keypair)
         self.timeout = timeout
         self.core = ClientCore(token_or_env(token), name, groups, tags, channels,
                                payload_types=PAYLOADS)
@@ -82,7 +89,7 @@ class AsyncClient:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         sock = self._ctx.socket(zmq.DEALER)
-        configure_socket(sock, self.core)
+        configure_socket(sock, self.core, self.curve)
         self._monitor = sock.get_monitor_socket(MONITOR_EVENTS)
         sock.connect(self.address)
         self._sock = sock
@@ -258,6 +265,9 @@ class AsyncClient:
             elif event == zmq.EVENT_DISCONNECTED:
                 self.core.session_lost()
                 self._is_ready.clear()
+            elif (event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self._ready is not None
+                  and not self._ready.done()):
+                self._ready.set_exception(AuthError(subjects.BAD_KEY, KEY_REFUSED))
 
     async def _heartbeat(self) -> None:
         while True:

@@ -30,6 +30,7 @@ import zmq
 
 from treescale import client_core as core
 from treescale import protocol as P
+from treescale import subjects
 from treescale.aio import AsyncClient
 from treescale.client_core import AuthError, ClientCore, Event, NodeError, NoResponders
 from treescale.client_direct import DirectLink, ReplyStream
@@ -37,9 +38,11 @@ from treescale.client_io import (
     BYE,
     COMMAND,
     HEARTBEAT,
+    KEY_REFUSED,
     MAX_QUEUED,
     MONITOR_EVENTS,
     PAYLOADS,
+    ClientCurve,
     Outbox,
     configure_socket,
     pack_outbox,
@@ -72,15 +75,22 @@ class Client:
     ...     c.publish("orders.created", b"42")
     ...     for ev in c.events(timeout=1):
     ...         print(ev.name, ev.data)
+
+    ``server_key`` (the node's CURVE public key, z85 or a key file; default
+    ``$TREESCALE_SERVER_KEY``) encrypts the connection, with ``keypair`` ((public,
+    secret) z85) or an ephemeral one.
     """
 
     def __init__(self, address: str, token: str | None = None, name: str | None = None,
                  groups: Iterable[str] = (), tags: Iterable[str] = (),
                  channels: Iterable[str] = (), timeout: float = 10.0,
                  on_error: Any = None, context: zmq.Context | None = None,
-                 options: dict | None = None) -> None:
+                 options: dict | None = None, server_key: str | None = None,
+                 keypair: Any = None) -> None:
         self.address = address
-        self.core = ClientCore(token_or_env(token), name, groups, tags, channels, options, PAYLOADS)
+        self.curve = ClientCurve.of(server_key, keypair)
+        self.core = ClientCore(token_or_env(token), name, groups, tags, channels, options,
+                               PAYLOADS)
         self.on_error = on_error
         self.errors: deque[NodeError] = deque(maxlen=100)
         self._ctx = context or zmq.Context.instance()
@@ -257,7 +267,7 @@ class Client:
             if self._closing:
                 raise ConnectionError("client closed")
             link = self._local.link = DirectLink(self._ctx, self.address, self.core,
-                                                 self._report)
+                                                 self._report, self.curve)
             self._links.append(link)
         return link
 
@@ -301,7 +311,7 @@ class Client:
 
     def _io_loop(self) -> None:
         sock = self._ctx.socket(zmq.DEALER)
-        configure_socket(sock, self.core)
+        configure_socket(sock, self.core, self.curve)
         monitor = sock.get_monitor_socket(MONITOR_EVENTS)
         sock.connect(self.address)
         poller = zmq.Poller()
@@ -378,6 +388,10 @@ class Client:
                 sock.send_multipart(self.core.hello())
             elif event == zmq.EVENT_DISCONNECTED:
                 self.core.session_lost()
+            elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH and not self._ready.is_set():
+                self._fatal = core.AuthError(subjects.BAD_KEY, KEY_REFUSED)
+                self._ready.set()
+                self._closing = True
 
     def _receive(self, sock: zmq.Socket) -> None:
         ready = sock.getsockopt

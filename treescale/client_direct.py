@@ -23,7 +23,7 @@ import zmq
 from treescale import client_core as core
 from treescale import protocol as P
 from treescale.client_core import ClientCore, Event, NodeError
-from treescale.client_io import HEARTBEAT, configure_socket
+from treescale.client_io import HEARTBEAT, ClientCurve, configure_socket
 from treescale.frames import NOBLOCK, recv_frames, send_frames
 
 log = logging.getLogger("treescale.client")
@@ -40,13 +40,14 @@ class DirectLink:
     """
 
     def __init__(self, ctx: zmq.Context, address: str, parent: ClientCore,
-                 report: Callable[[NodeError], None]) -> None:
+                 report: Callable[[NodeError], None],
+                 curve: ClientCurve | None = None) -> None:
         # The node does not announce this session on $sys.client.*; a node's own
         # service keeps its marker (on a node with auth it has no token to show).
         service = {k: v for k, v in parent.options.items() if k == "service"}
         self.core = parent.sibling({**service, "direct": True})
         self.sock = ctx.socket(zmq.DEALER)
-        configure_socket(self.sock, self.core)
+        configure_socket(self.sock, self.core, curve)
         self.sock.connect(address)
         self.poller = zmq.Poller()  # kept: Socket.poll() builds a new one per call
         self.poller.register(self.sock, zmq.POLLIN)

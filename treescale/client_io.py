@@ -1,7 +1,8 @@
 """The socket side both clients share: socket options, the outbox and its packing.
 
-Owns: how a client's DEALER socket is set up, where its token comes from when none is
-given (``$TREESCALE_TOKEN``), the ``Outbox`` (what the application
+Owns: how a client's DEALER socket is set up (CURVE included: ``ClientCurve``), where
+its token comes from when none is given (``$TREESCALE_TOKEN``), the ``Outbox`` (what the
+application
 handed over and the socket has not sent yet, in call order) and ``pack_outbox``
 (turning it into PUB batches and control messages, large payloads as zero-copy
 frames).
@@ -17,6 +18,7 @@ import threading
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
@@ -24,12 +26,17 @@ import zmq
 
 from treescale import protocol as P
 from treescale.client_core import PAYLOAD_TYPES, ClientCore, Extended
+from treescale.keys import Keypair, public_key_of
 
 BATCH_EVENTS = 4096
 BATCH_BYTES = 1 << 20
 MAX_QUEUED = 200_000  # events waiting in the client before publish() blocks
 HEARTBEAT = 2.0  # seconds of silence before the client pings its node
-MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+                  | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+SERVER_KEY_ENV = "TREESCALE_SERVER_KEY"
+KEY_REFUSED = ("the node refused this client's CURVE key (revoked, or not authorized "
+               "where client_keys = \"authorized\")")
 # What a payload may be: the core's types plus a received frame, passed on as is.
 PAYLOADS: tuple[type, ...] = (*PAYLOAD_TYPES, zmq.Frame)
 COMMAND = object()  # outbox name slot of a control message (its frames in the data slot)
@@ -44,7 +51,49 @@ def token_or_env(token: str | None) -> str | None:
     return token
 
 
-def configure_socket(sock: zmq.Socket, core: ClientCore) -> None:
+@dataclass(frozen=True)
+class ClientCurve:
+    """How a client's connections are encrypted: the node's public key and the
+    client's keypair (ephemeral unless the caller gave one), all z85."""
+
+    server_key: str
+    keypair: Keypair
+
+    @classmethod
+    def of(cls, server_key: str | bytes | None,
+           keypair: Keypair | tuple | None = None) -> ClientCurve | None:
+        """``server_key`` (z85 or a key file; None: ``$TREESCALE_SERVER_KEY``; "" or
+        neither: a plain connection) with ``keypair`` ((public, secret) or a Keypair)."""
+        if isinstance(server_key, bytes):
+            server_key = server_key.decode()
+        if server_key is None:
+            server_key = os.environ.get(SERVER_KEY_ENV)
+        if not server_key:
+            if keypair is not None:
+                raise ValueError("a client keypair needs the node's key too (server_key "
+                                 f"or ${SERVER_KEY_ENV})")
+            return None
+        if keypair is None:
+            pair = Keypair.generate()
+        elif isinstance(keypair, Keypair):
+            pair = keypair
+        else:
+            public, secret = (k.decode() if isinstance(k, bytes) else k for k in keypair)
+            pair = Keypair(public, secret)
+        pair.as_bytes()  # a secret is needed
+        return cls(public_key_of(server_key), pair)
+
+    def apply(self, sock: zmq.Socket) -> None:
+        public, secret = self.keypair.as_bytes()
+        sock.curve_secretkey = secret
+        sock.curve_publickey = public
+        sock.curve_serverkey = self.server_key.encode()
+
+
+def configure_socket(sock: zmq.Socket, core: ClientCore,
+                     curve: ClientCurve | None = None) -> None:
+    if curve is not None:
+        curve.apply(sock)
     sock.setsockopt(zmq.ROUTING_ID, core.routing_id)
     sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue into a dead connection
     sock.setsockopt(zmq.LINGER, 2000)

@@ -64,6 +64,14 @@ class NodeConfig:
     # Address of the parent node (tcp://host:port); None for a root.
     parent: str | None = None
     parent_token: str | None = field(default=None, repr=False)
+    # CURVE (treescale.keys): the node's keypair and whom it trusts; None: plain links.
+    # With CURVE an authorized node key also authorizes a link.
+    keys_dir: str | None = None
+    # The parent's public key: z85, or a name in keys_dir/authorized/.
+    parent_key: str | None = None
+    # Which client keys may connect: "any" (clients still need their token) or
+    # "authorized" (only keys in keys_dir/authorized/).
+    client_keys: str = "any"
     join: bool = False  # parent is a contact: let the tree place us (auto-join)
     # Services that run commands or change the machine start only when their flag is
     # true and the node has client auth (tokens, auth_command or auth_url).
@@ -194,6 +202,7 @@ def with_token(tokens: Any, token: str, permissions: list[str]) -> dict:
 # Keys of the seed's tree format mapped onto NodeConfig fields.
 _ALIASES = {"tree_port": "port", "tree_ip": "host", "childs": None, "children": None}
 _FIELD_TYPES = {f.name: f.type for f in fields(NodeConfig)}
+CHOICES = {"client_keys": ("any", "authorized")}
 
 
 def read_file(path: str | Path) -> dict:
@@ -275,6 +284,11 @@ def coerce_field(value: Any, key: str, source: str, node: Any) -> Any:
                                   f"(known: {', '.join(SERVICES)})")
         return tuple(value)
     if kind == "str" or kind == "str | None":
+        if value is None and "None" in kind:
+            return None
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise ConfigError(f"{where} must be one of {', '.join(CHOICES[key])}, "
+                              f"got {value!r}")
     return value

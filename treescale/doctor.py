@@ -215,18 +215,21 @@ def _write_probe(directory: Path) -> str | None:
 
 
 def check_keys(keys_dir: str | None) -> Check:
-    """The CURVE key directory, if there is one, is private to the node's user."""
+    """The CURVE key directory, if there is one, is private to the node's user (the
+    directories and secret files; public certificates may be readable), and holds a
+    keypair that loads."""
     if keys_dir is None:
         return Check("keys", WARN, "no link keys (links are not encrypted)",
-                     "keep node links on a trusted network until link encryption "
-                     "(CURVE keys) is configured")
+                     "make keys (tsctl keys gen --dir DIR) and set keys_dir, or keep "
+                     "the nodes on a trusted network")
     path = Path(keys_dir)
     if not path.is_dir():
         return Check("keys", FAIL, f"key directory {path} does not exist" if not
                      path.exists() else f"{path} is not a directory",
                      f"create it (mkdir -m 700 {path}) and put the node's keys in it")
     loose = [p for p in (path, *sorted(path.iterdir()))
-             if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO)]
+             if (p.is_dir() or p.name.endswith("_secret"))
+             and p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO)]
     if loose:
         names = ", ".join(f"{p} ({stat.filemode(p.stat().st_mode)})" for p in loose)
         return Check("keys", FAIL, f"open to other users: {names}",
@@ -235,7 +238,15 @@ def check_keys(keys_dir: str | None) -> Check:
     if owner != os.geteuid():
         return Check("keys", WARN, f"{path} belongs to uid {owner}, not to this user "
                      f"(uid {os.geteuid()})", "run the node as the keys' owner, or chown")
-    return Check("keys", OK, f"{path} is private ({len(list(path.iterdir()))} file(s))")
+    from treescale import keys as K
+
+    try:
+        own = K.load_own(path)
+        trusted, gone = K.authorized(path), K.revoked(path)
+    except K.KeysError as exc:
+        return Check("keys", FAIL, str(exc), f"make a keypair: tsctl keys gen --dir {path}")
+    return Check("keys", OK, f"{path} is private: CURVE keypair {own.public}, "
+                 f"{len(trusted)} authorized, {len(gone)} revoked")
 
 
 def check_auth(cfg: NodeConfig) -> Check:

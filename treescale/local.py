@@ -74,10 +74,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError(f"no free TCP port in {floor}-{low - 1} on {host}")
 
 
-def answers_ping(address: str, timeout: float = 0.2) -> bool:
-    """True if a node answers a ping at ``address`` (used to wait for start-up)."""
+def answers_ping(address: str, timeout: float = 0.2, keys_dir: str | None = None) -> bool:
+    """True if a node answers a ping at ``address`` (used to wait for start-up); a node
+    with CURVE keys in ``keys_dir`` is asked with its own keypair."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    if keys_dir is not None:
+        from treescale.keys import load_own
+
+        public, secret = load_own(keys_dir).as_bytes()
+        sock.curve_secretkey, sock.curve_publickey = secret, public
+        sock.curve_serverkey = public
     try:
         sock.connect(address)
         sock.send(msgpack.packb([10, 1]))

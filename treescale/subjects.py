@@ -173,8 +173,9 @@ UNEXPECTED = "unexpected"  # a kind this peer may not send
 CYCLE = "cycle"  # a link that would close a loop in the tree
 FULL = "full"  # no room for another child
 SLOW_CONSUMER = "slow_consumer"  # events were dropped for this client: ref = how many
+BAD_KEY = "bad_key"  # a CURVE key not trusted for this (a link, a revoked key)
 
-AUTH_ERRORS = frozenset({TOKEN_REQUIRED, BAD_TOKEN})
+AUTH_ERRORS = frozenset({TOKEN_REQUIRED, BAD_TOKEN, BAD_KEY})
 # Errors that end the request they refer to (``ref`` = its req_id).
 REQUEST_ERRORS = frozenset({NO_RESPONDERS, BAD_TARGET, BAD_PATTERN, TOO_LARGE,
                             PERMISSION_DENIED})

@@ -132,15 +132,23 @@ def server_options(fn: Callable) -> Callable:
               help="Build the tree with only the auth its configs give (no admin token, "
               "no link token): nodes without auth listen open. A trusted network only.")
 @token_option
+@click.option("--keys-dir", "key_store", type=click.Path(file_okay=False, path_type=Path),
+              default=None, help="Where each node's CURVE keypair is kept on this machine "
+              "(made on first use; 0700, secrets 0600) [default: ~/.treescale/keys].")
+@click.option("--keys/--no-keys", default=True, show_default=True,
+              help="Give every node a keypair and every node's public key, so links "
+              "(and clients, with --server-key) are encrypted and authenticated.")
 @friendly
 def build_cmd(files: tuple[str, ...], parallel: int, dry_run: bool, as_json: bool,
               known_hosts: Path | None, connect_timeout: float, wheelhouse: Path | None,
               cache: Path | None, wait: bool, join_timeout: float, supervisor: str,
-              insecure: bool, token: str | None) -> None:
+              insecure: bool, token: str | None, key_store: Path | None,
+              keys: bool) -> None:
     """Install TreeScale on every server of the tree over SSH and start its node.
 
     Per server: check Python (>= 3.11), copy a wheelhouse (no internet needed there),
-    install a venv, write the compiled tree, install a systemd unit (or a run script
+    install a venv, write the compiled tree and the node's CURVE keys (its keypair,
+    every node's public key), install a systemd unit (or a run script
     where systemd is absent), start the node and wait until it joins. A second run
     changes nothing that is already in place and says "up to date".
 
@@ -163,7 +171,9 @@ def build_cmd(files: tuple[str, ...], parallel: int, dry_run: bool, as_json: boo
     kw: dict[str, Any] = {"parallel": parallel, "dry_run": dry_run, "wait": wait,
                           "join_timeout": join_timeout, "wheelhouse": wheelhouse,
                           "token": token, "connect_timeout": connect_timeout,
-                          "supervisor": supervisor}
+                          "supervisor": supervisor,
+                          "key_store": (key_store or provision.DEFAULT_KEY_STORE) if keys
+                          else None}
     if known_hosts is not None:
         kw["known_hosts"] = known_hosts
     if cache is not None:

@@ -53,7 +53,7 @@ def friendly(fn: Callable) -> Callable:
     return wrapper
 
 
-address_option = click.option(
+_address_option = click.option(
     "-a", "--address", default=lambda: os.environ.get("TREESCALE_ADDRESS", DEFAULT_ADDRESS),
     show_default=f"$TREESCALE_ADDRESS or {DEFAULT_ADDRESS}",
     help="Node to attach to.")
@@ -82,6 +82,32 @@ def token_option(fn: Callable) -> Callable:
     return click.option("--token", envvar="TREESCALE_TOKEN", default=None,
                         help="Auth token (or $TREESCALE_TOKEN; --token-file keeps it off "
                         "the command line).")(wrapper)
+
+SERVER_KEY = "server_key"  # where --server-key is kept for connect() (click's ctx.meta)
+
+
+def _keep_server_key(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value:  # checked when the client is made: a bad key is one line (friendly)
+        ctx.meta[SERVER_KEY] = value
+
+
+_server_key_option = click.option(
+    "--server-key", envvar="TREESCALE_SERVER_KEY", expose_value=False,
+    callback=_keep_server_key,
+    help="The node's CURVE public key (z85, or its key file), for a node with keys "
+    "(or $TREESCALE_SERVER_KEY).")
+
+
+def address_option(fn: Callable) -> Callable:
+    """-a/--address and --server-key: where the node is and, with CURVE, its key."""
+    return _address_option(_server_key_option(fn))
+
+
+def server_key() -> str | None:
+    """The --server-key of the running command, if one was given."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(SERVER_KEY) if ctx is not None else None
+
 
 timeout_option = click.option("--timeout", type=float, default=10.0, show_default=True,
                               help="Seconds to wait for the node.")
@@ -129,7 +155,8 @@ def at_least(width: int) -> Console:
 def connect(address: str, token: str | None, timeout: float, **kw: Any) -> Client:
     # Node errors are collected in client.errors and reported by the command itself.
     return Client(address, token=token, name=kw.pop("name", None) or "tsctl",
-                  timeout=timeout, on_error=lambda err: None, **kw)
+                  timeout=timeout, on_error=lambda err: None,
+                  server_key=kw.pop("server_key", None) or server_key(), **kw)
 
 
 def target_options(fn: Callable) -> Callable:

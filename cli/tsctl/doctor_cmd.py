@@ -29,7 +29,7 @@ STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
               help="The node database [default: the config's db_path, else "
                    "$TREE_DB_PATH, else /etc/treescale/tree.db].")
 @click.option("--keys", "keys_dir", type=click.Path(file_okay=False),
-              help="The node's CURVE key directory, if it has one.")
+              help="The node's CURVE key directory [default: the config's keys_dir].")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @friendly
 def doctor(config_path: str | None, name: str | None, port: int | None, host: str | None,
@@ -47,7 +47,7 @@ def doctor(config_path: str | None, name: str | None, port: int | None, host: st
         cfg.port = port
     if host is not None:
         cfg.host = host
-    checks = run_checks(cfg, db or cfg.resolved_db_path, keys_dir)
+    checks = run_checks(cfg, db or cfg.resolved_db_path, keys_dir or cfg.keys_dir)
     failed = [c for c in checks if c.status == FAIL]
     if as_json:
         print(json.dumps({"ok": not failed, "node": cfg.name,

@@ -33,8 +33,10 @@ def run_exec(address: str, token: str | None, timeout: float, command: str,
         if not as_json:
             _echo(name, stream, data, labelled=node is None)
 
+    from tsctl.common import server_key
+
     with Client(address, token=token, name="tsctl-exec", timeout=timeout,
-                on_error=lambda err: None) as c:
+                on_error=lambda err: None, server_key=server_key()) as c:
         for r in iter_call(c, "exec", "run", {"command": command, "timeout": exec_timeout},
                            node=node, group=group, tag=tag,
                            timeout=exec_timeout + timeout, quiet=QUIET,

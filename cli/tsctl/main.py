@@ -91,12 +91,16 @@ def node() -> None:
 @click.option("--insecure", is_flag=True,
               help="Listen on a non-loopback address without client auth (a trusted "
               "network only; the config's `insecure = true`).")
+@click.option("--keys-dir", type=click.Path(file_okay=False),
+              help="CURVE: the node's keys (tsctl keys gen); links and clients encrypted.")
+@click.option("--parent-key", help="CURVE: the parent's public key (z85, or its name in "
+              "the keys dir's authorized/).")
 @friendly
 def node_start(name: str | None, port: int | None, host: str | None,
                config_path: str | None, tokens: tuple[str, ...],
                max_payload: int | None, parent: str | None, join: str | None,
                parent_token: str | None, local: bool, metrics_port: int | None,
-               insecure: bool) -> None:
+               insecure: bool, keys_dir: str | None, parent_key: str | None) -> None:
     """Start a node in the foreground (SIGTERM or Ctrl-C stops it cleanly).
 
     Secrets come from the config file or the environment, never the command line:
@@ -117,7 +121,8 @@ def node_start(name: str | None, port: int | None, host: str | None,
             cfg.parent = "tcp://127.0.0.1:" + cfg.parent.rsplit(":", 1)[1]
     for key, value in (("port", port), ("host", host), ("max_payload", max_payload),
                        ("parent", parent), ("parent_token", parent_token),
-                       ("metrics_port", metrics_port)):
+                       ("metrics_port", metrics_port), ("keys_dir", keys_dir),
+                       ("parent_key", parent_key)):
         if value is not None:
             setattr(cfg, key, value)
     if tokens:
@@ -387,7 +392,7 @@ def demo(duration: float | None, rate: int) -> None:
 
 # Command groups that live in modules of their own (each defines a click group/command).
 COMMAND_MODULES: list[str] = ["event_cmd", "config_cmd", "lb_cmd", "monitor", "docker_cmd",
-                              "build_cmd", "doctor_cmd"]
+                              "build_cmd", "doctor_cmd", "keys_cmd"]
 
 for _module in COMMAND_MODULES:
     _mod = __import__(f"tsctl.{_module}", fromlist=["COMMANDS"])

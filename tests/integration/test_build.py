@@ -143,7 +143,17 @@ class Built:
                      "--connect-timeout", "5", "--join-timeout", "45",
                      # the hosts are namespaces of this one machine: a systemd here would
                      # start their nodes outside their namespaces
-                     "--supervisor", "daemon", *extra)
+                     "--supervisor", "daemon", "--keys-dir", str(self.key_store), *extra)
+
+    @property
+    def key_store(self) -> Path:
+        """The operator's CURVE keys for this tree (build makes them)."""
+        return self.hosts.base / "operator-keys"
+
+    def server_key(self, name: str) -> str:
+        from treescale.keys import read_certificate
+
+        return read_certificate(self.key_store / f"{name}.key").public
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +184,13 @@ def test_build_installs_and_starts_the_tree_on_three_hosts(built):
         assert argv[0].decode() == f"{host.install_root}/venv/bin/python"
         assert argv[-3:-1] == [b"--name", name.encode()]
         assert s[name]["mode"] == "daemon"
+        # CURVE: its own keypair (secret 0600 in a 0700 directory), every node's key
+        keys = Path(host.install_root, "keys")
+        assert oct(keys.stat().st_mode & 0o777) == "0o700"
+        assert oct((keys / "node.key_secret").stat().st_mode & 0o777) == "0o600"
+        assert sorted(p.name for p in (keys / "authorized").iterdir()) == \
+            [f"{n}.key" for n in PORTS]
+        assert "keys" in s[name]["actions"]
     # trust on first use: every host key recorded as the servers really have them
     recorded = built.known_hosts.read_text()
     for host in built.hosts.hosts[:3]:
@@ -188,12 +205,13 @@ def test_the_built_tree_is_closed_and_the_operator_holds_its_admin_token(built, 
     token_file = admin_token_file(built.hosts)
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     t2 = f"tcp://{built.hosts.hosts[1].address}:{PORTS['t2']}"
+    key = built.server_key("t2")
     with pytest.raises(AuthError, match="invalid token"):
-        Client(t2, token="guess", timeout=5)
+        Client(t2, token="guess", timeout=5, server_key=key)
     with pytest.raises(AuthError, match="token required"):
-        Client(t2, token="", timeout=5)
+        Client(t2, token="", timeout=5, server_key=key)
     status = tsctl(built.hosts, "status", "--json", "-a", t2, "--token-file",
-                   str(token_file), "--wait", "2.5")
+                   str(token_file), "--server-key", key, "--wait", "2.5")
     assert status.returncode == 0, status.stderr
     assert {n["node"] for n in json.loads(status.stdout)} == set(PORTS)  # linked
     for host in built.hosts.hosts[:3]:
@@ -206,10 +224,13 @@ def test_the_built_tree_is_closed_and_the_operator_holds_its_admin_token(built, 
 
 def test_an_event_published_on_one_host_reaches_a_subscriber_on_another(built, clients):
     h = built.hosts.hosts
+    # the tree is closed (admin token) and links over CURVE (the node's public key)
     token = admin_token_file(built.hosts).read_text().strip()
-    sub = clients(f"tcp://{h[1].address}:{PORTS['t2']}", name="on-host2", token=token)
+    sub = clients(f"tcp://{h[1].address}:{PORTS['t2']}", name="on-host2", token=token,
+                  server_key=built.server_key("t2"))
     sub.subscribe("build.check")
-    pub = clients(f"tcp://{h[2].address}:{PORTS['t3']}", name="on-host3", token=token)
+    pub = clients(f"tcp://{h[2].address}:{PORTS['t3']}", name="on-host3", token=token,
+                  server_key=built.server_key("t3"))
     got = []
 
     def delivered() -> bool:  # interest reaches t3 through t1 shortly after subscribe
@@ -250,8 +271,8 @@ def test_the_seed_spelling_reaches_the_same_servers_and_plan(built):
         shutil.copy(f, work / "configs" / Path(f).name)
     proc = run_line(f"treescale build --files=configs/tree.toml,configs/ssh.toml --dry-run "
                     f"--json --known-hosts {built.known_hosts} --wheelhouse {built.wheels} "
-                    "--connect-timeout 5 --supervisor daemon", work,
-                    operator_env(built.hosts), timeout=300)
+                    f"--connect-timeout 5 --supervisor daemon --keys-dir {built.key_store}",
+                    work, operator_env(built.hosts), timeout=300)
     assert proc.returncode == 0, proc.stderr
     s = summary(proc)
     assert {n: (s[n]["status"], s[n]["pid"]) for n in PORTS} == \
@@ -326,7 +347,8 @@ def test_broken_servers_fail_alone_with_a_clear_reason(built):
     # the healthy servers took the new tree (it has more nodes) and run it
     for name in PORTS:
         assert s[name]["ok"] and s[name]["status"] == "built", (s[name], proc.stderr)
-        assert s[name]["actions"] == ["db", "restart"]
+        # more nodes: a new tree, and every node's key in authorized/
+        assert s[name]["actions"] == ["db", "keys", "restart"]
     assert (s["badpw"]["step"], s["badpw"]["error"]) == \
         ("connect", "authentication failed as root (password)")
     assert s["nopy"]["step"] == "python"

@@ -141,9 +141,10 @@ def test_a_read_only_database_directory_fails(tmp_path):
 
 
 def test_a_key_directory_must_be_private(tmp_path):
+    from treescale import keys as K
+
     keys = tmp_path / "keys"
-    keys.mkdir(mode=0o755)
-    (keys / "node.key_secret").write_text("secret")
+    K.generate(keys)
     os.chmod(keys, 0o755)
     os.chmod(keys / "node.key_secret", 0o644)
     args = ("--port", str(free_port()), "--db", str(tmp_path / "tree.db"), "--keys",
@@ -156,6 +157,14 @@ def test_a_key_directory_must_be_private(tmp_path):
     os.chmod(keys / "node.key_secret", 0o600)
     code, checks = report(*args)
     assert checks["keys"]["status"] == "ok" and code == 0, checks
+    assert K.load_own(keys).public in checks["keys"]["detail"]
+    # a damaged keypair is a failure naming the file
+    (keys / "node.key_secret").write_text("secret")
+    os.chmod(keys / "node.key_secret", 0o600)
+    code, checks = report(*args)
+    assert code == 1 and checks["keys"]["status"] == "fail"
+    assert checks["keys"]["detail"] == f"{keys}/node.key_secret: malformed key file (no " \
+        "public-key line)"
 
 
 def test_the_config_gives_the_port_and_bad_input_is_one_line(tmp_path):

@@ -57,7 +57,8 @@ class Listener:
         self.tree = tree
         self.client = Client(f"tcp://{tree.on[ROOT].address}:{PORTS[ROOT]}",
                              token=tree.token_file.read_text().strip(),
-                             name="systemd-test", timeout=10)
+                             name="systemd-test", timeout=10,
+                             server_key=tree.server_key_file(ROOT))
         for pattern in (subjects.NODE_UP, subjects.NODE_DOWN, subjects.NODE_STATS):
             self.client.subscribe(pattern)
 
@@ -139,7 +140,16 @@ class Tree:
 
     def build(self, *extra: str) -> subprocess.CompletedProcess:
         return self.tsctl("build", "--wheelhouse", str(self.wheels), "--join-timeout",
-                          str(JOIN_TIMEOUT), *extra)
+                          str(JOIN_TIMEOUT), "--keys-dir", str(self.key_store), *extra)
+
+    @property
+    def key_store(self) -> Path:
+        """The operator's CURVE keys for this tree (build makes them): the tree links
+        over CURVE, and a client needs the node's public key."""
+        return self.hosts.base / "operator-keys"
+
+    def server_key_file(self, name: str) -> str:
+        return str(self.key_store / f"{name}.key")
 
     def unit(self, name: str, *props: str) -> dict[str, str]:
         return self.on[name].show(self.layout(name).unit_name, *props)
@@ -201,7 +211,7 @@ def test_build_installs_enables_and_starts_a_unit_on_each_server(tree):
 def test_the_root_sees_its_child(tree):
     proc = run_tsctl("status", "--json", "--address",
                      f"tcp://{tree.on[ROOT].address}:{PORTS[ROOT]}", "--token-file",
-                     str(tree.token_file))
+                     str(tree.token_file), "--server-key", tree.server_key_file(ROOT))
     assert proc.returncode == 0, proc.stderr
     nodes = {n["node"]: n for n in json.loads(proc.stdout)}
     assert nodes[ROOT]["children"] == [LEAF] and nodes[ROOT]["parent"] is None

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 AUTH_WORKERS = 4
 SERVICE = Decision(True, "service", frozenset({"*"}))
+NODE_KEY = Decision(True, "authorized node key", frozenset({"*"}))
 
 
 class Handshake:
@@ -64,6 +65,8 @@ class Handshake:
                           quiet=is_link or bool(hello.options.get("direct")),
                           is_link=is_link, fd=fd_of(frames[1]))
         node.add_session(session)
+        if node.curve is not None and self._by_key(rid, hello, session, is_link, frames):
+            return
         if is_link:
             self.finish(rid, hello, self.link_decision(hello.token))
             return
@@ -99,6 +102,24 @@ class Handshake:
         if not hmac.compare_digest(_digest(token), _digest(config.link_token)):
             return Decision(False, "invalid link token")
         return Decision(True, "link", ALL_PERMISSIONS)
+    def _by_key(self, rid: bytes, hello: P.Hello | P.Link, session: Session,
+                is_link: bool, frames: list) -> bool:
+        """CURVE: the key this connection proved decides first. A revoked key, or a
+        link without its node's authorized key, is refused; a link with it needs
+        nothing else. True if the hello was dealt with here."""
+        node = self.node
+        session.curve_key = node.curve.key_of(frames[1])
+        refusal = node.curve.admit(session, is_link)
+        if refusal is not None:
+            node.forget_session(rid)
+            node.send_error(rid, refusal.code, refusal.message)
+            node.emit(subjects.CLIENT_DENIED, {"node": node.name, "client": session.name,
+                                               "reason": refusal.message})
+            return True
+        if is_link:
+            self.finish(rid, hello, NODE_KEY)
+            return True
+        return False
 
     def finish_pending(self) -> None:
         """Hellos whose auth check finished on a worker thread."""

@@ -10,7 +10,8 @@ The rooms, one concept each: handshake.py (hello → session), gate.py (who may 
 what), fanout.py (routing and output: the hot path), links.py (one Link per
 neighbour), exchange.py (interest), placement.py (joiners), parent.py (the parent
 link and healing, driving treescale/healing.py), requests.py (request/reply),
-hosting.py (services and metrics beside the loop), sessions.py (a client's state).
+hosting.py (services and metrics beside the loop), sessions.py (a client's state),
+curve.py (CURVE: keys, ZAP, revocation).
 
 Must not touch: the meaning of messages (treescale/protocol.py), routing rules
 (treescale/routing.py), interest rules (treescale/interest.py): those are pure.
@@ -33,6 +34,7 @@ from treescale import protocol as P
 from treescale import subjects
 from treescale.auth import AuthHook, hook_from_config
 from treescale.brokers import gate
+from treescale.brokers.curve import Curve
 from treescale.brokers.exchange import InterestExchange
 from treescale.brokers.fanout import Fanout
 from treescale.brokers.handshake import Handshake
@@ -78,7 +80,11 @@ class Node:
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        # CURVE (keys_dir): before the socket binds, and the ZAP handler before both.
+        self.curve = Curve.for_node(self)
         self.sock = self.ctx.socket(zmq.ROUTER)
+        if self.curve is not None:
+            self.curve.serve(self.sock)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # No ROUTER_HANDOVER: a second connection presenting a live routing id is
         # ignored by ZeroMQ instead of taking the first one's place. A session is also
@@ -139,6 +145,9 @@ class Node:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         poller.register(self.monitor, zmq.POLLIN)
+        zap = self.curve.zap if self.curve is not None else None
+        if zap is not None:
+            poller.register(zap, zmq.POLLIN)
         up = self.parent.sock
         if up is not None:
             poller.register(up, zmq.POLLIN)
@@ -166,6 +175,8 @@ class Node:
                         self.parent.on_monitor()
                     elif sock is self.monitor:
                         self._on_monitor()
+                    elif sock is zap:
+                        self.curve.on_zap()
                     else:
                         self._drain_wake()
                 if fanout.slow:
@@ -187,6 +198,8 @@ class Node:
         self.monitor.close(0)
         self.sock.close()
         self.parent.close()
+        if self.curve is not None:
+            self.curve.close()
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -434,6 +447,8 @@ class Node:
             limit = LINK_TIMEOUT if session.is_link else self.config.client_timeout
             if now - session.last_seen > limit:
                 self.drop_session(rid, "timeout")
+        if self.curve is not None:
+            self.curve.sweep()
         self.placement.tree_changed()  # also keeps our session alive at the parent
         self.exchange.send_owed_snapshots()
         self._cpu = self._usage.sample()

@@ -54,6 +54,10 @@ class ParentLink:
         self.rtt_ewma: float | None = None
         self._rtt_parent: str | None = None
         self._neighbour = ""  # the parent's name, from its LINKED
+        # CURVE: the public key of whom the socket dials now, and the one a redirect
+        # offered for its target (checked before we dial it)
+        self.server_key: str | None = None
+        self._offered_key: str | None = None
         self.sock: zmq.Socket | None = None
         self.monitor: zmq.Socket | None = None
         if config.parent:
@@ -67,6 +71,9 @@ class ParentLink:
             heartbeats(self.sock)
             self.monitor = self.sock.get_monitor_socket(
                 zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            if node.curve is not None:
+                self.server_key = node.curve.parent_key()
+                node.curve.dial_as_client(self.sock, self.server_key)
             self.sock.connect(config.parent)
 
     def close(self) -> None:
@@ -122,6 +129,13 @@ class ParentLink:
             self._neighbour = msg.node
             self._carry_out(self.state.handle(healing.ACCEPTED, now), "")
         elif isinstance(msg, P.Redirect):
+            if node.curve is not None and not node.curve.may_follow(msg.key):
+                # checked before we dial it: our LINK (and token) goes to no one else
+                log.warning("node %s refuses the redirect to %s at %s: its key %s is not "
+                            "trusted (not in authorized/, or revoked)", node.name,
+                            msg.node, msg.address, msg.key)
+                return
+            self._offered_key = msg.key
             if not self.state.linked:
                 log.info("node %s redirected to %s at %s", node.name, msg.node,
                          msg.address)
@@ -157,7 +171,8 @@ class ParentLink:
                 if self.state.state == healing.REHOMING:
                     log.warning("node %s re-attaching under %s at %s", node.name, name,
                                 address)
-                self._dial(address)
+                offered, self._offered_key = self._offered_key, None
+                self._dial(name, address, offered)
             elif action == healing.ANNOUNCE_ROOT:
                 # We lead until the old root answers again (it restarted, or the
                 # partition healed): the socket keeps dialling it, and when it answers
@@ -166,14 +181,27 @@ class ParentLink:
                 node.emit(subjects.NODE_ROOT, {"node": node.name, "previous": "lost"})
                 node.placement.tell_children()
 
-    def _dial(self, address: str) -> None:
-        """Point the parent socket at another node (the LINK is sent on connect)."""
+    def _dial(self, name: str, address: str, offered_key: str | None = None) -> None:
+        """Point the parent socket at node ``name`` (the LINK is sent on connect).
+        With CURVE, only with a key we trust for it: the redirect's (checked), else
+        its authorized one; without one the attempt is left to expire."""
+        node = self.node
+        key = None
+        if node.curve is not None:
+            key = node.curve.parent_key_for(name, offered_key)
+            if key is None:
+                log.warning("node %s does not dial %s at %s: no trusted key for it in "
+                            "authorized/", node.name, name, address)
+                return
         if self.address:
             try:
                 self.sock.disconnect(self.address)
             except zmq.ZMQError:
                 pass
         self.address = address
+        if key is not None:
+            node.curve.dial_as_client(self.sock, key)
+            self.server_key = key
         self.sock.connect(address)
 
     # -- sending ----------------------------------------------------------------------

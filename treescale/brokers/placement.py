@@ -48,8 +48,8 @@ class Placement:
             node.forget_session(rid)
             # A node higher up has room: send the joiner up; else down to the child
             # whose subtree has the shallowest open slot.
-            target = (parent.neighbour, node.parent.address) if shallower \
-                else self._open_child()
+            target = (parent.neighbour, node.parent.address, node.parent.server_key) \
+                if shallower else self._open_child()
             if target is None:
                 node.send_error(rid, subjects.FULL, f"node {node.name} already has "
                                 f"{children} children (max_children "
@@ -63,15 +63,17 @@ class Placement:
         node.links.up(rid, session.name, link_msg.address)
         self.tell_children(skip=rid)
 
-    def _open_child(self) -> tuple[str, str] | None:
+    def _open_child(self) -> tuple[str, str, str | None] | None:
         """The child to send a joiner to: the one whose subtree has the shallowest
-        open slot (ties by name), so the tree stays shallow whoever the joiner asked."""
-        options = [(link.open_depth, link.neighbour, link.address)
+        open slot (ties by name), so the tree stays shallow whoever the joiner asked;
+        with its CURVE key (the one its link proved), if any."""
+        options = [(link.open_depth, link.neighbour, link.address, link.member)
                    for link in self.node.links.children() if link.address]
         if not options:
             return None
-        _, name, address = min(options)
-        return name, address
+        _, name, address, member = min(options)
+        session = self.node.sessions.get(member)
+        return name, address, session.curve_key if session is not None else None
 
     # -- open-slot depths -------------------------------------------------------------
 

@@ -42,6 +42,7 @@ class Session:
     fd: int | None = None  # the connection's file descriptor: the session is its own
     address: str = ""  # a child node's own listening address
     permissions: frozenset = frozenset()  # from the auth hook's decision
+    curve_key: str | None = None  # the connection's CURVE public key (z85), if any
     events_out: int = 0
     events_in: int = 0
 

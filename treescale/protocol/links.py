@@ -53,10 +53,12 @@ class Linked:
 
 @dataclass(slots=True)
 class Redirect:
-    """A full node sends a joiner toward the shallowest open slot below it."""
+    """A full node sends a joiner toward the shallowest open slot below it; ``key``
+    is the target's CURVE public key (z85) when the fabric runs CURVE."""
 
     node: str
     address: str
+    key: str | None = None
 
 
 @dataclass(slots=True)
@@ -103,8 +105,9 @@ def encode_linked(node: str, ancestors: Sequence[tuple[str, str]] = (),
                    [list(s) for s in siblings]])]
 
 
-def encode_redirect(node: str, address: str) -> list[bytes]:
-    return [codec.packb([REDIRECT, node, address])]
+def encode_redirect(node: str, address: str, key: str | None = None) -> list[bytes]:
+    header = [REDIRECT, node, address]
+    return [codec.packb(header if key is None else [*header, key])]
 
 
 def encode_placement(info: dict) -> list[bytes]:
@@ -156,8 +159,9 @@ def _pairs(value: Any, what: str) -> list[tuple[str, str]]:
 
 def _decode_redirect(header: list, frames: Sequence, max_payload: int) -> Redirect:
     codec.expect_frames(frames, REDIRECT, 1)
-    node, address = codec.fields(header, 2)
-    return Redirect(codec.text(node, "node"), codec.text(address, "address"))
+    node, address, key = codec.fields(header, 3)
+    return Redirect(codec.text(node, "node"), codec.text(address, "address"),
+                    codec.text(key, "key", optional=True))
 
 
 def _decode_placement(header: list, frames: Sequence, max_payload: int) -> PlacementInfo:

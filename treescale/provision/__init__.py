@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from treescale.provision import keyring
+from treescale.provision import plan as P
 from treescale.provision.server import Artifacts, ServerJob, ServerResult
 from treescale.provision.ssh import DEFAULT_KNOWN_HOSTS, KnownHosts, StepError
 from treescale.provision.wheelhouse import (
@@ -29,7 +31,8 @@ from treescale.provision.wheelhouse import (
 )
 
 __all__ = ["build", "teardown", "ServerResult", "StepError", "WheelhouseError",
-           "DEFAULT_KNOWN_HOSTS", "DEFAULT_CACHE", "servers"]
+           "DEFAULT_KNOWN_HOSTS", "DEFAULT_CACHE", "DEFAULT_KEY_STORE", "servers"]
+DEFAULT_KEY_STORE = keyring.DEFAULT_KEY_STORE
 
 log = logging.getLogger(__name__)
 SUPERVISORS = ("auto", "systemd", "daemon")
@@ -98,19 +101,25 @@ def build(fabric: Any, *, parallel: int = 8, dry_run: bool = False, wait: bool =
           join_timeout: float = 60.0, known_hosts: Path = DEFAULT_KNOWN_HOSTS,
           wheelhouse: Path | None = None, cache: Path = DEFAULT_CACHE,
           token: str | None = None, connect_timeout: float = 10.0, supervisor: str = "auto",
+          key_store: Path | None = DEFAULT_KEY_STORE,
           report: Report = lambda name, step: None) -> list[ServerResult]:
     """Build every server of ``fabric``; one ServerResult each, in tree order.
     ``supervisor``: what keeps the node running: systemd, daemon (a run script and a pid
-    file) or auto (systemd where it runs and we are root)."""
+    file) or auto (systemd where it runs and we are root). ``key_store``: where the
+    nodes' CURVE keypairs are kept on this machine (made there on first use); None:
+    the tree runs without keys."""
     if supervisor not in SUPERVISORS:
         raise ValueError(f"supervisor must be one of {', '.join(SUPERVISORS)}")
     targets = servers(fabric)
     known = KnownHosts(known_hosts, record=not dry_run)
     houses = (_fixed_wheelhouse(wheelhouse) if wheelhouse is not None
               else WheelhouseCache(cache).get)
+    keys: dict = {}
+    if key_store is not None:  # made here even in a dry run: it shows the real plan
+        fabric, keys = _with_keys(fabric, Path(key_store), targets)
     with tempfile.TemporaryDirectory(prefix="tsctl-build-") as tmp:
         db_file, db_digest = compile_config(fabric, Path(tmp))
-        art = Artifacts(houses, db_file, db_digest, pinned=bool(fabric.version))
+        art = Artifacts(houses, db_file, db_digest, pinned=bool(fabric.version), keys=keys)
         jobs = []
         for name, target in targets:
             job = ServerJob(name, target, known, lambda step, n=name: report(n, step),
@@ -122,6 +131,19 @@ def build(fabric: Any, *, parallel: int = 8, dry_run: bool = False, wait: bool =
                 art, fabric.tree.parent(s.name), f"tcp://{h}:{s.port}", t, dry_run, wait,
                 join_timeout, supervisor)))
         return _run_all(jobs, parallel)
+
+
+def _with_keys(fabric: Any, store: Path, targets: list) -> tuple[Any, dict]:
+    """The fabric with keys_dir and parent_key set, and each node's key files."""
+    pairs = keyring.ensure_keys(store, [name for name, _ in targets])
+    dirs = {}
+    for name, target in targets:
+        try:
+            dirs[name] = P.Layout(P.check_install_root(target.install_root), name).keys_dir
+        except ValueError:
+            pass  # that server's job fails on its install_root, with its reason
+    files = {name: keyring.server_files(name, pairs) for name in dirs}
+    return keyring.keyed_fabric(fabric, pairs, dirs), files
 
 
 def teardown(fabric: Any, *, parallel: int = 8, dry_run: bool = False,

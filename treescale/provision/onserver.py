@@ -39,9 +39,16 @@ def _alive(pid_file: str | None, pid: int | None = None) -> bool:
 
 
 def wait_joined(name: str, parent: str | None, address: str, token: str | None,
-                timeout: float, pid_file: str | None = None, pid: int | None = None) -> dict:
+                timeout: float, pid_file: str | None = None, pid: int | None = None,
+                keys_dir: str | None = None) -> dict:
     from treescale import Client
 
+    keys: dict = {}
+    if keys_dir:  # CURVE: the node's own keypair, a key it trusts
+        from treescale.keys import load_own
+
+        own = load_own(keys_dir)
+        keys = {"server_key": own.public, "keypair": own}
     deadline = time.monotonic() + timeout
     last: dict | None = None
     error = "no report"
@@ -51,7 +58,7 @@ def wait_joined(name: str, parent: str | None, address: str, token: str | None,
         try:
             with Client(address, token=token, name="tsctl-build",
                         timeout=min(5.0, max(0.5, deadline - time.monotonic())),
-                        on_error=lambda err: None) as c:
+                        on_error=lambda err: None, **keys) as c:
                 c.subscribe(subjects.NODE_STATS)
                 while time.monotonic() < deadline:
                     ev = c.next_event(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -96,7 +103,8 @@ def main() -> None:
         if action == "join":
             answer = wait_joined(args["name"], args.get("parent"), args["address"],
                                  args.get("token"), float(args.get("timeout", 60)),
-                                 args.get("pid_file"), args.get("pid"))
+                                 args.get("pid_file"), args.get("pid"),
+                                 args.get("keys_dir"))
         elif action == "db":
             answer = install_db(args["new"], args["live"], bool(args.get("pinned")))
         else:

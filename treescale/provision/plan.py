@@ -7,6 +7,7 @@ all and several nodes can share a machine):
     ROOT/wheels/              the wheelhouse (TreeScale and every dependency)
     ROOT/venv/                the virtual environment installed from it
     ROOT/tree.db              the compiled tree (the node's database)
+    ROOT/keys/                CURVE: the node's keypair, authorized/ (every node's key)
     ROOT/run.sh               daemon mode: starts the node, writes ROOT/node.pid
     ROOT/node.log             daemon mode: the node's output
     ROOT/state.json           digests of what is installed, for the next build to compare
@@ -36,10 +37,11 @@ EXEC_WORD_PLAIN = frozenset(string.ascii_letters + string.digits + "/._-+=:,@")
 # Actions, in the order they run.
 INSTALL = "install"   # upload the wheelhouse and (re)create the venv from it
 WRITE_DB = "db"       # upload the compiled tree
+WRITE_KEYS = "keys"   # write the node's CURVE keys (keyring.py)
 SERVICE = "service"   # write the run script or systemd unit
 RESTART = "restart"   # the node runs old code/config: stop it, start it
 START = "start"       # the node is not running: start it
-ORDER = (INSTALL, WRITE_DB, SERVICE, RESTART, START)
+ORDER = (INSTALL, WRITE_DB, WRITE_KEYS, SERVICE, RESTART, START)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,10 @@ class Layout:
     @property
     def db(self) -> str:
         return self.path("tree.db")
+
+    @property
+    def keys_dir(self) -> str:
+        return self.path("keys")
 
     @property
     def run_script(self) -> str:
@@ -189,6 +195,7 @@ class Desired:
     wheelhouse: str  # digest of the wheelhouse content
     db: str          # digest of the compiled tree
     service: str     # the run script or unit text (mode follows the server)
+    keys: str | None = None  # digest of the node's key files (None: no CURVE keys)
 
 
 @dataclass(frozen=True)
@@ -209,6 +216,8 @@ def plan(desired: Desired, found: Found) -> tuple[str, ...]:
         actions.append(INSTALL)
     if found.state.get("db") != desired.db:
         actions.append(WRITE_DB)
+    if desired.keys is not None and found.state.get("keys") != desired.keys:
+        actions.append(WRITE_KEYS)
     if found.state.get("service") != digest(desired.service):
         actions.append(SERVICE)
     if found.running and actions:
@@ -226,7 +235,7 @@ def describe(actions: tuple[str, ...], systemd: bool, wheel_count: int = 0,
     size = f" ({wheel_bytes / 1e6:.0f} MB)" if wheel_bytes else ""
     words = {INSTALL: f"install {wheel_count} wheels{size} into a venv" if wheel_count
              else "install the wheelhouse into a venv",
-             WRITE_DB: "write the tree db",
+             WRITE_DB: "write the tree db", WRITE_KEYS: "write the node's keys",
              SERVICE: "write the systemd unit" if systemd else "write the run script",
              RESTART: "restart the node", START: "start the node"}
     return ", ".join(words[a] for a in actions)

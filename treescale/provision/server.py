@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from treescale.provision import keyring
 from treescale.provision import plan as P
 from treescale.provision.ssh import KnownHosts, Remote, StepError, q
 from treescale.provision.wheelhouse import PyTarget, Wheelhouse, WheelhouseError, glibc_version
@@ -30,6 +31,8 @@ class Artifacts:
     db_file: Path                             # the compiled tree
     db_digest: str                            # digest of the tree it holds
     pinned: bool                              # the config set the version itself
+    # CURVE: node name -> its keys_dir's files (relative path -> (content, mode))
+    keys: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -146,6 +149,7 @@ class ServerJob:
         self.report = report
         self.connect_timeout = connect_timeout
         self.result = ServerResult(name, target.host)
+        self.keyed = False  # the node has CURVE keys (the join check needs them)
         try:
             self.layout = P.Layout(P.check_install_root(target.install_root), name)
             self.bad_config: str | None = None
@@ -210,7 +214,10 @@ class ServerJob:
         service = P.unit_text(lay, lay.db) if systemd else P.run_script(lay, lay.db)
         self._step("wheelhouse")
         house = art.wheelhouses(py)
-        desired = P.Desired(house.digest, art.db_digest, service)
+        keys = art.keys.get(self.name)
+        self.keyed = bool(keys)
+        desired = P.Desired(house.digest, art.db_digest, service,
+                            keyring.files_digest(keys) if keys else None)
         actions = P.plan(desired, P.Found(found.state, found.venv_ok, found.pid is not None))
         res.actions, res.mode, res.pid = actions, mode, found.pid
         res.detail = P.describe(actions, systemd, len(house.files), house.size) if actions \
@@ -237,6 +244,10 @@ class ServerJob:
             self._on_server(remote, "db", {"new": lay.db + ".new", "live": lay.db,
                                            "pinned": art.pinned}, 60, "db")
             self._save(remote, state, db=art.db_digest)
+        if P.WRITE_KEYS in actions:
+            self._step("keys")
+            self._write_keys(remote, keys)
+            self._save(remote, state, keys=desired.keys)
         if P.SERVICE in actions:
             self._step("service")
             self._write_service(remote, service, systemd, found)
@@ -281,6 +292,15 @@ class ServerJob:
                      f"--no-cache-dir --no-compile --no-index --find-links {q(lay.wheels)} "
                      "treescale", "pip install", timeout=600)
         self._save(remote, state, wheelhouse=house.digest)
+
+    def _write_keys(self, remote: Remote, files: dict[str, tuple[bytes, int]]) -> None:
+        """The node's keys_dir: its keypair and authorized/ as build made them (a
+        revoked list kept on the server stays)."""
+        d = self.layout.keys_dir
+        remote.check(f"mkdir -p -m 700 {q(d)} && rm -rf {q(d + '/authorized')} && "
+                     f"mkdir -m 700 {q(d + '/authorized')} && chmod 700 {q(d)}", "keys")
+        for path, (data, mode) in sorted(files.items()):
+            remote.write_file(f"{d}/{path}", data, mode)
 
     def _write_service(self, remote: Remote, text: str, systemd: bool, found: Probe) -> None:
         lay = self.layout
@@ -333,6 +353,7 @@ class ServerJob:
         systemd = self.result.mode == "systemd"
         # systemd: the main pid the unit started; a restart by systemd means it exited
         args = {"name": self.name, "parent": parent, "address": address, "token": token,
+                "keys_dir": lay.keys_dir if self.keyed else None,
                 "timeout": timeout, "pid_file": None if systemd else lay.pid_file,
                 "pid": self.result.pid if systemd else None}
         try:

@@ -47,6 +47,17 @@ class ServiceContext:
     def client_options(self) -> dict:
         return {"service": self.secret}
 
+    def client_keys(self) -> dict:
+        """CURVE: a node with keys is reached with its own keypair (a key it trusts,
+        whatever ``client_keys`` says); a node without, plainly (whatever
+        $TREESCALE_SERVER_KEY says)."""
+        if not self.config.keys_dir:
+            return {"server_key": ""}
+        from treescale.keys import load_own
+
+        own = load_own(self.config.keys_dir)
+        return {"server_key": own.public, "keypair": own}
+
     @property
     def client(self) -> Any:
         """The one bus client all services of this node share (one connection, one I/O
@@ -57,7 +68,8 @@ class ServiceContext:
                 from treescale.client import Client
 
                 self._client = Client(self.address, name=f"services@{self.node}",
-                                      timeout=30, options=self.client_options())
+                                      timeout=30, options=self.client_options(),
+                                      **self.client_keys())
             return self._client
 
     @property

@@ -347,7 +347,7 @@ class HandlerService:
         # A client of its own, not the node's shared one: handler patterns are
         # subscribed and unsubscribed at run time and must not touch other services'.
         self.client = Client(ctx.address, name=f"{SERVICE}@{ctx.node}", timeout=30,
-                             options=ctx.client_options())
+                             options=ctx.client_options(), **ctx.client_keys())
         # The stored handlers are live before the service answers: once `ls` or
         # `match` answer after a restart, the handlers they list run.
         try:
