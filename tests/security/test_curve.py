@@ -342,8 +342,10 @@ def test_a_payload_crossing_the_link_is_not_on_the_wire_with_keys(tmp_path, with
     d = keyring(tmp_path, "wp", "wc")
     trust(d, "wp", "wc")
     trust(d, "wc", "wp")
-    parent_cfg = {"name": "wp", "host": ip_p, "port": 7601}
-    child_cfg = {"name": "wc", "host": ip_c, "port": 7602, "parent": f"tcp://{ip_p}:7601"}
+    # no client auth: the wire is what is tested (insecure: namespace addresses)
+    parent_cfg = {"name": "wp", "host": ip_p, "port": 7601, "insecure": True}
+    child_cfg = {"name": "wc", "host": ip_c, "port": 7602, "parent": f"tcp://{ip_p}:7601",
+                 "insecure": True}
     child_args: tuple[str, ...] = ()
     if with_keys:  # the parent from its config, the child from tsctl's options
         parent_cfg["keys_dir"] = str(d["wp"])
