@@ -64,6 +64,12 @@ class NodeConfig:
     parent_token: str | None = None
     join: bool = False  # parent is a contact: let the tree place us (auto-join)
     exec_enabled: bool = False
+    # Flags of the other command-running services (the security issue's shared design;
+    # accepted here so configs can set them, enforced where each service starts).
+    handlers_enabled: bool = False
+    docker_enabled: bool = False
+    lb_enabled: bool = False
+    config_enabled: bool = False
     metrics_port: int | None = None
     # Docker service: the engine (default $DOCKER_HOST, else the local socket) and how
     # often each running container's stats are published ($sys.docker.NODE.stats).

@@ -24,12 +24,13 @@ from treescale import protocol as P
 from treescale import subjects
 from treescale.auth import AuthHook, ClientIdentity, Decision
 from treescale.brokers.sessions import AUTHENTICATING, READY, Session, client_id_of
+from treescale.permissions import ALL
 
 if TYPE_CHECKING:
     from treescale.brokers.node import Node
 
 AUTH_WORKERS = 4
-SERVICE = Decision(True, "service", frozenset({"*"}))
+SERVICE = Decision(True, "service", ALL)
 
 
 class Handshake:
@@ -100,7 +101,10 @@ class Handshake:
                                                "reason": decision.reason})
             return
         session.state = READY
-        session.permissions = decision.permissions
+        # A child link carries full rights (what it forwards was checked where it
+        # entered the tree); a client what its token allows.
+        session.permissions = ALL if session.is_link else decision.permissions
+        session.publish_check = session.permissions.publish_check()
         if session.is_link:
             node.placement.on_link(session, hello)
             return
