@@ -3,12 +3,14 @@ over the routing table's own matching, parsing, and the rules of the reserved ar
 
 from __future__ import annotations
 
+import tomllib
 from itertools import product
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import ROOT
 from treescale import permissions as perm
 from treescale import subjects
 from treescale.routing import RoutingTable
@@ -173,3 +175,17 @@ def test_publish_check_caches_and_stays_bounded():
     for i in range(20):
         check.first_refused([f"a.{i}"])
     assert len(check.cache) <= 3
+
+
+def test_the_readme_token_example_parses_and_means_what_it_says():
+    text = (ROOT / "README.md").read_text()
+    start = text.index("[node.tokens]")
+    tokens = tomllib.loads(text[start:text.index("```", start)])["node"]["tokens"]
+    parsed = dict(perm.parse_tokens(tokens))
+    assert parsed["admin"] == perm.ALL
+    assert parsed["viewer"].why_not_subscribe(subjects.NODE_STATS) is None
+    assert parsed["ops"].why_not_request(subjects.service("exec", "n1")) is None
+    orders = parsed["orders"]
+    assert "deny 'orders.secret.>'" in orders.why_not_publish("orders.secret.x").message
+    assert orders.why_not_subscribe("audit.login") is None
+    assert orders.why_not_request(subjects.service("handlers", "n1")) is None
