@@ -241,6 +241,9 @@ class _Handler(BaseHTTPRequestHandler):
     ROUTES: dict[str, tuple[int, bytes]] = {
         "/allow": (200, b""),
         "/perms": (200, b'{"permissions": ["sub"], "reason": "welcome"}'),
+        "/rules": (200, b'{"permissions": {"publish": {"allow": ["a.>"], "deny": ["a.b"]},'
+                        b' "services": ["exec"]}}'),
+        "/bad-rules": (200, b'{"permissions": {"publish": {"allow": ["a..b"]}}}'),
         "/json-false": (200, b'{"allow": false, "reason": "account locked"}'),
         "/bad-json": (200, b'{"allow": fal'),
         "/deny": (403, b'{"reason": "banned client"}'),
@@ -311,6 +314,16 @@ def test_http_allow_with_permissions(auth_server: _AuthServer) -> None:
     d = HttpAuth(auth_server.url + "/perms").check(None, WHO)
     assert d == Decision(True, "welcome", parse(["sub"]))
     assert isinstance(auth_server.last_body, dict) and auth_server.last_body["token"] is None
+
+
+def test_http_permissions_may_be_allow_deny_rules(auth_server: _AuthServer) -> None:
+    d = HttpAuth(auth_server.url + "/rules").check("t", WHO)
+    assert d == Decision(True, "", parse({"publish": {"allow": ["a.>"], "deny": ["a.b"]},
+                                          "services": ["exec"]}))
+    assert d.permissions.why_not_publish("a.c") is None
+    assert "deny 'a.b'" in d.permissions.why_not_publish("a.b").message
+    bad = HttpAuth(auth_server.url + "/bad-rules").check("t", WHO)
+    assert not bad.allowed and "invalid permissions" in bad.reason and "a..b" in bad.reason
 
 
 def test_http_deny_403_with_reason(auth_server: _AuthServer) -> None:
