@@ -4,6 +4,10 @@ A client's first message is a hello carrying an optional token and its identity.
 an :class:`AuthHook` whether to admit it. Hooks that may block (external command, HTTP service)
 set ``blocking = True`` so the broker runs them on a worker thread instead of its event loop.
 
+A decision that admits carries the client's ``Permissions`` (treescale/permissions.py):
+a static token maps to a list of words or a publish/subscribe/services mapping, and an
+external backend may return either as its JSON ``permissions``.
+
 Every hook fails closed: ``check()`` never raises, any error becomes a deny ``Decision`` whose
 reason says what went wrong, so a broken auth backend cannot crash the broker or let clients in.
 """
@@ -24,6 +28,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from treescale import permissions
+from treescale.permissions import Permissions
+
 __all__ = [
     "ALL_PERMISSIONS",
     "AllowAll",
@@ -36,8 +43,8 @@ __all__ = [
     "hook_from_config",
 ]
 
-#: Wildcard permission: everything (used when auth does not restrict a client).
-ALL_PERMISSIONS: frozenset[str] = frozenset({"*"})
+#: Everything (used when auth does not restrict a client).
+ALL_PERMISSIONS: Permissions = permissions.ALL
 
 # Cap on text copied from an external backend into a reason, so a chatty script or an HTML
 # error page cannot flood logs or the deny message sent back to the client.
@@ -48,11 +55,11 @@ _MAX_BODY = 64 * 1024
 
 @dataclass(frozen=True)
 class Decision:
-    """Outcome of an auth check; permissions are carried now and enforced elsewhere later."""
+    """Outcome of an auth check; the gate (brokers/gate.py) enforces its permissions."""
 
     allowed: bool
     reason: str = ""
-    permissions: frozenset[str] = frozenset()
+    permissions: Permissions = permissions.NONE
 
 
 @dataclass(frozen=True)
@@ -78,17 +85,6 @@ def _clip(text: str) -> str:
 def _describe(exc: BaseException) -> str:
     msg = str(exc)
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-
-
-def _normalise_permissions(value: Any) -> frozenset[str]:
-    """Accept a list of permission strings (or one bare string, as YAML users tend to write)."""
-    if isinstance(value, str):
-        return frozenset({value})
-    if isinstance(value, Iterable) and not isinstance(value, Mapping | bytes):
-        items = list(value)
-        if all(isinstance(p, str) for p in items):
-            return frozenset(items)
-    raise ValueError(f"permissions must be a list of strings, got {value!r}")
 
 
 def _positive_timeout(timeout: Any) -> float:
@@ -126,7 +122,7 @@ def _decision_from_json(
     if "permissions" not in obj or obj["permissions"] is None:
         return Decision(True, reason, ALL_PERMISSIONS)
     try:
-        perms = _normalise_permissions(obj["permissions"])
+        perms = permissions.parse(obj["permissions"])
     except ValueError as exc:
         return _deny(_clip(f"auth backend returned invalid permissions: {exc}"))
     return Decision(True, reason, perms)
@@ -178,20 +174,9 @@ class StaticTokens(AuthHook):
 
     blocking = False
 
-    def __init__(self, tokens: Iterable[str] | Mapping[str, Iterable[str] | str]) -> None:
-        if isinstance(tokens, str | bytes):
-            raise ValueError("tokens must be a list of strings or a mapping, not a single string")
-        if isinstance(tokens, Mapping):
-            pairs = [(tok, _normalise_permissions(perms)) for tok, perms in tokens.items()]
-        else:
-            pairs = [(tok, ALL_PERMISSIONS) for tok in tokens]
-        if not pairs:
-            raise ValueError("tokens is empty: no client could ever authenticate")
-        self._entries: list[tuple[bytes, frozenset[str]]] = []
-        for tok, perms in pairs:
-            if not isinstance(tok, str) or not tok:
-                raise ValueError("every token must be a non-empty string")
-            self._entries.append((self._digest(tok), perms))
+    def __init__(self, tokens: Iterable[str] | Mapping[str, Any]) -> None:
+        self._entries: list[tuple[bytes, Permissions]] = [
+            (self._digest(tok), perms) for tok, perms in permissions.parse_tokens(tokens)]
 
     @staticmethod
     def _digest(token: str) -> bytes:
@@ -201,7 +186,7 @@ class StaticTokens(AuthHook):
         if not token:
             return _deny("token required")
         presented = self._digest(token)
-        matched: frozenset[str] | None = None
+        matched: Permissions | None = None
         for digest, perms in self._entries:
             if hmac.compare_digest(presented, digest) and matched is None:
                 matched = perms

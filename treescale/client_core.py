@@ -389,10 +389,7 @@ class ClientCore:
         return actions
 
     def _on_reply(self, ev: Event, suffix: str) -> ResolveWaiter | None:
-        try:
-            req_id = int(suffix)
-        except ValueError:
-            return None
+        req_id = S.reply_req_id(suffix)  # the suffix is REQ_ID.CAPABILITY
         pending = self.pending.get(req_id)
         if pending is None:
             return None  # a late reply: nobody listens any more (never an app event)

@@ -7,8 +7,9 @@ file, node and field.
 
 Must not touch: the whole-tree model or databases (treescale.fabric), choosing a node's
 table from a tree file or database (treescale.loader), sockets. It imports no other
-treescale module but the registry of service names (treescale.services.SERVICES), so
-everything else can build on it.
+treescale module but the registry of service names (treescale.services.SERVICES) and
+the pure parser of token permissions (treescale.permissions), so everything else can
+build on it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from treescale.permissions import parse_tokens
 from treescale.services import SERVICES
 
 DEFAULT_PORT = 8888
@@ -256,6 +258,12 @@ def coerce_field(value: Any, key: str, source: str, node: Any) -> Any:
     ``source``, ``node`` and ``key``."""
     kind = _FIELD_TYPES[key]
     where = f"{source}: node {node or '?'}: {key}"
+    if key == "tokens" and value is not None:
+        try:
+            parse_tokens(value)  # kept as written; the node parses it again at start
+        except ValueError as exc:  # the message starts with "tokens"
+            raise ConfigError(f"{source}: node {node or '?'}: {exc}") from None
+        return value
     if kind == "int" or kind == "int | None":
         if value is None and "None" in kind:
             return None

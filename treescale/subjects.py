@@ -115,19 +115,27 @@ def permission_for(subject: str) -> str | None:
 # ------------------------------------------------------------- replies ($inbox)
 
 
-def inbox(node: str, client_id: str, req_id: int) -> str:
-    """The reply subject of a request: routes back to one client of one node."""
-    return f"{INBOX_PREFIX}{node}.{client_id}.{req_id}"
+def inbox(node: str, client_id: str, req_id: int, capability: str) -> str:
+    """The reply subject of a request: routes back to one client of one node.
+
+    ``capability`` is the node's proof that it made this subject (a dot-free token:
+    see brokers/requests.py); the owning node delivers nothing to an inbox without it."""
+    return f"{INBOX_PREFIX}{node}.{client_id}.{req_id}.{capability}"
 
 
 def inbox_prefix(node: str, client_id: str) -> str:
-    """What every reply subject of one client starts with."""
+    """What every reply subject of one client starts with (then ``REQ_ID.CAP``)."""
     return f"{INBOX_PREFIX}{node}.{client_id}."
 
 
 def client_inboxes(node: str, client_id: str) -> str:
     """The pattern a node subscribes a client to, so replies reach it."""
-    return inbox_prefix(node, client_id) + "*"
+    return inbox_prefix(node, client_id) + "*.*"
+
+
+def node_inbox_prefix(node: str) -> str:
+    """What every reply subject of one node's clients starts with."""
+    return f"{INBOX_PREFIX}{node}."
 
 
 def node_inboxes(node: str) -> str:
@@ -140,13 +148,21 @@ def is_inbox(subject: str) -> bool:
     return subject == INBOX or subject.startswith(INBOX_PREFIX)
 
 
-def parse_inbox(subject: str) -> tuple[str, str, int] | None:
-    """(node, client_id, req_id) of an inbox subject, or None if it is not one."""
+def parse_inbox(subject: str) -> tuple[str, str, int, str] | None:
+    """(node, client_id, req_id, capability) of an inbox subject, or None."""
     parts = subject.split(".")
-    if len(parts) != 4 or parts[0] != INBOX:
+    if len(parts) != 5 or parts[0] != INBOX or not all(parts[1:]):
         return None
     try:
-        return parts[1], parts[2], int(parts[3])
+        return parts[1], parts[2], int(parts[3]), parts[4]
+    except ValueError:
+        return None
+
+
+def reply_req_id(suffix: str) -> int | None:
+    """The req_id of a reply subject's part after ``inbox_prefix`` (``REQ_ID.CAP``)."""
+    try:
+        return int(suffix.partition(".")[0])
     except ValueError:
         return None
 

@@ -32,7 +32,8 @@ MAX_FILE_LINES = 800
 MAX_CLASS_LINES = 450
 IMPURE = frozenset({"zmq", "socket", "time", "threading", "asyncio"})
 PURE_BY_NAME = ("treescale.protocol*", "treescale.routing", "treescale.interest",
-                "treescale.tree", "treescale.healing", "treescale.client_core", SUBJECTS)
+                "treescale.tree", "treescale.healing", "treescale.client_core",
+                "treescale.permissions", SUBJECTS)
 
 
 

@@ -24,6 +24,7 @@ from treescale.auth import (
     StaticTokens,
     hook_from_config,
 )
+from treescale.permissions import parse
 
 WHO = ClientIdentity(
     name="web-1",
@@ -39,7 +40,7 @@ WHO = ClientIdentity(
 
 def test_decision_defaults_and_frozen() -> None:
     d = Decision(False)
-    assert d.reason == "" and d.permissions == frozenset()
+    assert d.reason == "" and d.permissions == parse([])
     with pytest.raises(AttributeError):
         d.allowed = True  # type: ignore[misc]
 
@@ -47,7 +48,7 @@ def test_decision_defaults_and_frozen() -> None:
 def test_allow_all() -> None:
     hook = AllowAll()
     assert hook.blocking is False
-    assert hook.check(None, WHO) == Decision(True, "", frozenset({"*"}))
+    assert hook.check(None, WHO) == Decision(True, "", parse(["*"]))
 
 
 def test_hook_exception_becomes_deny() -> None:
@@ -66,7 +67,7 @@ def test_hook_exception_becomes_deny() -> None:
 def test_static_tokens_list() -> None:
     hook = StaticTokens(["alpha", "beta"])
     assert hook.blocking is False
-    assert hook.check("beta", WHO) == Decision(True, "", frozenset({"*"}))
+    assert hook.check("beta", WHO) == Decision(True, "", parse(["*"]))
     assert hook.check("gamma", WHO) == Decision(False, "invalid token")
     assert hook.check("alph", WHO) == Decision(False, "invalid token")
     assert hook.check(None, WHO) == Decision(False, "token required")
@@ -75,9 +76,9 @@ def test_static_tokens_list() -> None:
 
 def test_static_tokens_mapping_permissions() -> None:
     hook = StaticTokens({"pubber": ["pub"], "ops": ["pub", "sub", "exec"], "root": "*"})
-    assert hook.check("pubber", WHO).permissions == frozenset({"pub"})
-    assert hook.check("ops", WHO).permissions == frozenset({"pub", "sub", "exec"})
-    assert hook.check("root", WHO).permissions == frozenset({"*"})
+    assert hook.check("pubber", WHO).permissions == parse(["pub"])
+    assert hook.check("ops", WHO).permissions == parse(["pub", "sub", "exec"])
+    assert hook.check("root", WHO).permissions == parse(["*"])
     assert not hook.check("nobody", WHO).allowed
 
 
@@ -114,7 +115,7 @@ def test_command_checks_env_token(tmp_path: Path) -> None:
     )
     hook = CommandAuth([str(script)])
     assert hook.blocking is True
-    assert hook.check("good", WHO) == Decision(True, "", frozenset({"*"}))
+    assert hook.check("good", WHO) == Decision(True, "", parse(["*"]))
     assert hook.check("nope", WHO) == Decision(False, "bad token for web-1")
     assert hook.check(None, WHO) == Decision(False, "bad token for web-1")
 
@@ -144,7 +145,7 @@ def test_command_receives_env_and_stdin_json(tmp_path: Path) -> None:
         "print(json.dumps({'allow': True, 'reason': 'ok', 'permissions': []}))\n",
     )
     d = CommandAuth([sys.executable, str(script), str(seen_file)]).check("tok", WHO)
-    assert d == Decision(True, "ok", frozenset())
+    assert d == Decision(True, "ok", parse([]))
     seen = json.loads(seen_file.read_text())
     assert seen["stdin"] == {
         "token": "tok",
@@ -181,7 +182,7 @@ def test_command_json_overrides_exit_code(tmp_path: Path) -> None:
     )
     deny = _script(tmp_path, "deny.sh", 'echo \'{"allow": false, "reason": "suspended"}\'\n')
     assert CommandAuth(["/bin/sh", str(allow)]).check("t", WHO) == Decision(
-        True, "", frozenset({"pub", "sub"})
+        True, "", parse(["pub", "sub"])
     )
     assert CommandAuth(["/bin/sh", str(deny)]).check("t", WHO) == Decision(False, "suspended")
 
@@ -240,6 +241,9 @@ class _Handler(BaseHTTPRequestHandler):
     ROUTES: dict[str, tuple[int, bytes]] = {
         "/allow": (200, b""),
         "/perms": (200, b'{"permissions": ["sub"], "reason": "welcome"}'),
+        "/rules": (200, b'{"permissions": {"publish": {"allow": ["a.>"], "deny": ["a.b"]},'
+                        b' "services": ["exec"]}}'),
+        "/bad-rules": (200, b'{"permissions": {"publish": {"allow": ["a..b"]}}}'),
         "/json-false": (200, b'{"allow": false, "reason": "account locked"}'),
         "/bad-json": (200, b'{"allow": fal'),
         "/deny": (403, b'{"reason": "banned client"}'),
@@ -295,7 +299,7 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_http_allow_sends_client_fields(auth_server: _AuthServer) -> None:
     hook = HttpAuth(auth_server.url + "/allow")
     assert hook.blocking is True
-    assert hook.check("tok", WHO) == Decision(True, "", frozenset({"*"}))
+    assert hook.check("tok", WHO) == Decision(True, "", parse(["*"]))
     assert auth_server.last_body == {
         "token": "tok",
         "name": "web-1",
@@ -308,8 +312,18 @@ def test_http_allow_sends_client_fields(auth_server: _AuthServer) -> None:
 
 def test_http_allow_with_permissions(auth_server: _AuthServer) -> None:
     d = HttpAuth(auth_server.url + "/perms").check(None, WHO)
-    assert d == Decision(True, "welcome", frozenset({"sub"}))
+    assert d == Decision(True, "welcome", parse(["sub"]))
     assert isinstance(auth_server.last_body, dict) and auth_server.last_body["token"] is None
+
+
+def test_http_permissions_may_be_allow_deny_rules(auth_server: _AuthServer) -> None:
+    d = HttpAuth(auth_server.url + "/rules").check("t", WHO)
+    assert d == Decision(True, "", parse({"publish": {"allow": ["a.>"], "deny": ["a.b"]},
+                                          "services": ["exec"]}))
+    assert d.permissions.why_not_publish("a.c") is None
+    assert "deny 'a.b'" in d.permissions.why_not_publish("a.b").message
+    bad = HttpAuth(auth_server.url + "/bad-rules").check("t", WHO)
+    assert not bad.allowed and "invalid permissions" in bad.reason and "a..b" in bad.reason
 
 
 def test_http_deny_403_with_reason(auth_server: _AuthServer) -> None:
@@ -375,7 +389,7 @@ def test_config_empty_is_allow_all() -> None:
 def test_config_tokens() -> None:
     hook = hook_from_config({"tokens": {"abc": ["pub"]}})
     assert isinstance(hook, StaticTokens)
-    assert hook.check("abc", WHO).permissions == frozenset({"pub"})
+    assert hook.check("abc", WHO).permissions == parse(["pub"])
 
 
 def test_config_command_and_timeout() -> None:

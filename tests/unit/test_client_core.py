@@ -42,7 +42,7 @@ def deliver(*events: tuple[str, bytes], source: str = "svc") -> list:
 
 
 def reply_name(req_id: int) -> str:
-    return S.inbox(NODE, CID, req_id)
+    return S.inbox(NODE, CID, req_id, "c4p")
 
 
 def error(code: str, ref=None) -> list:

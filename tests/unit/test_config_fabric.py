@@ -130,6 +130,13 @@ def test_reading_a_database_without_a_tree_says_so(tmp_path):
 
 names = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Z")),
                 min_size=1, max_size=6).filter(lambda s: "." not in s)
+# What a token maps to: words, or a NATS-style mapping (treescale.permissions).
+perm_words = st.lists(st.sampled_from(["*", "pub", "sub", "sys", "exec", "lb"]), max_size=2)
+perm_patterns = st.lists(st.sampled_from(["orders.>", "a.*.b", "x"]), max_size=2)
+permissions = st.one_of(perm_words, st.fixed_dictionaries({}, optional={
+    "publish": st.fixed_dictionaries({"allow": perm_patterns, "deny": perm_patterns}),
+    "subscribe": perm_patterns, "services": st.lists(st.sampled_from(["exec", "sys"]),
+                                                     max_size=2)}))
 words = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1,
                 max_size=8)
 hosts = st.from_regex(r"[a-z0-9][a-z0-9.-]{0,12}", fullmatch=True)
@@ -154,8 +161,8 @@ def fabrics(draw) -> Fabric:
             "client_timeout": st.floats(0.5, 1e6, allow_nan=False),
             "max_children": st.integers(len(children[n]) or 1, 50),
             "tokens": st.one_of(st.lists(words, min_size=1, max_size=2),
-                                st.dictionaries(words, st.lists(words, max_size=2),
-                                                min_size=1, max_size=2)),
+                                st.dictionaries(words, permissions, min_size=1,
+                                                max_size=2)),
             "auth_url": words, "parent_token": words})))
         tree_node[n] = table
     ssh = {}

@@ -63,6 +63,24 @@ def test_bad_types(tmp_path):
     ]
 
 
+def test_bad_token_permissions_name_the_field_not_the_secret(tmp_path):
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({"tree_node": {
+        "a": {"tree_ip": "h", "tree_port": 1, "childs": ["b", "c"], "tokens": {
+            "s3cret": ["pub"], "other-secret": {"publish": {"allow": ["a..b"]}}}},
+        "b": {"tree_ip": "h", "tree_port": 2, "tokens": {"s3cret": {"pubish": []}}},
+        "c": {"tree_ip": "h", "tree_port": 3, "tokens": "s3cret"}}}))
+    found = problems(p)
+    assert found == [
+        f"{p}: node a: tokens: token #2: permissions.publish.allow: pattern 'a..b' has "
+        "an empty token",
+        f"{p}: node b: tokens: token #1: permissions: unknown key(s) pubish (known: "
+        "publish, subscribe, services)",
+        f"{p}: node c: tokens must be a list of strings or a mapping, not a single string",
+    ]
+    assert not any("secret" in line for line in found)
+
+
 def test_missing_address_and_name_mismatch(tmp_path):
     p = tmp_path / "t.toml"
     p.write_text('[tree_node.a]\nname = "b"\ntree_ip = "h"\n')

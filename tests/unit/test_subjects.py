@@ -14,21 +14,25 @@ FAST = settings(max_examples=200, deadline=None)
 @pytest.mark.parametrize("node,client,req", [("n1", "c-1", 0), ("edge-7", "abc", 2**40),
                                              ("n", "c", 17)])
 def test_inbox_round_trip(node: str, client: str, req: int) -> None:
-    subject = subjects.inbox(node, client, req)
-    assert subject.startswith("$inbox.")
-    assert subjects.parse_inbox(subject) == (node, client, req)
+    subject = subjects.inbox(node, client, req, "f00d")
+    assert subject.startswith(subjects.inbox_prefix(node, client))
+    assert subjects.parse_inbox(subject) == (node, client, req, "f00d")
+    assert subjects.reply_req_id(subject[len(subjects.inbox_prefix(node, client)):]) == req
 
 
 @FAST
 @given(st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True),
-       st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True), st.integers(0, 2**63))
-def test_property_inbox_round_trip(node: str, client: str, req: int) -> None:
-    assert subjects.parse_inbox(subjects.inbox(node, client, req)) == (node, client, req)
+       st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True), st.integers(0, 2**63),
+       st.from_regex(r"[0-9a-f]{1,24}", fullmatch=True))
+def test_property_inbox_round_trip(node: str, client: str, req: int, cap: str) -> None:
+    assert subjects.parse_inbox(subjects.inbox(node, client, req, cap)) == \
+        (node, client, req, cap)
 
 
 @pytest.mark.parametrize("subject", [
-    "", "$inbox", "$inbox.n1.c1", "$inbox.n1.c1.7.8", "$inbox.n1.c1.seven",
-    "$sys.n1.c1.7", "inbox.n1.c1.7", "orders.new", "$inbox.n1.c1.", "$INBOX.n1.c1.7",
+    "", "$inbox", "$inbox.n1.c1", "$inbox.n1.c1.7", "$inbox.n1.c1.7.8.9",
+    "$inbox.n1.c1.seven.ab", "$sys.n1.c1.7.ab", "inbox.n1.c1.7.ab", "orders.new",
+    "$inbox.n1.c1.7.", "$INBOX.n1.c1.7.ab",
 ])
 def test_parse_inbox_rejects_other_subjects(subject: str) -> None:
     assert subjects.parse_inbox(subject) is None

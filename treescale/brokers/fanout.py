@@ -69,6 +69,7 @@ class Fanout:
         self.links = node.links.by_member
         self.out: dict[bytes, list[Segment]] = {}  # this round's output
         self.slow: set[bytes] = set()  # clients with parked messages
+        self.own_inboxes = node.requests.own_inboxes
 
     # -- routing ----------------------------------------------------------------------
 
@@ -169,6 +170,11 @@ class Fanout:
         """The route of (name, target), or None after noting the error for the sender."""
         route = self.table.cache.get((name, target))
         if route is None:
+            # Only genuine inboxes of ours are ever routed, so a cached route is one
+            # (see requests.py): the check costs nothing once a name is known.
+            if name.startswith(self.own_inboxes) and not self.node.requests.genuine(name):
+                errors[self.node.requests.forged(name)] = subjects.PERMISSION_DENIED
+                return None
             try:
                 route = self.table.lookup(name, target)
             except (PatternError, TargetError) as exc:

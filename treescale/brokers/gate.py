@@ -2,9 +2,11 @@
 what it sent.
 
 Owns: which message kinds each kind of peer may send (a connection that has not said
-hello, a client, a child node, our parent), and which names and patterns a session's
-permissions allow it to publish, request or subscribe to. Every message from a
-session or a link passes here first; a refusal names the rule that refused it.
+hello, a client, a child node, our parent), and applying a client session's
+permissions (treescale/permissions.py) to every path it sends on: the names of a
+publish (canonical or not) and a request, the pattern of a subscription (a SUB or one
+in a hello), the subject of a reply. Every message from a session or a link passes
+here first; a refusal names the rule that refused it. Child links carry full rights.
 
 Must not touch: sockets, sessions' life cycle, routing. The gate only answers; the
 node sends the refusal (or, for the parent, logs it).
@@ -72,8 +74,8 @@ def peer_of(session: Session | None) -> str:
 
 
 def admit(session: Session | None, msg: object) -> Refusal | None:
-    """May this peer send ``msg``? None if yes (names are checked when it is a
-    publish or request: see ``may_publish``)."""
+    """May this peer send ``msg``? None if yes (a publish batch's names are checked
+    by ``may_publish`` once the node has its names)."""
     peer = peer_of(session)
     kind = kind_of(msg)
     if kind not in ALLOWED[peer]:
@@ -84,9 +86,12 @@ def admit(session: Session | None, msg: object) -> Refusal | None:
         who = "a client" if peer == CLIENT else "a child node"
         return Refusal(subjects.UNEXPECTED, f"{who} may not send {what} messages")
     if kind == P.REQUEST:
-        return may_publish(session, (msg.name,), ref=msg.req_id, request=True)
+        why = session.permissions.why_not_request(msg.name)
+        return None if why is None else Refusal(why.code, why.message, msg.req_id)
     if kind == P.SUB:
         return may_subscribe(session, msg.pattern)
+    if kind == P.REPLY:
+        return may_reply(msg.reply_to)
     return None
 
 
@@ -99,30 +104,30 @@ def from_parent(msg: object) -> Refusal | None:
     return None
 
 
-def may_publish(session: Session, names, ref: object = None,
-                request: bool = False) -> Refusal | None:
-    """Reserved names need a permission: ``$svc.S…`` needs ``S`` (exec, docker…);
-    ``$sys.…`` (what nodes and services say about the fabric, which the monitor and
-    the load balancer believe) needs ``sys``. Links and services carry ``*``. A
-    service is only ever asked by a REQUEST (the node stamps the requester's
-    permissions on it): a publish there could carry forged ones."""
-    perms = session.permissions
-    if "*" in perms:
+def may_publish(session: Session, names, ref: object = None) -> Refusal | None:
+    """The publish hot path: the session's cached check (None, so free, for ``*``:
+    links and the node's own services carry it). The whole batch is refused on the
+    first name the token may not publish; ``ref`` is that name."""
+    check = session.publish_check
+    if check is None:
         return None
-    for name in names:
-        needed = subjects.permission_for(name)
-        if needed is not None and needed not in perms:
-            return Refusal(subjects.PERMISSION_DENIED, f"{name!r}: this client's token "
-                           f"does not allow {needed}", name if ref is None else ref)
-        if not request and subjects.service_of(name) is not None:
-            return Refusal(subjects.PERMISSION_DENIED, f"{name!r}: services take "
-                           "requests, not publishes", name if ref is None else ref)
-    return None
+    refused = check.first_refused(names)
+    if refused is None:
+        return None
+    name, why = refused
+    return Refusal(why.code, why.message, name if ref is None else ref)
 
 
 def may_subscribe(session: Session, pattern: str) -> Refusal | None:
-    """Inboxes are private: the node subscribes each client to its own."""
-    if subjects.is_inbox(pattern):
-        return Refusal(subjects.BAD_PATTERN, f"pattern {pattern!r}: inboxes are private",
-                       pattern)
+    """Reserved areas need their grant, inboxes are private (the node subscribes each
+    client to its own), and a deny rule that could match refuses the pattern."""
+    why = session.permissions.why_not_subscribe(pattern)
+    return None if why is None else Refusal(why.code, why.message, pattern)
+
+
+def may_reply(reply_to: str) -> Refusal | None:
+    """A reply goes to an inbox; whether its capability is genuine is checked by the
+    node that owns the inbox (brokers/requests.py), the only one holding the key."""
+    if subjects.parse_inbox(reply_to) is None:
+        return Refusal(subjects.BAD_FIELD, f"{reply_to!r} is not a reply subject")
     return None

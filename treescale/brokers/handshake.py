@@ -29,13 +29,14 @@ from treescale import protocol as P
 from treescale import subjects
 from treescale.auth import ALL_PERMISSIONS, AuthHook, ClientIdentity, Decision
 from treescale.brokers.sessions import AUTHENTICATING, READY, Session
+from treescale.permissions import ALL
 
 if TYPE_CHECKING:
     from treescale.brokers.node import Node
 
 AUTH_WORKERS = 4
-SERVICE = Decision(True, "service", frozenset({"*"}))
-NODE_KEY = Decision(True, "authorized node key", frozenset({"*"}))
+SERVICE = Decision(True, "service", ALL)
+NODE_KEY = Decision(True, "authorized node key", ALL)
 
 
 class Handshake:
@@ -143,7 +144,10 @@ class Handshake:
                                                "reason": decision.reason})
             return
         session.state = READY
-        session.permissions = decision.permissions
+        # A child link carries full rights (what it forwards was checked where it
+        # entered the tree); a client what its token allows.
+        session.permissions = ALL if session.is_link else decision.permissions
+        session.publish_check = session.permissions.publish_check()
         if session.is_link:
             node.placement.on_link(session, hello)
             return

@@ -73,7 +73,7 @@ class Node:
         self.fds: dict[int, bytes] = {}  # a session's connection fd -> its routing id
         self.started = time.time()
         self.stats = {"events_in": 0, "events_out": 0, "no_route": 0, "dropped": 0,
-                      "errors_sent": 0, "batches_in": 0}
+                      "errors_sent": 0, "batches_in": 0, "bad_replies": 0}
         self.traffic = Traffic()  # counted per batch, per class and link
         self._usage = ProcessUsage()
         self._cpu: tuple[float, int] = (0.0, 0)

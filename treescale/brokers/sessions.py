@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from treescale.permissions import NONE, Permissions, PublishCheck
+
 # Session states
 AUTHENTICATING = "authenticating"
 READY = "ready"
@@ -41,8 +43,10 @@ class Session:
     is_service: bool = False  # one of this node's own services
     fd: int | None = None  # the connection's file descriptor: the session is its own
     address: str = ""  # a child node's own listening address
-    permissions: frozenset = frozenset()  # from the auth hook's decision
     curve_key: str | None = None  # the connection's CURVE public key (z85), if any
+    # From the auth hook's decision (handshake.py); nothing until then.
+    permissions: Permissions = NONE
+    publish_check: PublishCheck | None = field(default_factory=NONE.publish_check)
     events_out: int = 0
     events_in: int = 0
 
