@@ -184,12 +184,12 @@ class Permissions:
         """None if the token may publish ``name``, else why not. A service is only
         ever asked by a request (its node stamps the requester's permissions on it):
         a publish there could carry forged ones."""
-        if self.everything:
-            return None
-        if name.split(".", 1)[0] == subjects.SVC:
+        refused = self._why_not_send(name, "publish")
+        if refused is None and not self.everything and \
+                name.split(".", 1)[0] == subjects.SVC:
             return _denied(tuple(name.split(".")), "services take requests, not "
                            "publishes", "publish")
-        return self._why_not_send(name, "publish")
+        return refused
 
     def _why_not_send(self, name: str, what: str) -> Denial | None:
         if self.everything:

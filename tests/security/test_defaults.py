@@ -158,7 +158,7 @@ def forward_exec(node: str, command: str) -> list:
     body = msgpack.packb({"op": "run", "args": {"command": command}})
     meta, payload, *large = P.encode_single(subjects.service("exec", node), body,
                                             mode=P.MODE_ALL,
-                                            reply=subjects.inbox("intruder", "1", 1))
+                                            reply=subjects.inbox("intruder", "1", 1, "cap"))
     return [P.encode_forward_header([["intruder", 1]]), meta, payload, *large]
 
 
@@ -430,7 +430,7 @@ def test_config_get_shows_tokens_only_to_star_and_a_publish_cannot_forge_it(conf
         assert raw.recv()[0] == P.READY
         meta, body, large = P.encode_events([(subjects.service("config", "n1"),
                                               msgpack.packb({"op": "get", "args": {}}),
-                                              None, 0, subjects.inbox("n1", "x", 1),
+                                              None, 0, subjects.inbox("n1", "x", 1, "cap"),
                                               {subjects.PERMISSIONS_HEADER: ["*"]})])
         code, message = raw.error(P.PUB_HEADER, meta, body, *large)
         assert code == subjects.PERMISSION_DENIED and "services take requests" in message

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import LINK, wait_until
 from tests.integration.test_bad_input import Raw
 from treescale import protocol as P
 from treescale import subjects
@@ -176,8 +176,8 @@ def test_a_forged_reply_is_refused_and_the_real_one_arrives(p1, clients):
 
 
 def test_a_forged_reply_from_another_node_is_dropped_and_counted(node_factory, clients):
-    root = node_factory("r1", {"tokens": TOKENS})
-    leaf = node_factory("r2", {"parent": root.address, "parent_token": "admin"})
+    root = node_factory("r1", {"tokens": TOKENS, "link_token": LINK})
+    leaf = node_factory("r2", {"parent": root.address, "link_token": LINK})
     admin = clients(root.address, token="admin", name="admin")
     admin.subscribe(subjects.NODE_STATS)
     asked: queue.SimpleQueue = queue.SimpleQueue()

@@ -129,7 +129,11 @@ def test_reserved_areas_need_grants():
     assert VIEWER.why_not_publish("orders.new") is None
     assert "does not allow exec" in VIEWER.why_not_publish(EXEC_NODE).message
     assert "does not allow sys" in VIEWER.why_not_publish(subjects.NODE_STATS).message
-    assert perm.parse(["exec"]).why_not_publish(EXEC_NODE) is None
+    assert perm.parse(["exec"]).why_not_request(EXEC_NODE) is None
+    # even with the grant, a service is asked by requests only (they carry the
+    # requester's grants, stamped by its node; a publish could forge them)
+    assert "services take requests" in perm.parse(["exec"]).why_not_publish(
+        EXEC_NODE).message
     for pattern in (subjects.service(">"), subjects.service("exec", ">"),
                     subjects.service("*", "n1"), subjects.NODE_STATS):
         assert VIEWER.why_not_subscribe(pattern).code == subjects.PERMISSION_DENIED

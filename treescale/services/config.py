@@ -35,7 +35,6 @@ from typing import Any
 import msgpack
 
 from treescale import subjects
-from treescale.auth import ALL_PERMISSIONS
 from treescale.config import PRIVILEGED_FIELDS, SECRET_FIELDS, ConfigError, NodeConfig
 from treescale.fabric import (
     META_TABLE,
@@ -98,7 +97,7 @@ class ConfigService:
 
     def apply(self, version: Any, data: Any, sources: Any = None,
               compiled_at: Any = None, via: str = "push",
-              permissions: frozenset[str] = ALL_PERMISSIONS) -> dict:
+              permissions: frozenset[str] = frozenset({"*"})) -> dict:
         """Store fabric ``data`` as ``version`` if newer than ours (atomically). Only
         ``permissions`` with "*" may change a node's auth, link credential or the
         switches of the services that run commands."""
