@@ -24,7 +24,7 @@ routing (routing.py).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -104,8 +104,10 @@ class PatternIndex:
     def __init__(self) -> None:
         self.root = _Node()
         self.tokens: dict[Key, tuple[str, ...]] = {}
-        # (position >= 1, literal token) -> the keys whose pattern has it there
-        self.postings: dict[tuple[int, str], set[Key]] = {}
+        # (position >= 1, literal token) -> the keys whose pattern has it there: a
+        # set, or the key itself while it is the only one (most tokens are an id: a
+        # set each would be one more object per key for the garbage collector)
+        self.postings: dict[tuple[int, str], Key | set[Key]] = {}
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -117,7 +119,11 @@ class PatternIndex:
         postings = self.postings
         for at in range(1, len(tokens)):
             if tokens[at] not in _WILD:
-                postings.setdefault((at, tokens[at]), set()).add(key)
+                held = postings.setdefault((at, tokens[at]), key)
+                if type(held) is set:
+                    held.add(key)
+                elif held != key:
+                    postings[(at, tokens[at])] = {held, key}
         node = self.root
         last = len(tokens) - 1
         for i, tok in enumerate(tokens):
@@ -135,12 +141,16 @@ class PatternIndex:
         tokens = self.tokens.pop(key, None)
         if tokens is None:
             return
+        postings = self.postings
         for at in range(1, len(tokens)):
-            held = self.postings.get((at, tokens[at]))
-            if held is not None:
+            posting = (at, tokens[at])
+            held = postings.get(posting)
+            if type(held) is set:
                 held.discard(key)
-                if not held:
-                    del self.postings[(at, tokens[at])]
+                if len(held) == 1:
+                    postings[posting] = next(iter(held))
+            elif held == key:
+                del postings[posting]
         path: list[tuple[_Node, str]] = []
         node = self.root
         last = len(tokens) - 1
@@ -211,14 +221,16 @@ class PatternIndex:
             return
         yield from self._walk_covered(node, w, first, key)
 
-    def _rarest(self, w: tuple[str, ...], first: int) -> set[Key] | None:
+    def _rarest(self, w: tuple[str, ...], first: int) -> Collection[Key] | None:
         """The fewest keys that hold one of ``w``'s literal tokens after ``first`` at
         its position (every key ``w`` covers is among them); None if it has none."""
-        rare: set[Key] | None = None
+        rare: Collection[Key] | None = None
         for j in range(first + 1, len(w)):
             if w[j] in _WILD:
                 continue
             held = self.postings.get((j, w[j]), _NOTHING)
+            if type(held) is tuple:
+                held = (held,)
             if rare is None or len(held) < len(rare):
                 rare = held
         return rare

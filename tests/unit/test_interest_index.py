@@ -37,6 +37,13 @@ def naive_cover(held: set) -> set:
 
 
 def check_index(index: PatternIndex, held: set, probes: list) -> None:
+    postings: dict = {}
+    for key in held:
+        for at, tok in enumerate(split_pattern(key[0])):
+            if at and tok not in ("*", ">"):
+                postings.setdefault((at, tok), set()).add(key)
+    assert {at: (set(keys) if isinstance(keys, set) else {keys})
+            for at, keys in index.postings.items()} == postings
     for probe in probes:
         tokens = split_pattern(probe[0])
         wider, narrower = list(index.covering(tokens, probe)), list(index.covered(tokens, probe))
@@ -47,7 +54,7 @@ def check_index(index: PatternIndex, held: set, probes: list) -> None:
         assert set(index._walk_covered(index.root, tokens, 0, probe)) == set(narrower)
         wild = [i for i, tok in enumerate(tokens) if tok in ("*", ">")]
         rare = index._rarest(tokens, wild[0]) if wild else None
-        assert rare is None or set(narrower) <= rare
+        assert rare is None or set(narrower) <= set(rare)
 
 
 @SETTINGS
