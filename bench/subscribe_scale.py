@@ -410,7 +410,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1000,10000,100000",
                    help="subscriptions held when measuring (comma separated)")
-    p.add_argument("--links", type=int, default=4, help="links in the 'with links' runs")
+    p.add_argument("--links", default="0,4", help="links attached, one run each (comma "
+                   "separated)")
     p.add_argument("--measure", type=int, default=1000, help="SUBs timed per case")
     p.add_argument("--chunk", type=int, default=1000, help="SUBs per PING end to end")
     p.add_argument("--budget", type=float, default=60.0, help="seconds per case at most")
@@ -418,14 +419,15 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="append the results here")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    link_counts = [int(n) for n in args.links.split(",")]
     out: dict = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sizes": sizes}
     if args.skip != "in-process":
         out["in_process"] = [in_process(size, links, args.measure, args.budget)
-                             for links in (0, args.links) for size in sizes]
+                             for links in link_counts for size in sizes]
         print_in_process(out["in_process"])
     if args.skip != "e2e":
         out["end_to_end"] = []
-        for links in (0, args.links):
+        for links in link_counts:
             result = end_to_end(sizes, links, args.chunk, args.budget)
             out["end_to_end"].append(result)
             print_end_to_end(result, args.chunk)
