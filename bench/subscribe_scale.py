@@ -178,6 +178,7 @@ class Probe:
     rtts: list[float] = field(default_factory=list)
     placement_gaps: list[float] = field(default_factory=list)
     interest_ops: int = 0
+    snapshots: int = 0  # full INTEREST a link got without asking: the node dropped some
     dropped_links: int = 0
 
 
@@ -227,6 +228,7 @@ def _link_thread(ctx: zmq.Context, address: str, i: int, probe: Probe,
                 now = time.monotonic()
                 if isinstance(msg, P.Interest):
                     probe.interest_ops += len(msg.ops)
+                    probe.snapshots += msg.full
                 elif isinstance(msg, P.PlacementInfo):
                     probe.placement_gaps.append(now - last_placement)
                     last_placement = now
@@ -363,6 +365,7 @@ def end_to_end(sizes: list[int], links: int, chunk: int, budget: float) -> dict:
                  "probe_p99_ms": rtts[int(len(rtts) * 0.99)] * 1000 if rtts else None,
                  "placement_max_gap_s": max(probe.placement_gaps, default=None),
                  "interest_ops_to_links": probe.interest_ops,
+                 "snapshots_to_links": probe.snapshots,
                  "link_errors": probe.dropped_links}
     return {"links": links, "rows": rows, "heartbeat": heartbeat}
 
@@ -403,7 +406,8 @@ def print_end_to_end(result: dict, chunk: int) -> None:
           f"{_fmt(hb['probe_p99_ms'])} ms, {hb['probe_pings']} pings); the node's "
           f"placement to its links: max gap {_fmt(hb['placement_max_gap_s'], '.2f')} s "
           f"(sent every {HEARTBEAT:.0f} s); {hb['interest_ops_to_links']:,} interest ops "
-          f"reached the links; link errors {hb['link_errors']}")
+          f"reached the links; {hb['snapshots_to_links']} snapshots owed after dropped "
+          f"sends; link errors {hb['link_errors']}")
 
 
 def main() -> None:
