@@ -23,7 +23,7 @@ import zmq
 from treescale import protocol as P
 from treescale import subjects
 from treescale.auth import AuthHook, ClientIdentity, Decision
-from treescale.brokers.sessions import AUTHENTICATING, READY, Session, client_id_of
+from treescale.brokers.sessions import AUTHENTICATING, READY, Session
 
 if TYPE_CHECKING:
     from treescale.brokers.node import Node
@@ -50,15 +50,15 @@ class Handshake:
         node = self.node
         if rid in node.sessions:
             node.drop_session(rid, "re-hello")
-        cid = client_id_of(rid)
+        cid = node.new_client_id()
         is_link = isinstance(hello, P.Link)
         session = Session(rid, cid, hello.name or f"client-{cid}",
                           groups=hello.groups, tags=hello.tags,
                           channels=() if is_link else hello.channels,
                           last_seen=time.monotonic(),
                           quiet=is_link or bool(hello.options.get("direct")),
-                          is_link=is_link, fd=_fd_of(frames[1]) if is_link else None)
-        node.sessions[rid] = session
+                          is_link=is_link, fd=fd_of(frames[1]))
+        node.add_session(session)
         who = ClientIdentity(session.name, session.groups, session.tags, session.channels,
                              _peer_address(frames[0]))
         if not is_link and hello.options.get("service") == self.service_secret:
@@ -118,8 +118,9 @@ class Handshake:
                                                 "id": session.client_id})
 
 
-def _fd_of(frame) -> int | None:
-    """The socket's file descriptor: a child link is declared down when it closes."""
+def fd_of(frame) -> int | None:
+    """The file descriptor of the connection a message came on: a session belongs to
+    that connection, ends when it closes, and is never continued on another."""
     try:
         return frame.get(zmq.SRCFD)
     except (zmq.ZMQError, AttributeError):  # no fd here: heartbeats still find it

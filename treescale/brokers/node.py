@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -27,6 +28,7 @@ from collections.abc import Callable
 
 import zmq
 
+from treescale import frames as F
 from treescale import protocol as P
 from treescale import subjects
 from treescale.auth import AuthHook, hook_from_config
@@ -41,7 +43,7 @@ from treescale.brokers.placement import Placement
 from treescale.brokers.requests import Requests
 from treescale.brokers.sessions import Session
 from treescale.config import NodeConfig
-from treescale.frames import EVENTS, NOBLOCK, POLLIN, monitor_events, recv_frames, send_frames
+from treescale.frames import EVENTS, NOBLOCK, POLLIN, SRCFD, monitor_events, recv_frames
 from treescale.metrics import CLIENTS, SERVICES, ProcessUsage, Traffic
 from treescale.routing import PatternError, RoutingTable, TargetError
 
@@ -63,6 +65,7 @@ class Node:
         self.table = RoutingTable(config.name, config.groups, config.tags)
         self.sessions: dict[bytes, Session] = {}
         self.by_client_id: dict[str, bytes] = {}
+        self.fds: dict[int, bytes] = {}  # a session's connection fd -> its routing id
         self.started = time.time()
         self.stats = {"events_in": 0, "events_out": 0, "no_route": 0, "dropped": 0,
                       "errors_sent": 0, "batches_in": 0}
@@ -74,7 +77,10 @@ class Node:
         os.set_blocking(self._wake_r, False)
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # No ROUTER_HANDOVER: a second connection presenting a live routing id is
+        # ignored by ZeroMQ instead of taking the first one's place. A session is also
+        # bound to its connection's fd (``_handle``): a routing id seen again on another
+        # connection is a new peer that must say hello, never the old session.
         self.sock.setsockopt(zmq.LINGER, 500)
         self.sock.setsockopt(zmq.SNDHWM, 100)  # messages are batches: bound memory
         heartbeats(self.sock)
@@ -89,8 +95,8 @@ class Node:
         else:
             self.sock.bind(self.endpoint)
         self.port = int(self.endpoint.rsplit(":", 1)[1])
-        # Child links are told dead by their socket closing, not only by silence:
-        # the ROUTER's monitor reports the file descriptor, SRCFD maps it back.
+        # Sessions end when their connection closes, not only by silence: the
+        # ROUTER's monitor reports the file descriptor, SRCFD maps it back.
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         # The rooms (see the module docstring); fanout keeps references to the
         # tables above, so they are made last.
@@ -192,6 +198,7 @@ class Node:
     def _drain(self) -> None:
         sock = self.sock
         ready = sock.getsockopt
+        closed = self.monitor.getsockopt
         handle = self._handle
         for _ in range(DRAIN_LIMIT):
             try:
@@ -199,6 +206,11 @@ class Node:
             except zmq.Again:
                 break
             try:
+                # ZeroMQ reports a connection's close to the monitor before it frees
+                # the fd, so before any later connection can send: ending sessions
+                # first means no message is ever taken for a closed connection's.
+                if closed(EVENTS) & POLLIN:
+                    self._on_monitor()
                 handle(frames)
             except Exception:  # one bad message must not take the node down
                 log.exception("node %s failed on a message", self.name)
@@ -219,6 +231,12 @@ class Node:
         if len(frames) < 2:
             return  # an empty message carries nothing to answer
         session = self.sessions.get(rid)
+        if session is not None and session.fd is not None and \
+                frames[1].get(SRCFD) != session.fd:
+            # The routing id came back on another connection: the session's own
+            # connection is gone, and whoever this is has not said hello.
+            self.drop_session(rid, "disconnected")
+            session = None
         if session is not None and session.ready:
             session.last_seen = time.monotonic()
             # Fast path: a client's publish batch (header is exactly [PUB]).
@@ -332,15 +350,33 @@ class Node:
 
     # ------------------------------------------------------------------ sessions
 
+    def new_client_id(self) -> str:
+        """A client id the node assigns (it appears in inbox subjects and ``$sys``
+        events): random, unrelated to the connection's routing id, so knowing it
+        gives no way into the session."""
+        while True:
+            cid = secrets.token_hex(8)
+            if cid not in self.by_client_id:
+                return cid
+
+    def add_session(self, session: Session) -> None:
+        self.sessions[session.routing_id] = session
+        if session.fd is not None:
+            self.fds[session.fd] = session.routing_id
+
     def forget_session(self, rid: bytes) -> None:
         """A session that never got anywhere (refused, redirected): just forget it."""
-        self.sessions.pop(rid, None)
+        session = self.sessions.pop(rid, None)
+        if session is not None and self.fds.get(session.fd) == rid:
+            del self.fds[session.fd]
 
     def drop_session(self, rid: bytes, reason: str) -> None:
         """End a session: its routes, interest, queued output and link go with it."""
         session = self.sessions.pop(rid, None)
         if session is None:
             return
+        if self.fds.get(session.fd) == rid:
+            del self.fds[session.fd]
         self.by_client_id.pop(session.client_id, None)
         if session.is_link:
             self.links.down(rid, reason)
@@ -355,18 +391,11 @@ class Node:
                                                    "reason": reason})
 
     def _on_monitor(self) -> None:
-        """A child link's socket closed: it is down now, not after a timeout."""
+        """A connection closed: its session (a client's or a child link's) ends now,
+        not after a timeout."""
         for event in monitor_events(self.monitor):
-            rid = self.links.fds.get(event["value"])
-            if rid is None or rid not in self.sessions:
-                continue
-            # The fd may already belong to a newer connection (the OS reuses numbers
-            # and monitor events trail messages): a ping tells. ROUTER_MANDATORY makes
-            # a send to a vanished peer fail at once.
-            try:
-                send_frames(self.sock, [rid, *P.encode_ping(0)], NOBLOCK)
-            except zmq.ZMQError:
-                self.links.fds.pop(event["value"], None)
+            rid = self.fds.get(event["value"])
+            if rid is not None:
                 self.drop_session(rid, "disconnected")
 
     def traffic_class(self, session: Session) -> str:
@@ -386,7 +415,7 @@ class Node:
 
     def send(self, rid: bytes, frames: list) -> None:
         try:
-            send_frames(self.sock, [rid, *frames], NOBLOCK)
+            F.send_frames(self.sock, [rid, *frames], NOBLOCK)
         except zmq.ZMQError:
             pass  # a control message to a vanished or stuck peer: nothing to keep
 
