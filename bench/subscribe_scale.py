@@ -11,11 +11,14 @@ Two parts, each at every size (subscriptions already held) and with 0 and with
 * **in-process**: the pure structures, driven the way ``brokers/exchange.py`` drives
   them (``RoutingTable.subscribe`` then ``InterestTable.add``). Filled up to the size,
   then ``--measure`` fresh SUBs timed one by one, then their UNSUBs.
-* **end to end**: a real node process (``tsctl node start``); a raw client sends SUBs
-  in chunks of ``--chunk``, each followed by a PING: the time until the PONG, divided by
-  the chunk, is the µs per SUB. Meanwhile a second client pings every 50 ms, and the
-  raw links (DEALER sockets speaking the link protocol) record the gaps between the
-  node's once-a-second PLACEMENT heartbeats to them: both say whether the loop starved.
+* **end to end**: a real node process (``tsctl node start``). A raw client fills it in
+  chunks of ``--chunk`` SUBs, each followed by a PING; at each size one more chunk of
+  fresh SUBs is timed until its PONG (µs per SUB, wall, and of the node loop's CPU,
+  from ``/proc/PID/schedstat``), then their UNSUBs. Meanwhile a second client pings
+  every 50 ms, and the raw links (DEALER sockets speaking the link protocol) record
+  the gaps between the node's once-a-second PLACEMENT heartbeats to them and any
+  snapshot they were sent unasked (the node had to drop an INTEREST): together they
+  say whether the loop starved.
 
 The subscriptions are a fixed-seed mix of exact names and wildcards (``*``, ``>``,
 some with a queue group) whose covers overlap the way an application's do. Every case
@@ -308,27 +311,26 @@ def loop_cpu_ns(pid: int) -> int:
 
 def _fill_and_measure(rounds: Rounds, sizes: list[int], links: int,
                       chunk: int) -> list[dict]:
-    """SUB chunks up to each size; at each, the last chunk's UNSUBs (then SUBs again)."""
+    """Fill up to each size in chunks; there, time a chunk of fresh SUBs, then their
+    UNSUBs (back to the size)."""
     mix, done, rows = Mix(seed=7), 0, []
-    keys: list[Key] = []
     for size in sizes:
         row: dict = {"size": size, "reached": done, "links": links}
         rows.append(row)
-        window: list[tuple[float, float]] = []
+        fill: list[float] = []
         try:
             while done < size and not rounds.deadline.expired():
                 keys = mix.take(min(chunk, size - done))
-                window.append(rounds.run(P.encode_sub, keys))
+                fill.append(rounds.run(P.encode_sub, keys)[1])
                 done += len(keys)
                 row["reached"] = done
-            if window:
-                row["sub_us"], row["sub_cpu_us"] = window[-1]
-                # the loop's CPU over the whole window, for a steadier figure
-                row["window_cpu_us"] = statistics.fmean(c for _, c in window)
+            if fill:  # the loop's CPU per SUB on the way up, for a steadier figure
+                row["fill_cpu_us"] = statistics.fmean(fill)
             if done < size:
-                return rows  # at the size reached within the budget
+                return rows  # not within the budget: the fill says how slow it was
+            keys = mix.take(chunk)
+            row["sub_us"], row["sub_cpu_us"] = rounds.run(P.encode_sub, keys)
             row["unsub_us"], row["unsub_cpu_us"] = rounds.run(P.encode_unsub, keys)
-            rounds.run(P.encode_sub, keys)
         except TimeoutError:
             row["note"] = "no PONG within the budget"
             return rows
@@ -392,13 +394,13 @@ def print_in_process(results: list[dict]) -> None:
 
 def print_end_to_end(result: dict, chunk: int) -> None:
     hb = result["heartbeat"]
-    print(f"end to end, one node process, {result['links']} links, SUBs in chunks of "
-          f"{chunk} then a PING: µs per SUB until the PONG (wall) and of the node "
-          f"loop's CPU")
+    print(f"end to end, one node process, {result['links']} links: at each size, {chunk} "
+          f"fresh SUBs then a PING, µs per SUB until the PONG (wall) and of the node "
+          f"loop's CPU; then their UNSUBs")
     for r in result["rows"]:
         print(f"  {r['size']:>8,} (reached {r['reached']:>7,}): "
               f"SUB {_fmt(r.get('sub_us')):>8} wall {_fmt(r.get('sub_cpu_us')):>8} cpu "
-              f"(window {_fmt(r.get('window_cpu_us')):>7} cpu)   "
+              f"(filling {_fmt(r.get('fill_cpu_us')):>7} cpu)   "
               f"UNSUB {_fmt(r.get('unsub_us')):>8} wall {_fmt(r.get('unsub_cpu_us')):>8} cpu"
               f"  {r.get('note', '')}")
     print(f"  heartbeats meanwhile: a client's ping every {PROBE_EVERY * 1000:.0f} ms "
