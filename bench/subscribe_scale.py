@@ -5,12 +5,13 @@ A node keeps its clients' and children's subscriptions in the routing table
 what each link is told; both run on the node's one event loop, so a SUB that costs
 milliseconds starves everything else the loop does (heartbeats, placement, links).
 
-Two parts, each at every size (subscriptions already held) and with 0 and with
-``--links`` links attached, every link advertising interest of its own:
+Two parts, each at every size (subscriptions already held) and with each number of
+links in ``--links`` (0 and 4), every link advertising interest of its own:
 
 * **in-process**: the pure structures, driven the way ``brokers/exchange.py`` drives
   them (``RoutingTable.subscribe`` then ``InterestTable.add``). Filled up to the size,
-  then ``--measure`` fresh SUBs timed one by one, then their UNSUBs.
+  then ``--measure`` fresh SUBs timed one by one (CPU time: other work on the
+  machine does not count), then their UNSUBs.
 * **end to end**: a real node process (``tsctl node start``). A raw client fills it in
   chunks of ``--chunk`` SUBs, each followed by a PING; at each size one more chunk of
   fresh SUBs is timed until its PONG (µs per SUB, wall, and of the node loop's CPU,
