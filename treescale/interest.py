@@ -97,9 +97,10 @@ def _drop(node: _Node, slot: str, name: str | None) -> None:
 class PatternIndex:
     """Keys by pattern tokens. ``covering`` and ``covered`` are ``_covers`` turned
     into walks: they visit only the branches a cover can take, so their cost is the
-    pattern's depth and the answers, not the number of keys held. (Where a walk may
-    visit more than it finds: a '*' not followed by a literal token visits every
-    child at its level, and a '>' every key below it, of any queue.)"""
+    pattern's depth and the answers, not the number of keys held. Where ``covered``
+    may visit more than it finds: a '*' visits every child at its level, unless a
+    literal token after it is held by fewer keys (then only those are checked), and
+    a '>' visits every key below it, of any queue."""
 
     def __init__(self) -> None:
         self.root = _Node()
@@ -321,7 +322,9 @@ class InterestTable:
         self.advertised: dict[Hashable, set[Key]] = {}
         # every key some source holds -> those sources (a tuple: one or two, mostly)
         self._holders: dict[Key, tuple] = {}
-        self._index = PatternIndex()  # the same keys, by pattern
+        # the same keys, by pattern, while there is a link to tell (a node without
+        # links pays nothing for it; the first link builds it from _holders)
+        self._index = PatternIndex()
 
     @property
     def links(self) -> list[Hashable]:
@@ -329,11 +332,14 @@ class InterestTable:
 
     def add_link(self, link: Hashable) -> list[Update]:
         """A new neighbour: everything it must be told (its initial snapshot)."""
+        holders, index = self._holders, self._index
+        if not self.advertised:
+            for key in holders:
+                index.add(split_pattern(key[0]), key)
         for key in self.held.setdefault(link, Counter()):
             self._hold(link, key)
         told = self.advertised[link] = set()
         delta: dict = {}
-        holders, index = self._holders, self._index
         for key, tokens in index.tokens.items():
             if _wanted_by(holders[key], link) and not any(
                     _wanted_by(holders[w], link) for w in index.covering(tokens, key)):
@@ -347,6 +353,8 @@ class InterestTable:
         delta: dict = {}
         for key in self.held.pop(link, Counter()):
             self._lose(link, key, delta)
+        if not self.advertised:
+            self._index = PatternIndex()  # nobody to tell: see __init__
         return self._updates(delta)
 
     def add(self, source: Hashable, pattern: str, queue: str | None = None) -> list[Update]:
@@ -400,7 +408,8 @@ class InterestTable:
         before = self._holders.get(key)
         if before is None:
             before = ()
-            self._index.add(tokens or split_pattern(key[0]), key)
+            if self.advertised:
+                self._index.add(tokens or split_pattern(key[0]), key)
         if source not in before:
             self._holders[key] = (*before, source)
         return before
@@ -440,6 +449,10 @@ class InterestTable:
         after = tuple(h for h in before if h != source)
         if after:
             holders[key] = after
+        if not self.advertised:  # nobody to tell, no index
+            if not after:
+                del holders[key]
+            return
         tokens = index.tokens[key]
         narrower: list[Key] | None = None
         wider_of: dict[Key, list[Key]] = {}
