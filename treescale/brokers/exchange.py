@@ -1,7 +1,9 @@
 """The interest exchange: what each link is told this subtree wants, and what it says.
 
 Owns: turning subscription changes (local clients' SUB/UNSUB, a neighbour's INTEREST)
-into numbered INTEREST messages per link; the snapshot that replaces a link's view
+into numbered INTEREST messages per link, one per link per wakeup of the loop however
+many changes it read (``flush``: a client sending 100k SUBs must not queue 100k
+messages on every link, whose queue holds 100 before sends are dropped); the snapshot that replaces a link's view
 when an update went missing (a gap makes the receiver send RESYNC; a dropped send makes
 the sender owe one); applying a neighbour's INTEREST to the routing table. What to
 advertise is decided by the pure ``treescale.interest.InterestTable``; this module only
@@ -33,6 +35,8 @@ class InterestExchange:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.table = InterestTable()
+        # link -> key -> add: what each link must still hear (changes cancel out)
+        self.pending: dict[bytes, dict[tuple[str, str | None], bool]] = {}
         self.table.add(LOCAL, subjects.node_inboxes(node.name))  # replies find us
 
     # -- local subscriptions ----------------------------------------------------------
@@ -40,45 +44,59 @@ class InterestExchange:
     def subscribe(self, member: bytes, pattern: str, queue: str | None) -> None:
         """A local client subscribes; raises PatternError for a bad pattern."""
         if self.node.table.subscribe(member, pattern, queue):
-            self.send(self.table.add(LOCAL, pattern, queue))
+            self.queue_updates(self.table.add(LOCAL, pattern, queue))
 
     def unsubscribe(self, member: bytes, pattern: str, queue: str | None) -> None:
         if self.node.table.unsubscribe(member, pattern, queue):
-            self.send(self.table.remove(LOCAL, pattern, queue))
+            self.queue_updates(self.table.remove(LOCAL, pattern, queue))
 
     def forget_client(self, member: bytes) -> None:
         """A client left: withdraw what it had asked for (not its private inbox)."""
         routes = self.node.table.members.get(member)
         for pattern, queue in list(routes.subs) if routes else ():
             if not subjects.is_inbox(pattern):
-                self.send(self.table.remove(LOCAL, pattern, queue))
+                self.queue_updates(self.table.remove(LOCAL, pattern, queue))
 
     # -- links coming and going -------------------------------------------------------
 
     def link_up(self, link: Link) -> None:
-        self.send(self.table.add_link(link.member))
+        self.queue_updates(self.table.add_link(link.member))
 
     def link_down(self, member: bytes) -> None:
-        self.send(self.table.drop_link(member))
+        self.pending.pop(member, None)  # nobody left to tell
+        self.queue_updates(self.table.drop_link(member))
 
     # -- out --------------------------------------------------------------------------
 
-    def send(self, updates: list) -> None:
-        """Tell each link what changed, one numbered INTEREST message per link."""
-        per_link: dict = {}
+    def queue_updates(self, updates: list) -> None:
+        """Queue what changed for each link; ``flush`` sends it."""
+        pending = self.pending
         for u in updates:
-            per_link.setdefault(u.link, []).append((u.add, u.pattern, u.queue))
+            changes = pending.setdefault(u.link, {})
+            key = (u.pattern, u.queue)
+            if changes.get(key) is (not u.add):
+                del changes[key]  # told and withdrawn before the link heard either
+            else:
+                changes[key] = u.add
+
+    def flush(self) -> None:
+        """Tell each link what changed, one numbered INTEREST message per link (the
+        loop calls this once per wakeup)."""
+        pending, self.pending = self.pending, {}
         links = self.node.links
-        for member, ops in per_link.items():
+        for member, changes in pending.items():
             link = links.get(member)
-            if link is None or link.snapshot_due:
-                continue  # gone, or the snapshot that is due will carry this too
+            if not changes or link is None or link.snapshot_due:
+                continue  # nothing, gone, or the snapshot that is due will carry this
+            ops = [(add, p, q) for (p, q), add in sorted(
+                changes.items(), key=lambda c: (c[1], c[0][0], c[0][1] or ""))]
             link.seq_out += 1
             if not links.send(member, P.encode_interest(link.seq_out, ops)):
                 link.snapshot_due = True
 
     def send_snapshot(self, link: Link) -> None:
         """Everything we advertise to ``link``, replacing what it heard before."""
+        self.pending.pop(link.member, None)  # the snapshot says it all
         link.seq_out += 1
         keys = sorted(self.table.advertised.get(link.member, ()),
                       key=lambda k: (k[0], k[1] or ""))
@@ -128,7 +146,7 @@ class InterestExchange:
                     updates += self.table.remove(member, pattern, q)
             except PatternError as exc:
                 log.warning("bad interest from %s: %s", link.neighbour, exc)
-        self.send(updates)
+        self.queue_updates(updates)
 
     def _replace(self, link: Link, ops: list) -> None:
         """A link's snapshot: make its routes and advertised interest exactly ``ops``."""
@@ -145,4 +163,4 @@ class InterestExchange:
             routes.unsubscribe(member, pattern, q)
         for pattern, q in keys - before:
             routes.subscribe(member, pattern, q)
-        self.send(self.table.replace(member, keys))
+        self.queue_updates(self.table.replace(member, keys))

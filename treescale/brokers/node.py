@@ -188,6 +188,8 @@ class Node:
                 if now >= next_housekeeping:
                     self._housekeeping(now)
                     next_housekeeping = now + HOUSEKEEPING_INTERVAL
+                if self.exchange.pending:
+                    self.exchange.flush()  # the interest this wakeup changed, per link
         finally:
             self.close()
 
