@@ -12,21 +12,23 @@ Must not touch: what a ready session may send afterwards (gate.py), routing.
 
 from __future__ import annotations
 
+import logging
 import queue
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-import zmq
-
 from treescale import protocol as P
 from treescale import subjects
 from treescale.auth import AuthHook, ClientIdentity, Decision
+from treescale.brokers.connections import fd_of
 from treescale.brokers.sessions import AUTHENTICATING, READY, Session, client_id_of
 
 if TYPE_CHECKING:
     from treescale.brokers.node import Node
+
+log = logging.getLogger("treescale.node")
 
 AUTH_WORKERS = 4
 SERVICE = Decision(True, "service", frozenset({"*"}))
@@ -41,6 +43,9 @@ class Handshake:
         self.service_secret = secrets.token_hex(16)  # our own services show this
         self.results: queue.SimpleQueue = queue.SimpleQueue()  # from the auth workers
         self._pool: ThreadPoolExecutor | None = None
+        # Connections whose hello is with the auth workers: one each, a bounded
+        # number in all, so one connection's flood cannot queue ahead of others.
+        self.in_flight: set[bytes] = set()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -48,20 +53,23 @@ class Handshake:
 
     def on_hello(self, rid: bytes, hello: P.Hello | P.Link, frames: list) -> None:
         node = self.node
+        is_link = isinstance(hello, P.Link)
+        is_service = not is_link and hello.options.get("service") == self.service_secret
+        if not is_service and self._refused(rid):
+            return
         if rid in node.sessions:
             node.drop_session(rid, "re-hello")
         cid = client_id_of(rid)
-        is_link = isinstance(hello, P.Link)
         session = Session(rid, cid, hello.name or f"client-{cid}",
                           groups=hello.groups, tags=hello.tags,
                           channels=() if is_link else hello.channels,
                           last_seen=time.monotonic(),
                           quiet=is_link or bool(hello.options.get("direct")),
-                          is_link=is_link, fd=_fd_of(frames[1]) if is_link else None)
+                          is_link=is_link, fd=fd_of(frames[1]))
         node.sessions[rid] = session
         who = ClientIdentity(session.name, session.groups, session.tags, session.channels,
                              _peer_address(frames[0]))
-        if not is_link and hello.options.get("service") == self.service_secret:
+        if is_service:
             session.quiet = True  # one of this node's own services
             session.is_service = True
             self.finish(rid, hello, SERVICE)
@@ -76,7 +84,28 @@ class Handshake:
             self.results.put((rid, hello, self.auth.check(hello.token, who)))
             node.wake()
 
+        self.in_flight.add(rid)
         self._pool.submit(work)
+
+    def _refused(self, rid: bytes) -> bool:
+        """Admission limits on a hello, checked before any state is made for it."""
+        node, config = self.node, self.node.config
+        if rid in self.in_flight:
+            node.send_error(rid, subjects.AUTH_PENDING, "this connection's hello is "
+                            "still being authenticated: wait for its answer")
+            return True
+        if self.auth.blocking and len(self.in_flight) >= config.max_pending_auth:
+            node.send_error(rid, subjects.MAX_PENDING_AUTH,
+                            f"{len(self.in_flight)} hellos are waiting for "
+                            f"authentication (max_pending_auth {config.max_pending_auth})"
+                            ": try again later")
+            return True
+        if rid not in node.sessions and len(node.sessions) >= config.max_sessions:
+            node.send_error(rid, subjects.MAX_SESSIONS, f"this node has "
+                            f"{len(node.sessions)} sessions (max_sessions "
+                            f"{config.max_sessions}): try again later")
+            return True
+        return False
 
     def finish_pending(self) -> None:
         """Hellos whose auth check finished on a worker thread."""
@@ -85,7 +114,11 @@ class Handshake:
                 rid, hello, decision = self.results.get_nowait()
             except queue.Empty:
                 return
-            self.finish(rid, hello, decision)
+            self.in_flight.discard(rid)
+            try:
+                self.finish(rid, hello, decision)
+            except Exception:  # one bad result must not cost the others theirs
+                log.exception("node %s failed finishing a hello", self.node.name)
 
     def finish(self, rid: bytes, hello: P.Hello | P.Link, decision: Decision) -> None:
         node = self.node
@@ -93,7 +126,7 @@ class Handshake:
         if session is None or session.state != AUTHENTICATING:
             return
         if not decision.allowed:
-            node.forget_session(rid)
+            node.forget_session(rid, close=True)
             code = subjects.TOKEN_REQUIRED if not hello.token else subjects.BAD_TOKEN
             node.send_error(rid, code, f"authentication failed: {decision.reason}")
             node.emit(subjects.CLIENT_DENIED, {"node": node.name, "client": session.name,
@@ -101,6 +134,7 @@ class Handshake:
             return
         session.state = READY
         session.permissions = decision.permissions
+        node.connections.became_ready(session.fd, rid)
         if session.is_link:
             node.placement.on_link(session, hello)
             return
@@ -116,14 +150,6 @@ class Handshake:
         if not session.quiet:
             node.emit(subjects.CLIENT_CONNECT, {"node": node.name, "client": session.name,
                                                 "id": session.client_id})
-
-
-def _fd_of(frame) -> int | None:
-    """The socket's file descriptor: a child link is declared down when it closes."""
-    try:
-        return frame.get(zmq.SRCFD)
-    except (zmq.ZMQError, AttributeError):  # no fd here: heartbeats still find it
-        return None
 
 
 def _peer_address(frame) -> str:

@@ -31,6 +31,7 @@ from treescale import protocol as P
 from treescale import subjects
 from treescale.auth import AuthHook, hook_from_config
 from treescale.brokers import gate
+from treescale.brokers.connections import Connections, fd_of
 from treescale.brokers.exchange import InterestExchange
 from treescale.brokers.fanout import Fanout
 from treescale.brokers.handshake import Handshake
@@ -82,6 +83,8 @@ class Node:
         # A hard cap far above max_payload protects memory; the node itself answers
         # anything between max_payload and this cap with a readable error.
         self.sock.setsockopt(zmq.MAXMSGSIZE, 2 * config.max_payload + (1 << 20))
+        # A connection that never finishes ZeroMQ's greeting is libzmq's to close.
+        self.sock.setsockopt(zmq.HANDSHAKE_IVL, int(config.hello_timeout * 1000))
         self.endpoint = config.bind_address
         if config.port == 0:
             port = self.sock.bind_to_random_port(f"tcp://{config.host}")
@@ -91,7 +94,10 @@ class Node:
         self.port = int(self.endpoint.rsplit(":", 1)[1])
         # Child links are told dead by their socket closing, not only by silence:
         # the ROUTER's monitor reports the file descriptor, SRCFD maps it back.
-        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        # Accepted connections are counted until ready (connections.py).
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED
+                                                    | zmq.EVENT_ACCEPTED)
+        self.connections = Connections(self)
         # The rooms (see the module docstring); fanout keeps references to the
         # tables above, so they are made last.
         self.links = Links(self)
@@ -146,30 +152,40 @@ class Node:
             on_ready(self)
         self.hosting.start_services()
         fanout = self.fanout
+        guard = self._guard  # nothing a peer sends or does may end the loop
         try:
             while not self._stop.is_set():
                 for sock, _ in poller.poll(1 if fanout.slow else 250):
                     if sock is self.sock:
-                        self._drain()
+                        guard(self._drain)
                     elif sock is up:
-                        self.parent.drain()
+                        guard(self.parent.drain)
                     elif sock is self.parent.monitor:
-                        self.parent.on_monitor()
+                        guard(self.parent.on_monitor)
                     elif sock is self.monitor:
-                        self._on_monitor()
+                        guard(self._on_monitor)
                     else:
-                        self._drain_wake()
+                        guard(self._drain_wake)
                 if fanout.slow:
-                    fanout.retry_parked()
+                    guard(fanout.retry_parked)
                 if fanout.out:
-                    fanout.flush()
+                    guard(fanout.flush)
                 now = time.monotonic()
-                self.parent.tick(now)
+                guard(self.parent.tick, now)
+                guard(self.connections.tick, now)
                 if now >= next_housekeeping:
-                    self._housekeeping(now)
+                    guard(self._housekeeping, now)
                     next_housekeeping = now + HOUSEKEEPING_INTERVAL
         finally:
             self.close()
+
+    def _guard(self, step: Callable, *args) -> None:
+        """Run one step of the loop; a failure is logged, and the loop goes on."""
+        try:
+            step(*args)
+        except Exception:
+            log.exception("node %s failed in %s", self.name,
+                          getattr(step, "__qualname__", step))
 
     def close(self) -> None:
         self.hosting.close()
@@ -223,6 +239,8 @@ class Node:
             if frames[1].bytes == _PUB_HEADER and not session.is_link:
                 self._on_publish(session, frames)
                 return
+        elif not self._may_speak(rid, frames):
+            return
         try:
             msg = P.decode(frames[1:], self.config.max_payload)
         except P.ProtocolError as exc:
@@ -242,6 +260,26 @@ class Node:
             self.on_link_message(self.links.get(rid), msg, frames[1:])
         else:
             self._on_client_message(session, msg)
+
+    def _may_speak(self, rid: bytes, frames: list) -> bool:
+        """Limits before any work on a message from a connection without a ready
+        session: one refused for max_pending_hellos is told so, and nothing above
+        max_hello_bytes is decoded."""
+        now = time.monotonic()
+        fd = fd_of(frames[1])
+        refused = self.connections.spoke(fd, rid, now)
+        if refused is not None:
+            self.send_error(rid, subjects.MAX_PENDING_HELLOS, refused)
+            return False
+        size = sum(map(len, frames[1:]))
+        limit = self.config.max_hello_bytes
+        if size > limit:
+            self.send_error(rid, subjects.MAX_HELLO_BYTES,
+                            f"a message of {size} bytes before ready is over "
+                            f"max_hello_bytes ({limit}): refused without decoding")
+            self.connections.refused(fd, now)
+            return False
+        return True
 
     def _before_ready(self, rid: bytes, session: Session | None, msg: object) -> None:
         """A ping or a bye from a connection without a ready session."""
@@ -323,6 +361,15 @@ class Node:
             self.send_error(session.routing_id, refusal.code, refusal.message,
                             refusal.ref)
             return
+        member = self.table.members.get(session.routing_id)
+        limit = self.config.max_subscriptions
+        # The private inbox is one of the member's subscriptions but not the client's.
+        if (member is not None and (pattern, queue) not in member.subs
+                and len(member.subs) > limit):
+            self.send_error(session.routing_id, subjects.MAX_SUBSCRIPTIONS,
+                            f"this session already has {limit} subscriptions "
+                            f"(max_subscriptions {limit}): {pattern!r} refused", pattern)
+            return
         try:
             self.exchange.subscribe(session.routing_id, pattern, queue)
         except PatternError as exc:
@@ -330,9 +377,12 @@ class Node:
 
     # ------------------------------------------------------------------ sessions
 
-    def forget_session(self, rid: bytes) -> None:
-        """A session that never got anywhere (refused, redirected): just forget it."""
-        self.sessions.pop(rid, None)
+    def forget_session(self, rid: bytes, close: bool = False) -> None:
+        """A session that never got anywhere (refused, redirected): forget it now;
+        ``close``: its connection too, once the answer has left (a denied peer)."""
+        session = self.sessions.pop(rid, None)
+        if session is not None and close:
+            self.connections.refused(session.fd, time.monotonic())
 
     def drop_session(self, rid: bytes, reason: str) -> None:
         """End a session: its routes, interest, queued output and link go with it."""
@@ -340,6 +390,8 @@ class Node:
         if session is None:
             return
         self.by_client_id.pop(session.client_id, None)
+        if session.ready:
+            self.connections.session_ended(session.fd, rid, time.monotonic())
         if session.is_link:
             self.links.down(rid, reason)
         else:
@@ -353,8 +405,13 @@ class Node:
                                                    "reason": reason})
 
     def _on_monitor(self) -> None:
-        """A child link's socket closed: it is down now, not after a timeout."""
+        """A connection was accepted (counted until ready), or closed: a child
+        link's is down now, not after a timeout."""
         for event in monitor_events(self.monitor):
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self.connections.accepted(event["value"], time.monotonic())
+                continue
+            self.connections.disconnected(event["value"])
             rid = self.links.fds.get(event["value"])
             if rid is None or rid not in self.sessions:
                 continue
@@ -396,17 +453,21 @@ class Node:
     # ------------------------------------------------------------ once a second
 
     def _housekeeping(self, now: float) -> None:
+        guard = self._guard  # each duty on its own: one failing skips no other
+        guard(self._expire_sessions, now)
+        guard(self.placement.tree_changed)  # also keeps our session alive at the parent
+        guard(self.exchange.send_owed_snapshots)
+        self._cpu = self._usage.sample()
+        guard(self.parent.ping)
+        guard(lambda: self.emit(subjects.NODE_STATS, self.report()))
+
+    def _expire_sessions(self, now: float) -> None:
         for rid, session in list(self.sessions.items()):
             # Children report every second; five silent seconds is a dead link even
             # when no socket event said so (a close can be missed behind a reused fd).
             limit = LINK_TIMEOUT if session.is_link else self.config.client_timeout
             if now - session.last_seen > limit:
                 self.drop_session(rid, "timeout")
-        self.placement.tree_changed()  # also keeps our session alive at the parent
-        self.exchange.send_owed_snapshots()
-        self._cpu = self._usage.sample()
-        self.parent.ping()
-        self.emit(subjects.NODE_STATS, self.report())
 
     def report(self) -> dict:
         """What this node says about itself once a second ($sys.node.stats)."""
