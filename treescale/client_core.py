@@ -23,8 +23,6 @@ from itertools import chain, repeat
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-import msgpack
-
 from treescale import protocol as P
 from treescale import subjects as S
 from treescale.routing import parse_target
@@ -89,7 +87,7 @@ class Event(_EventFields):
 
     def json(self) -> Any:
         """The payload decoded as msgpack (the convention for structured data)."""
-        return msgpack.unpackb(self.data, raw=False)
+        return P.loads(self.data)
 
     def __repr__(self) -> str:
         data = bytes(self.data[:40])

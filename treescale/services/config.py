@@ -29,6 +29,7 @@ from typing import Any
 
 import msgpack
 
+from treescale import protocol as P
 from treescale import subjects
 from treescale.config import ConfigError
 from treescale.fabric import (
@@ -159,7 +160,7 @@ class ConfigService:
     def _on_version(self, ev: Any) -> None:
         """(client I/O thread: decide only, the sync thread does the work)"""
         try:
-            msg = msgpack.unpackb(ev.data, raw=False)
+            msg = P.loads(ev.data)
             other, theirs = msg["node"], msg["version"]
             if not isinstance(other, str) or not isinstance(theirs, int):
                 raise TypeError("node must be a string, version an integer")
@@ -176,7 +177,7 @@ class ConfigService:
 
     def _on_link_up(self, ev: Any) -> None:
         try:
-            msg = msgpack.unpackb(ev.data, raw=False)
+            msg = P.loads(ev.data)
         except Exception:
             return
         if isinstance(msg, dict) and msg.get("detected_by") == self.node:
