@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("treescale.node")
 
-GRACE = 0.3  # seconds between a refusal's error and closing the connection
+# Seconds between a refusal's error and closing the connection: a peer that reads
+# late still finds its error (libzmq drops what was unread when a pipe ends).
+GRACE = 1.0
 SWEEP_INTERVAL = 0.25
 TRIM_INTERVAL = 2.0  # at most this often, memory freed by closed peers goes back
 
@@ -81,6 +83,8 @@ class Connections:
         self.ready: dict[int, tuple[bytes, tuple | None]] = {}
         self.open = 0  # unready entries not (yet) refused or timed out
         self.closed = 0  # connections this node shut down (a counter for the report)
+        self.refusals = 0  # connections refused since the last log line about it
+        self._next_log = 0.0
         self._next_sweep = 0.0
         self._freed = False
         self._next_trim = 0.0
@@ -95,15 +99,20 @@ class Connections:
             if self.ready[fd][1] == peer:
                 return  # its hello was handled before this event: it is ready already
             del self.ready[fd]  # that session's connection is gone; this is another
+        known = self.unready.get(fd)
+        if known is not None and peer is not None and known.peer == peer:
+            return  # it spoke before this event came: already counted
         self._forget(fd)
         entry = Unready(now, peer)
         limit = self.node.config.max_pending_hellos
         if self.open >= limit:
             entry.refused = subjects.MAX_PENDING_HELLOS
             entry.close_at = now + GRACE
-            log.warning("node %s: %d connections without a ready session "
-                        "(max_pending_hellos %d): refusing one", self.node.name,
-                        self.open, limit)
+            if not self.refusals:
+                log.warning("node %s: %d connections without a ready session "
+                            "(max_pending_hellos %d): refusing new ones",
+                            self.node.name, self.open, limit)
+            self.refusals += 1
         else:
             self.open += 1
         self.unready[fd] = entry
@@ -123,6 +132,8 @@ class Connections:
             self.accepted(fd, now)
             entry = self.unready[fd]
         entry.rid = rid
+        if entry.peer is None:  # it was gone (or not yet there) when accepted
+            entry.peer = _peer(fd)
         if not entry.refused:
             return None
         return (f"too many connections without a ready session (max_pending_hellos "
@@ -169,6 +180,13 @@ class Connections:
             elif now >= entry.close_at:
                 self._forget(fd)
                 self._shut(fd, entry)
+        if self.refusals and now >= self._next_log:
+            self._next_log = now + 10.0
+            if self.refusals > 1:
+                log.warning("node %s refused %d connections (max_pending_hellos %d)",
+                            self.node.name, self.refusals,
+                            self.node.config.max_pending_hellos)
+            self.refusals = 0
         if self._freed and now >= self._next_trim:
             self._freed = False
             self._next_trim = now + TRIM_INTERVAL

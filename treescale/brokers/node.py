@@ -85,6 +85,9 @@ class Node:
         self.sock.setsockopt(zmq.MAXMSGSIZE, 2 * config.max_payload + (1 << 20))
         # A connection that never finishes ZeroMQ's greeting is libzmq's to close.
         self.sock.setsockopt(zmq.HANDSHAKE_IVL, int(config.hello_timeout * 1000))
+        # Room for a burst of connections (clients coming back after a restart):
+        # ZeroMQ's default of 100 makes the rest retry their SYN a second later.
+        self.sock.setsockopt(zmq.BACKLOG, 1024)
         self.endpoint = config.bind_address
         if config.port == 0:
             port = self.sock.bind_to_random_port(f"tcp://{config.host}")
