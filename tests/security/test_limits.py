@@ -15,7 +15,7 @@ import msgpack
 import pytest
 import zmq
 
-from tests.conftest import wait_until
+from tests.conftest import ping, wait_until
 from treescale import protocol as P
 from treescale import subjects
 from treescale.config import NodeConfig
@@ -187,6 +187,31 @@ def test_an_open_depth_of_two_to_the_64_is_refused(node_factory, clients, ctx):
         child.close()
     assert node.alive
     assert_serves(node, clients, token=CLIENT_TOKEN)
+
+
+def test_a_peer_that_floods_then_hangs_up_does_not_abort_the_node(node_factory, clients,
+                                                                  ctx):
+    """Found by `make fuzz`: libzmq 4.3.5 asserts (``!_io_error``) when its ping timer
+    fires on a connection whose peer filled the receive queue and hung up; with the
+    ROUTER pinging every 200 ms, any peer could abort the node, hello or not."""
+    node = node_factory("n5d", {})
+    for _ in range(20):
+        flood = ctx.socket(zmq.DEALER)
+        flood.setsockopt(zmq.SNDHWM, 0)
+        flood.connect(node.address)
+        for _ in range(100_000):
+            flood.send(b"\xc1garbage")
+        flood.close(linger=0)
+        keeps_answering(node, 0.5)  # past the 200 ms a ping timer would take
+    assert_serves(node, clients)
+    assert node.alive and "Assertion failed" not in node.log()
+
+
+def keeps_answering(node, seconds: float) -> None:
+    """The node answers ping after ping for ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert node.alive and ping(node.address, 2.0), f"node died:\n{node.log()}"
 
 
 # ------------------------------------------------- row 6: a huge hello header

@@ -78,7 +78,7 @@ class Node:
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.sock.setsockopt(zmq.LINGER, 500)
         self.sock.setsockopt(zmq.SNDHWM, 100)  # messages are batches: bound memory
-        heartbeats(self.sock)
+        heartbeats(self.sock, ping=False)  # children's pings time them out
         self.sock.setsockopt(zmq.RCVHWM, 1000)
         # A hard cap far above max_payload protects memory; the node itself answers
         # anything between max_payload and this cap with a readable error.
@@ -355,7 +355,7 @@ class Node:
         elif isinstance(msg, P.Bye):
             self.drop_session(link.member, "bye")
         elif isinstance(msg, P.Error):
-            log.warning("node %s says: %s %s", link.neighbour, msg.code, msg.message)
+            log.warning("node %s says: %r %r", link.neighbour, msg.code, msg.message[:200])
 
     def subscribe(self, session: Session, pattern: str, queue: str | None) -> None:
         """A client's SUB (or one of its hello's subs): each stands alone."""
