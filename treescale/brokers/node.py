@@ -50,6 +50,7 @@ log = logging.getLogger("treescale.node")
 
 DRAIN_LIMIT = 2000
 HOUSEKEEPING_INTERVAL = 1.0
+LINK_CHECK_DELAY = 0.05  # seconds between a child's socket closing and the check
 _PUB_HEADER = P.PUB_HEADER
 
 
@@ -101,6 +102,7 @@ class Node:
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED
                                                     | zmq.EVENT_ACCEPTED)
         self.connections = Connections(self)
+        self._closed_links: list[tuple[float, int, bytes]] = []  # (check at, fd, rid)
         # The rooms (see the module docstring); fanout keeps references to the
         # tables above, so they are made last.
         self.links = Links(self)
@@ -158,7 +160,8 @@ class Node:
         guard = self._guard  # nothing a peer sends or does may end the loop
         try:
             while not self._stop.is_set():
-                for sock, _ in poller.poll(1 if fanout.slow else 250):
+                wait = 1 if fanout.slow else 50 if self._closed_links else 250
+                for sock, _ in poller.poll(wait):
                     if sock is self.sock:
                         guard(self._drain)
                     elif sock is up:
@@ -176,6 +179,8 @@ class Node:
                 now = time.monotonic()
                 guard(self.parent.tick, now)
                 guard(self.connections.tick, now)
+                if self._closed_links:
+                    guard(self._check_closed_links, now)
                 if now >= next_housekeeping:
                     guard(self._housekeeping, now)
                     next_housekeeping = now + HOUSEKEEPING_INTERVAL
@@ -416,7 +421,16 @@ class Node:
                 continue
             self.connections.disconnected(event["value"])
             rid = self.links.fds.get(event["value"])
-            if rid is None or rid not in self.sessions:
+            if rid is not None and rid in self.sessions:
+                # libzmq reports the close before it ends the peer's pipe: look a
+                # moment later.
+                self._closed_links.append((time.monotonic() + LINK_CHECK_DELAY,
+                                           event["value"], rid))
+
+    def _check_closed_links(self, now: float) -> None:
+        while self._closed_links and self._closed_links[0][0] <= now:
+            _, fd, rid = self._closed_links.pop(0)
+            if self.links.fds.get(fd) != rid or rid not in self.sessions:
                 continue
             # The fd may already belong to a newer connection (the OS reuses numbers
             # and monitor events trail messages): a ping tells. ROUTER_MANDATORY makes
@@ -424,7 +438,7 @@ class Node:
             try:
                 send_frames(self.sock, [rid, *P.encode_ping(0)], NOBLOCK)
             except zmq.ZMQError:
-                self.links.fds.pop(event["value"], None)
+                self.links.fds.pop(fd, None)
                 self.drop_session(rid, "disconnected")
 
     def traffic_class(self, session: Session) -> str:
