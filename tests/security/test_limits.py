@@ -18,6 +18,7 @@ import zmq
 from tests.conftest import ping, wait_until
 from treescale import protocol as P
 from treescale import subjects
+from treescale.client import NodeError
 from treescale.config import NodeConfig
 
 MiB = 1 << 20
@@ -421,6 +422,38 @@ def test_a_link_cannot_hold_more_than_max_interest(node_factory, clients, ctx):
         child.close()
     assert node.alive
     assert_serves(node, clients, token=CLIENT_TOKEN)
+
+
+def test_no_more_than_max_sessions(node_factory, clients, ctx):
+    node = node_factory("n9e", {**QUIET, "max_sessions": 2})
+    clients(node.address, name="first")
+    extra = Peer(ctx, node.address)
+    late = Peer(ctx, node.address)
+    try:
+        extra.send(*P.encode_hello("extra"))  # the second session: still admitted
+        extra.expect(P.READY)
+        late.send(*P.encode_hello("late"))
+        msg = late.expect(P.ERROR, code=subjects.MAX_SESSIONS)
+        assert "max_sessions 2" in msg[2]
+        extra.send(*P.encode_bye())  # one leaves: room again
+    finally:
+        extra.close()
+        late.close()
+    legit = []
+
+    def admitted() -> bool:
+        try:
+            legit.append(clients(node.address, name="legit", timeout=3))
+        except NodeError as exc:
+            assert exc.code == subjects.MAX_SESSIONS, exc
+            return False
+        return True
+
+    wait_until(admitted, 15, "room for a session once one left")
+    legit[0].subscribe("legit.self")
+    legit[0].publish("legit.self", b"ok")
+    ev = legit[0].next_event(10)
+    assert ev is not None and bytes(ev.data) == b"ok"
 
 
 # --------------------------------------- row 10: a hello flood against slow auth
