@@ -281,7 +281,10 @@ class ClientCore:
         self.inbox_prefix = ""
         self.req_ids = itertools.count(1)
         self.ping_ids = itertools.count(1)
-        self.routing_id = os.urandom(8)
+        # Our own random routing id, never derived from or shown as the client id:
+        # the node binds the session to this connection, and a peer-chosen id avoids
+        # ZeroMQ generating one (its generated ids can collide with a chosen one).
+        self.routing_id = os.urandom(16)
         self.pending: dict[int, _Pending] = {}
         self.expects_replies = False  # set by the first request: deliveries get a look
 

@@ -23,6 +23,7 @@ RCVMORE = int(zmq.RCVMORE)
 EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
 POLLOUT = int(zmq.POLLOUT)
+SRCFD = int(zmq.SRCFD)  # Frame.get(SRCFD): the connection a message came on
 
 
 def send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:

@@ -26,6 +26,7 @@ import ctypes.util
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -139,6 +140,26 @@ class Connections:
         return (f"too many connections without a ready session (max_pending_hellos "
                 f"{self.node.config.max_pending_hellos}): this one is closed; "
                 "connect again later")
+
+    def may_speak(self, rid: bytes, frames: list) -> bool:
+        """Limits before any work on a message from a connection without a ready
+        session: one refused for max_pending_hellos is told so, and nothing above
+        max_hello_bytes is decoded."""
+        node, now = self.node, time.monotonic()
+        fd = fd_of(frames[1])
+        refused = self.spoke(fd, rid, now)
+        if refused is not None:
+            node.send_error(rid, subjects.MAX_PENDING_HELLOS, refused)
+            return False
+        size = sum(map(len, frames[1:]))
+        limit = node.config.max_hello_bytes
+        if size > limit:
+            node.send_error(rid, subjects.MAX_HELLO_BYTES,
+                            f"a message of {size} bytes before ready is over "
+                            f"max_hello_bytes ({limit}): refused without decoding")
+            self.refused(fd, now)
+            return False
+        return True
 
     def became_ready(self, fd: int | None, rid: bytes) -> None:
         if fd is None:

@@ -42,6 +42,16 @@ class InterestExchange:
         if self.node.table.subscribe(member, pattern, queue):
             self.send(self.table.add(LOCAL, pattern, queue))
 
+    def over_limit(self, member: bytes, pattern: str, queue: str | None) -> str | None:
+        """Why a local session may not add this subscription (max_subscriptions; its
+        private inbox does not count), or None."""
+        routes = self.node.table.members.get(member)
+        limit = self.node.config.max_subscriptions
+        if routes is None or (pattern, queue) in routes.subs or len(routes.subs) <= limit:
+            return None
+        return (f"this session already has {limit} subscriptions (max_subscriptions "
+                f"{limit}): {pattern!r} refused")
+
     def unsubscribe(self, member: bytes, pattern: str, queue: str | None) -> None:
         if self.node.table.unsubscribe(member, pattern, queue):
             self.send(self.table.remove(LOCAL, pattern, queue))

@@ -23,7 +23,7 @@ from treescale import protocol as P
 from treescale import subjects
 from treescale.auth import AuthHook, ClientIdentity, Decision
 from treescale.brokers.connections import fd_of
-from treescale.brokers.sessions import AUTHENTICATING, READY, Session, client_id_of
+from treescale.brokers.sessions import AUTHENTICATING, READY, Session
 
 if TYPE_CHECKING:
     from treescale.brokers.node import Node
@@ -59,14 +59,14 @@ class Handshake:
             return
         if rid in node.sessions:
             node.drop_session(rid, "re-hello")
-        cid = client_id_of(rid)
+        cid = node.new_client_id()
         session = Session(rid, cid, hello.name or f"client-{cid}",
                           groups=hello.groups, tags=hello.tags,
                           channels=() if is_link else hello.channels,
                           last_seen=time.monotonic(),
                           quiet=is_link or bool(hello.options.get("direct")),
                           is_link=is_link, fd=fd_of(frames[1]))
-        node.sessions[rid] = session
+        node.add_session(session)
         who = ClientIdentity(session.name, session.groups, session.tags, session.channels,
                              _peer_address(frames[0]))
         if is_service:

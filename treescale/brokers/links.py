@@ -60,7 +60,6 @@ class Links:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.by_member: dict[bytes, Link] = {}
-        self.fds: dict[int, bytes] = {}  # a child's socket fd -> its member id
 
     def __contains__(self, member: object) -> bool:
         return member in self.by_member
@@ -91,9 +90,6 @@ class Links:
         node = self.node
         link = Link(member, neighbour, address)
         self.by_member[member] = link
-        session = node.sessions.get(member)
-        if session is not None and session.fd is not None:
-            self.fds[session.fd] = member
         node.table.add_member(member, link=True)
         node.exchange.link_up(link)
         node.placement.tree_changed()
@@ -109,7 +105,6 @@ class Links:
         node.table.remove_member(member)
         node.fanout.forget(member)
         node.exchange.link_down(member)
-        self.fds = {fd: m for fd, m in self.fds.items() if m != member}
         if not link.is_parent:
             node.placement.tell_children()  # the remaining children's siblings changed
         node.placement.tree_changed()

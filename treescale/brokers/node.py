@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
@@ -27,11 +28,12 @@ from collections.abc import Callable
 
 import zmq
 
+from treescale import frames as F
 from treescale import protocol as P
 from treescale import subjects
 from treescale.auth import AuthHook, hook_from_config
 from treescale.brokers import gate
-from treescale.brokers.connections import Connections, fd_of
+from treescale.brokers.connections import Connections
 from treescale.brokers.exchange import InterestExchange
 from treescale.brokers.fanout import Fanout
 from treescale.brokers.handshake import Handshake
@@ -42,7 +44,7 @@ from treescale.brokers.placement import Placement
 from treescale.brokers.requests import Requests
 from treescale.brokers.sessions import Session
 from treescale.config import NodeConfig
-from treescale.frames import EVENTS, NOBLOCK, POLLIN, monitor_events, recv_frames, send_frames
+from treescale.frames import EVENTS, NOBLOCK, POLLIN, SRCFD, monitor_events, recv_frames
 from treescale.metrics import CLIENTS, SERVICES, ProcessUsage, Traffic
 from treescale.routing import PatternError, RoutingTable, TargetError
 
@@ -50,7 +52,6 @@ log = logging.getLogger("treescale.node")
 
 DRAIN_LIMIT = 2000
 HOUSEKEEPING_INTERVAL = 1.0
-LINK_CHECK_DELAY = 0.05  # seconds between a child's socket closing and the check
 _PUB_HEADER = P.PUB_HEADER
 
 
@@ -65,6 +66,7 @@ class Node:
         self.table = RoutingTable(config.name, config.groups, config.tags)
         self.sessions: dict[bytes, Session] = {}
         self.by_client_id: dict[str, bytes] = {}
+        self.fds: dict[int, bytes] = {}  # a session's connection fd -> its routing id
         self.started = time.time()
         self.stats = {"events_in": 0, "events_out": 0, "no_route": 0, "dropped": 0,
                       "errors_sent": 0, "batches_in": 0}
@@ -76,7 +78,10 @@ class Node:
         os.set_blocking(self._wake_r, False)
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # No ROUTER_HANDOVER: a second connection presenting a live routing id is
+        # ignored by ZeroMQ instead of taking the first one's place. A session is also
+        # bound to its connection's fd (``_handle``): a routing id seen again on another
+        # connection is a new peer that must say hello, never the old session.
         self.sock.setsockopt(zmq.LINGER, 500)
         self.sock.setsockopt(zmq.SNDHWM, 100)  # messages are batches: bound memory
         heartbeats(self.sock, ping=False)  # children's pings time them out
@@ -96,13 +101,12 @@ class Node:
         else:
             self.sock.bind(self.endpoint)
         self.port = int(self.endpoint.rsplit(":", 1)[1])
-        # Child links are told dead by their socket closing, not only by silence:
-        # the ROUTER's monitor reports the file descriptor, SRCFD maps it back.
+        # Sessions end when their connection closes, not only by silence: the
+        # ROUTER's monitor reports the file descriptor, SRCFD maps it back.
         # Accepted connections are counted until ready (connections.py).
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED
                                                     | zmq.EVENT_ACCEPTED)
         self.connections = Connections(self)
-        self._closed_links: list[tuple[float, int, bytes]] = []  # (check at, fd, rid)
         # The rooms (see the module docstring); fanout keeps references to the
         # tables above, so they are made last.
         self.links = Links(self)
@@ -160,8 +164,7 @@ class Node:
         guard = self._guard  # nothing a peer sends or does may end the loop
         try:
             while not self._stop.is_set():
-                wait = 1 if fanout.slow else 50 if self._closed_links else 250
-                for sock, _ in poller.poll(wait):
+                for sock, _ in poller.poll(1 if fanout.slow else 250):
                     if sock is self.sock:
                         guard(self._drain)
                     elif sock is up:
@@ -179,8 +182,6 @@ class Node:
                 now = time.monotonic()
                 guard(self.parent.tick, now)
                 guard(self.connections.tick, now)
-                if self._closed_links:
-                    guard(self._check_closed_links, now)
                 if now >= next_housekeeping:
                     guard(self._housekeeping, now)
                     next_housekeeping = now + HOUSEKEEPING_INTERVAL
@@ -214,6 +215,7 @@ class Node:
     def _drain(self) -> None:
         sock = self.sock
         ready = sock.getsockopt
+        closed = self.monitor.getsockopt
         handle = self._handle
         for _ in range(DRAIN_LIMIT):
             try:
@@ -221,6 +223,11 @@ class Node:
             except zmq.Again:
                 break
             try:
+                # ZeroMQ reports a connection's close to the monitor before it frees
+                # the fd, so before any later connection can send: ending sessions
+                # first means no message is ever taken for a closed connection's.
+                if closed(EVENTS) & POLLIN:
+                    self._on_monitor()
                 handle(frames)
             except Exception:  # one bad message must not take the node down
                 log.exception("node %s failed on a message", self.name)
@@ -241,13 +248,19 @@ class Node:
         if len(frames) < 2:
             return  # an empty message carries nothing to answer
         session = self.sessions.get(rid)
+        if session is not None and session.fd is not None and \
+                frames[1].get(SRCFD) != session.fd:
+            # The routing id came back on another connection: the session's own
+            # connection is gone, and whoever this is has not said hello.
+            self.drop_session(rid, "disconnected")
+            session = None
         if session is not None and session.ready:
             session.last_seen = time.monotonic()
             # Fast path: a client's publish batch (header is exactly [PUB]).
             if frames[1].bytes == _PUB_HEADER and not session.is_link:
                 self._on_publish(session, frames)
                 return
-        elif not self._may_speak(rid, frames):
+        elif not self.connections.may_speak(rid, frames):
             return
         try:
             msg = P.decode(frames[1:], self.config.max_payload)
@@ -268,26 +281,6 @@ class Node:
             self.on_link_message(self.links.get(rid), msg, frames[1:])
         else:
             self._on_client_message(session, msg)
-
-    def _may_speak(self, rid: bytes, frames: list) -> bool:
-        """Limits before any work on a message from a connection without a ready
-        session: one refused for max_pending_hellos is told so, and nothing above
-        max_hello_bytes is decoded."""
-        now = time.monotonic()
-        fd = fd_of(frames[1])
-        refused = self.connections.spoke(fd, rid, now)
-        if refused is not None:
-            self.send_error(rid, subjects.MAX_PENDING_HELLOS, refused)
-            return False
-        size = sum(map(len, frames[1:]))
-        limit = self.config.max_hello_bytes
-        if size > limit:
-            self.send_error(rid, subjects.MAX_HELLO_BYTES,
-                            f"a message of {size} bytes before ready is over "
-                            f"max_hello_bytes ({limit}): refused without decoding")
-            self.connections.refused(fd, now)
-            return False
-        return True
 
     def _before_ready(self, rid: bytes, session: Session | None, msg: object) -> None:
         """A ping or a bye from a connection without a ready session."""
@@ -369,14 +362,10 @@ class Node:
             self.send_error(session.routing_id, refusal.code, refusal.message,
                             refusal.ref)
             return
-        member = self.table.members.get(session.routing_id)
-        limit = self.config.max_subscriptions
-        # The private inbox is one of the member's subscriptions but not the client's.
-        if (member is not None and (pattern, queue) not in member.subs
-                and len(member.subs) > limit):
-            self.send_error(session.routing_id, subjects.MAX_SUBSCRIPTIONS,
-                            f"this session already has {limit} subscriptions "
-                            f"(max_subscriptions {limit}): {pattern!r} refused", pattern)
+        refused = self.exchange.over_limit(session.routing_id, pattern, queue)
+        if refused is not None:
+            self.send_error(session.routing_id, subjects.MAX_SUBSCRIPTIONS, refused,
+                            pattern)
             return
         try:
             self.exchange.subscribe(session.routing_id, pattern, queue)
@@ -385,11 +374,29 @@ class Node:
 
     # ------------------------------------------------------------------ sessions
 
+    def new_client_id(self) -> str:
+        """A client id the node assigns (it appears in inbox subjects and ``$sys``
+        events): random, unrelated to the connection's routing id, so knowing it
+        gives no way into the session."""
+        while True:
+            cid = secrets.token_hex(8)
+            if cid not in self.by_client_id:
+                return cid
+
+    def add_session(self, session: Session) -> None:
+        self.sessions[session.routing_id] = session
+        if session.fd is not None:
+            self.fds[session.fd] = session.routing_id
+
     def forget_session(self, rid: bytes, close: bool = False) -> None:
         """A session that never got anywhere (refused, redirected): forget it now;
         ``close``: its connection too, once the answer has left (a denied peer)."""
         session = self.sessions.pop(rid, None)
-        if session is not None and close:
+        if session is None:
+            return
+        if self.fds.get(session.fd) == rid:
+            del self.fds[session.fd]
+        if close:
             self.connections.refused(session.fd, time.monotonic())
 
     def drop_session(self, rid: bytes, reason: str) -> None:
@@ -397,6 +404,8 @@ class Node:
         session = self.sessions.pop(rid, None)
         if session is None:
             return
+        if self.fds.get(session.fd) == rid:
+            del self.fds[session.fd]
         self.by_client_id.pop(session.client_id, None)
         if session.ready:
             self.connections.session_ended(session.fd, rid, time.monotonic())
@@ -413,32 +422,15 @@ class Node:
                                                    "reason": reason})
 
     def _on_monitor(self) -> None:
-        """A connection was accepted (counted until ready), or closed: a child
-        link's is down now, not after a timeout."""
+        """A connection was accepted (counted until ready), or closed: its session
+        (a client's or a child link's) ends now, not after a timeout."""
         for event in monitor_events(self.monitor):
             if event["event"] == zmq.EVENT_ACCEPTED:
                 self.connections.accepted(event["value"], time.monotonic())
                 continue
             self.connections.disconnected(event["value"])
-            rid = self.links.fds.get(event["value"])
-            if rid is not None and rid in self.sessions:
-                # libzmq reports the close before it ends the peer's pipe: look a
-                # moment later.
-                self._closed_links.append((time.monotonic() + LINK_CHECK_DELAY,
-                                           event["value"], rid))
-
-    def _check_closed_links(self, now: float) -> None:
-        while self._closed_links and self._closed_links[0][0] <= now:
-            _, fd, rid = self._closed_links.pop(0)
-            if self.links.fds.get(fd) != rid or rid not in self.sessions:
-                continue
-            # The fd may already belong to a newer connection (the OS reuses numbers
-            # and monitor events trail messages): a ping tells. ROUTER_MANDATORY makes
-            # a send to a vanished peer fail at once.
-            try:
-                send_frames(self.sock, [rid, *P.encode_ping(0)], NOBLOCK)
-            except zmq.ZMQError:
-                self.links.fds.pop(fd, None)
+            rid = self.fds.get(event["value"])
+            if rid is not None:
                 self.drop_session(rid, "disconnected")
 
     def traffic_class(self, session: Session) -> str:
@@ -458,7 +450,7 @@ class Node:
 
     def send(self, rid: bytes, frames: list) -> None:
         try:
-            send_frames(self.sock, [rid, *frames], NOBLOCK)
+            F.send_frames(self.sock, [rid, *frames], NOBLOCK)
         except zmq.ZMQError:
             pass  # a control message to a vanished or stuck peer: nothing to keep
 

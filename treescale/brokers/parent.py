@@ -11,6 +11,7 @@ Must not touch: child links (placement.py admits them), routing (fanout.py).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -67,7 +68,9 @@ class ParentLink:
         self.monitor: zmq.Socket | None = None
         if config.parent:
             self.sock = node.ctx.socket(zmq.DEALER)
-            self.sock.setsockopt(zmq.ROUTING_ID, f"node:{node.name}".encode())
+            # A random routing id: a predictable one ("node:NAME") could be claimed
+            # by anyone while our connection is down, locking us out.
+            self.sock.setsockopt(zmq.ROUTING_ID, os.urandom(16))
             self.sock.setsockopt(zmq.LINGER, 500)
             self.sock.setsockopt(zmq.RECONNECT_IVL, 50)
             self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)

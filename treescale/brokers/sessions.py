@@ -39,7 +39,7 @@ class Session:
     quiet: bool = False  # a client's direct request link: not announced on $sys
     is_link: bool = False  # a child node, not a client
     is_service: bool = False  # one of this node's own services
-    fd: int | None = None  # a child's socket file descriptor (its close is noticed)
+    fd: int | None = None  # the connection's file descriptor: the session is its own
     address: str = ""  # a child node's own listening address
     permissions: frozenset = frozenset()  # from the auth hook's decision
     events_out: int = 0
@@ -70,8 +70,3 @@ class Session:
     def requeue(self, item: tuple) -> None:
         self.pending.appendleft(item)
         self.pending_bytes += item[2]
-
-
-def client_id_of(routing_id: bytes) -> str:
-    """A printable, dot-free client id (it appears in inbox subjects)."""
-    return routing_id.hex()
