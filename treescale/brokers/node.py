@@ -52,6 +52,7 @@ log = logging.getLogger("treescale.node")
 
 DRAIN_LIMIT = 2000
 HOUSEKEEPING_INTERVAL = 1.0
+GONE = ("disconnected", "unreachable")  # sessions that ended with their connection
 _PUB_HEADER = P.PUB_HEADER
 
 
@@ -407,7 +408,7 @@ class Node:
         if self.fds.get(session.fd) == rid:
             del self.fds[session.fd]
         self.by_client_id.pop(session.client_id, None)
-        if session.ready:
+        if session.ready and reason not in GONE:  # still connected: hello_timeout
             self.connections.session_ended(session.fd, rid, time.monotonic())
         if session.is_link:
             self.links.down(rid, reason)
