@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed-from-pyproject
 # `make bench` keeps every run's numbers here (BENCHMARKS.md's tables come from it).
 BENCH_JSON ?= bench-results.json
 
-.PHONY: install demo test unit integration bench bench-quick lint clean
+.PHONY: install demo test unit integration bench bench-quick fuzz lint clean
 
 CHECK_VERSION := import sys; sys.version_info >= (3, 11) or sys.exit("$(PYTHON) is Python %s: \
 TreeScale needs 3.11 or newer (make PYTHON=/path/to/python3.11 ...)" % sys.version.split()[0])
@@ -60,6 +60,11 @@ bench: install  ## TreeScale against Redis, NATS, Mosquitto and raw pyzmq, same 
 
 bench-quick: install
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
+
+# Not part of `make test`: a million generated frames at a live node (about a minute
+# on 2 cores); exits non-zero if the node crashed. FUZZ_ARGS: --frames, --seconds, --seed.
+fuzz: install  ## hostile frames at a live node: crashes, RSS growth, errors by code
+	$(PY) -m bench.fuzz $(FUZZ_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

@@ -311,6 +311,8 @@ class AsyncClient:
         elif kind is core.ResendHello:
             self._is_ready.clear()
             self._spawn(self._sock.send_multipart(action.frames))
+        elif kind is core.Send:
+            self._spawn(self._sock.send_multipart(action.frames))
         elif kind is core.Resend:
             self._spawn(self._send(action.frames))
         elif kind is core.Refused:

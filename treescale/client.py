@@ -427,7 +427,7 @@ class Client:
                 slot[0].set()
         elif kind is core.Ready:
             self._ready.set()
-        elif kind is core.ResendHello:
+        elif kind is core.ResendHello or kind is core.Send:
             sock.send_multipart(action.frames)
         elif kind is core.ReportError:
             self._report(action.error)

@@ -23,8 +23,6 @@ from itertools import chain, repeat
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-import msgpack
-
 from treescale import protocol as P
 from treescale import subjects as S
 from treescale.routing import parse_target
@@ -89,7 +87,7 @@ class Event(_EventFields):
 
     def json(self) -> Any:
         """The payload decoded as msgpack (the convention for structured data)."""
-        return msgpack.unpackb(self.data, raw=False)
+        return P.loads(self.data)
 
     def __repr__(self) -> str:
         data = bytes(self.data[:40])
@@ -193,6 +191,12 @@ class ResendHello(NamedTuple):
     frames: list
 
 
+class Send(NamedTuple):
+    """Frames to send now (subscriptions that did not fit in the hello)."""
+
+    frames: list
+
+
 class Resend(NamedTuple):
     """Send request ``ref`` again: the node dropped it with our old session."""
 
@@ -215,6 +219,9 @@ class ReportError(NamedTuple):
 # ------------------------------------------------------------------------- core
 
 PAYLOAD_TYPES: tuple[type, ...] = (bytes, bytearray, memoryview)
+# Subscriptions a hello carries, in bytes of patterns: a node's max_hello_bytes is
+# 64 KiB by default, and the hello's identity needs room too.
+HELLO_SUBS_BYTES = 16 * 1024
 
 
 class _Pending:
@@ -265,6 +272,7 @@ class ClientCore:
         self.options: dict = dict(options or {})
         self.payload_types = payload_types
         self.subs: dict[tuple[str, str | None], None] = {}
+        self.subs_after_ready: list = []  # did not fit in the last hello
         self.ready = False
         self.was_ready = False  # once ready, a refused hello is reported, not fatal
         self.node = ""
@@ -288,8 +296,19 @@ class ClientCore:
     # ------------------------------------------------------------ what to send
 
     def hello(self) -> list[bytes]:
+        """Our hello, with as many subscriptions as keep it small (a node refuses a
+        hello over its max_hello_bytes); the rest follow the ready as SUBs."""
+        subs = list(self.subs)
+        size = 0
+        for i, (pattern, queue) in enumerate(subs):
+            size += len(pattern) + len(queue or "") + 8
+            if size > HELLO_SUBS_BYTES:
+                subs, self.subs_after_ready = subs[:i], subs[i:]
+                break
+        else:
+            self.subs_after_ready = []
         return P.encode_hello(self.name, self.token, self.groups, self.tags,
-                              self.channels, list(self.subs), self.options)
+                              self.channels, subs, self.options)
 
     def session_lost(self) -> None:
         """The connection dropped (or may have gone stale): hello is due again."""
@@ -405,7 +424,10 @@ class ClientCore:
         self.client_id = msg.client_id
         self.limits = msg.limits
         self.inbox_prefix = S.inbox_prefix(msg.node, msg.client_id)
-        actions: list = [Ready(msg.node, msg.client_id, msg.limits)]
+        # Before Ready: what is sent on ready must not overtake these subscriptions.
+        actions: list = [Send(P.encode_sub(p, q)) for p, q in self.subs_after_ready]
+        self.subs_after_ready = []
+        actions.append(Ready(msg.node, msg.client_id, msg.limits))
         for req_id, pending in self.pending.items():
             if pending.resend_due:
                 pending.resend_due = False
@@ -417,8 +439,10 @@ class ClientCore:
         err = node_error(msg.code, msg.message, msg.ref)
         if msg.code == S.NOT_READY:
             return self._on_not_ready(err)
-        if msg.code in S.AUTH_ERRORS and not self.was_ready:
+        if msg.code in S.REFUSALS and not self.was_ready:
             return [Refused(err)]
+        if msg.code == S.AUTH_PENDING:
+            return []  # a second hello crossed the first: its answer is on the way
         ref = msg.ref
         if msg.code in S.REQUEST_ERRORS and type(ref) is int and ref in self.pending:
             del self.pending[ref]

@@ -55,6 +55,15 @@ class NodeConfig:
     slow_consumer_bytes: int = 64 * 1024 * 1024
     slow_consumer_messages: int = 10_000
     client_timeout: float = 15.0
+    # Limits: what a peer may cost the node before it is trusted, and what it may
+    # hold after. Each refusal is an ERROR whose code is the key's name.
+    max_hello_bytes: int = 64 * 1024  # any message from a connection not yet ready
+    max_sessions: int = 10_000  # clients and child links, authenticating or ready
+    max_pending_hellos: int = 1_000  # connections without a ready session
+    hello_timeout: float = 10.0  # seconds from connect to ready, else it is closed
+    max_pending_auth: int = 64  # hellos waiting for a blocking auth hook
+    max_subscriptions: int = 10_000  # per session
+    max_interest: int = 100_000  # interest entries a link may hold here
     tokens: Any = field(default=None, repr=False)  # secrets: never in a repr or a log
     auth_command: Any = None
     auth_url: str | None = None
@@ -201,6 +210,11 @@ def with_token(tokens: Any, token: str, permissions: list[str]) -> dict:
     return merged
 
 
+# Limits and timeouts that must be above zero.
+POSITIVE = frozenset({"max_hello_bytes", "max_sessions", "max_pending_hellos",
+                      "hello_timeout", "max_pending_auth", "max_subscriptions",
+                      "max_interest"})
+
 # Keys of the seed's tree format mapped onto NodeConfig fields.
 _ALIASES = {"tree_port": "port", "tree_ip": "host", "childs": None, "children": None}
 _FIELD_TYPES = {f.name: f.type for f in fields(NodeConfig)}
@@ -271,11 +285,11 @@ def coerce_field(value: Any, key: str, source: str, node: Any) -> Any:
             value = int(value)  # the seed writes ports as strings
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError(f"{where} must be an integer, got {value!r}")
-        return value
+        return _positive(value, key, where)
     if kind == "float":
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ConfigError(f"{where} must be a number, got {value!r}")
-        return float(value)
+        return _positive(float(value), key, where)
     if kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")
@@ -299,4 +313,10 @@ def coerce_field(value: Any, key: str, source: str, node: Any) -> Any:
         if key in CHOICES and value not in CHOICES[key]:
             raise ConfigError(f"{where} must be one of {', '.join(CHOICES[key])}, "
                               f"got {value!r}")
+    return value
+
+
+def _positive(value: int | float, key: str, where: str) -> int | float:
+    if key in POSITIVE and not value > 0:
+        raise ConfigError(f"{where} must be above zero, got {value!r}")
     return value

@@ -190,8 +190,24 @@ CYCLE = "cycle"  # a link that would close a loop in the tree
 FULL = "full"  # no room for another child
 SLOW_CONSUMER = "slow_consumer"  # events were dropped for this client: ref = how many
 BAD_KEY = "bad_key"  # a CURVE key not trusted for this (a link, a revoked key)
+OUT_OF_RANGE = "out_of_range"  # a number from the wire outside its range (depth, seq...)
+BAD_COUNT = "bad_count"  # counts that do not add up (a forward's source runs)
+BAD_ADDRESS = "bad_address"  # an address that is not tcp://host:port
+TOO_MANY_NAMES = "too_many_names"  # a batch with more distinct names than the index holds
+# Limits (each code is the NodeConfig key that set it): the message names the value.
+MAX_HELLO_BYTES = "max_hello_bytes"  # a message before ready bigger than the cap
+MAX_SESSIONS = "max_sessions"
+MAX_PENDING_HELLOS = "max_pending_hellos"  # too many connections without a session
+HELLO_TIMEOUT = "hello_timeout"  # not ready in time: the connection is closed
+MAX_SUBSCRIPTIONS = "max_subscriptions"  # per session
+MAX_INTEREST = "max_interest"  # interest entries per link
+MAX_PENDING_AUTH = "max_pending_auth"  # the auth queue is full
+AUTH_PENDING = "auth_pending"  # a second hello while this connection's is checked
 
 AUTH_ERRORS = frozenset({TOKEN_REQUIRED, BAD_TOKEN, BAD_KEY})
+# Before ready, these end a connection attempt as a refusal (the client should not
+# wait for a ready that will not come): authentication, and the admission limits.
+REFUSALS = AUTH_ERRORS | {MAX_SESSIONS, MAX_PENDING_AUTH, MAX_HELLO_BYTES}
 # Errors that end the request they refer to (``ref`` = its req_id).
 REQUEST_ERRORS = frozenset({NO_RESPONDERS, BAD_TARGET, BAD_PATTERN, TOO_LARGE,
                             PERMISSION_DENIED})

@@ -74,7 +74,7 @@ def test_forward_carries_a_batch_and_its_sources() -> None:
     assert isinstance(batch, P.Batch)
     assert batch.sources == [["w-1", 1], ["w-2", 1]]
     assert batch.meta_frame is meta and batch.large[0] is large[0]
-    expect(FieldError, [packb([P.FORWARD, "w-1"]), meta, body, *large], "deliver sources")
+    expect(FieldError, [packb([P.FORWARD, "w-1"]), meta, body, *large], "forward sources")
     expect(P.FrameCountError, [P.encode_forward_header([]), meta],
            "forward takes a header, a meta and a body")
 

@@ -46,6 +46,16 @@ class InterestExchange:
         if self.node.table.subscribe(member, pattern, queue):
             self.queue_updates(self.table.add(LOCAL, pattern, queue))
 
+    def over_limit(self, member: bytes, pattern: str, queue: str | None) -> str | None:
+        """Why a local session may not add this subscription (max_subscriptions; its
+        private inbox does not count), or None."""
+        routes = self.node.table.members.get(member)
+        limit = self.node.config.max_subscriptions
+        if routes is None or (pattern, queue) in routes.subs or len(routes.subs) <= limit:
+            return None
+        return (f"this session already has {limit} subscriptions (max_subscriptions "
+                f"{limit}): {pattern!r} refused")
+
     def unsubscribe(self, member: bytes, pattern: str, queue: str | None) -> None:
         if self.node.table.unsubscribe(member, pattern, queue):
             self.queue_updates(self.table.remove(LOCAL, pattern, queue))
@@ -135,10 +145,16 @@ class InterestExchange:
             return
         link.seq_in = msg.seq
         routes, member = self.node.table, link.member
+        held = routes.members[member].subs if member in routes.members else set()
+        limit = self.node.config.max_interest
+        refused = 0
         updates: list = []
         for add, pattern, q in msg.ops:
             try:
                 if add:
+                    if len(held) >= limit and (pattern, q) not in held:
+                        refused += 1
+                        continue
                     routes.subscribe(member, pattern, q)
                     updates += self.table.add(member, pattern, q)
                 else:
@@ -146,17 +162,35 @@ class InterestExchange:
                     updates += self.table.remove(member, pattern, q)
             except PatternError as exc:
                 log.warning("bad interest from %s: %s", link.neighbour, exc)
+        self._over_limit(link, refused)
         self.queue_updates(updates)
 
+    def _over_limit(self, link: Link, refused: int) -> None:
+        """Tell a link that some of its interest was refused (max_interest)."""
+        if not refused:
+            return
+        limit = self.node.config.max_interest
+        log.warning("link to %s is over max_interest (%d): %d entries refused",
+                    link.neighbour, limit, refused)
+        self.node.links.send(link.member, P.encode_error(
+            subjects.MAX_INTEREST, f"{refused} interest entries refused: this link "
+            f"already holds {limit} here (max_interest {limit})", refused))
+
     def _replace(self, link: Link, ops: list) -> None:
-        """A link's snapshot: make its routes and advertised interest exactly ``ops``."""
+        """A link's snapshot: make its routes and advertised interest exactly ``ops``
+        (the first ``max_interest`` of them)."""
         keys = set()
+        limit = self.node.config.max_interest
         for _, pattern, q in ops:
             try:
                 split_pattern(pattern)
                 keys.add((pattern, q))
             except PatternError as exc:
                 log.warning("bad interest from %s: %s", link.neighbour, exc)
+        if len(keys) > limit:
+            refused = len(keys) - limit
+            keys = set(sorted(keys, key=lambda k: (k[0], k[1] or ""))[:limit])
+            self._over_limit(link, refused)
         member, routes = link.member, self.node.table
         before = set(self.table.held.get(member, ()))
         for pattern, q in before - keys:

@@ -143,6 +143,8 @@ class Fanout:
             # mode one: a node upstream may have chosen for some queue groups
             # already; it says which ones are left to this branch.
             allowed = headers.get(QUEUES_HEADER) if origin and headers else None
+            if allowed is not None and not isinstance(allowed, list):
+                allowed = None  # not a list of groups: choose for every group here
             for dest, q in self.table.pick_groups(route, origin, allowed):
                 idx = by_dest.setdefault(dest, [])
                 if not idx or idx[-1] != i:
@@ -210,23 +212,33 @@ class Fanout:
         re-encode); runs of small segments for one destination are packed into one."""
         out, self.out = self.out, {}
         for dest, segs in out.items():
-            run: list[Segment] = []
-            header = P.encode_forward_header if dest in self.links else \
-                P.encode_deliver_header
-            for s in segs:
-                if s.frames is not None and s.n >= MERGE_BELOW:
-                    if run:
-                        self._deliver(dest, *_merge(run, header))
-                        run = []
-                    self._deliver(dest, [header(_runs(s)), *s.frames], s.n)
-                else:
-                    run.append(s)
-            if run:
-                if len(run) == 1 and run[0].frames is not None:
-                    s = run[0]
-                    self._deliver(dest, [header(_runs(s)), *s.frames], s.n)
-                else:
-                    self._deliver(dest, *_merge(run, header))
+            try:
+                self._flush_one(dest, segs)
+            except Exception:  # one destination's failure must not cost the others
+                log.exception("node %s failed sending to %r", self.node.name, dest)
+
+    def _flush_one(self, dest: bytes, segs: list[Segment]) -> None:
+        run: list[Segment] = []
+        header = P.encode_forward_header if dest in self.links else \
+            P.encode_deliver_header
+        for s in segs:
+            if s.frames is not None and s.n >= MERGE_BELOW:
+                if run:
+                    self._deliver_merged(dest, run, header)
+                    run = []
+                self._deliver(dest, [header(_runs(s)), *s.frames], s.n)
+            else:
+                run.append(s)
+        if run:
+            if len(run) == 1 and run[0].frames is not None:
+                s = run[0]
+                self._deliver(dest, [header(_runs(s)), *s.frames], s.n)
+            else:
+                self._deliver_merged(dest, run, header)
+
+    def _deliver_merged(self, dest: bytes, run: list[Segment], header: Callable) -> None:
+        for frames, n in _merge(run, header):
+            self._deliver(dest, frames, n)
 
     def _deliver(self, dest: bytes, frames: list, n_events: int) -> None:
         if dest == PARENT:
@@ -374,8 +386,9 @@ def _runs(seg: Segment) -> list:
 
 
 def _merge(segs: list[Segment], header: Callable = P.encode_deliver_header
-           ) -> tuple[list, int]:
-    """Pack several segments for one destination into one DELIVER/FORWARD message."""
+           ) -> list[tuple[list, int]]:
+    """Pack several segments for one destination into DELIVER/FORWARD messages: one,
+    unless together they name more distinct events than a batch's index can hold."""
     events: list = []
     sources: list = []
     for s in segs:
@@ -389,5 +402,23 @@ def _merge(segs: list[Segment], header: Callable = P.encode_deliver_header
                 sources[-1][1] += count
             else:
                 sources.append([src, count])
-    meta, body, large = P.encode_events(events)
-    return [header(sources), meta, body, *large], len(events)
+    cuts = P.split_by_names([e[0] for e in events]) if len(events) > P.MAX_NAMES \
+        else (0, len(events))
+    out = []
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        meta, body, large = P.encode_events(events[a:b])
+        runs = sources if b - a == len(events) else _slice_runs(sources, a, b)
+        out.append(([header(runs), meta, body, *large], b - a))
+    return out
+
+
+def _slice_runs(runs: list, a: int, b: int) -> list:
+    """The [source, count] runs of events ``a`` to ``b`` of a batch with ``runs``."""
+    out = []
+    pos = 0
+    for src, count in runs:
+        lo, hi = max(pos, a), min(pos + count, b)
+        if lo < hi:
+            out.append([src, hi - lo])
+        pos += count
+    return out

@@ -17,22 +17,24 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import queue
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-import zmq
-
 from treescale import protocol as P
 from treescale import subjects
 from treescale.auth import ALL_PERMISSIONS, AuthHook, ClientIdentity, Decision
+from treescale.brokers.connections import fd_of
 from treescale.brokers.sessions import AUTHENTICATING, READY, Session
 from treescale.permissions import ALL
 
 if TYPE_CHECKING:
     from treescale.brokers.node import Node
+
+log = logging.getLogger("treescale.node")
 
 AUTH_WORKERS = 4
 SERVICE = Decision(True, "service", ALL)
@@ -48,6 +50,9 @@ class Handshake:
         self.service_secret = secrets.token_hex(16)  # our own services show this
         self.results: queue.SimpleQueue = queue.SimpleQueue()  # from the auth workers
         self._pool: ThreadPoolExecutor | None = None
+        # Connections whose hello is with the auth workers: one each, a bounded
+        # number in all, so one connection's flood cannot queue ahead of others.
+        self.in_flight: set[bytes] = set()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -55,10 +60,13 @@ class Handshake:
 
     def on_hello(self, rid: bytes, hello: P.Hello | P.Link, frames: list) -> None:
         node = self.node
+        is_link = isinstance(hello, P.Link)
+        is_service = not is_link and hello.options.get("service") == self.service_secret
+        if not is_service and self._refused(rid):
+            return
         if rid in node.sessions:
             node.drop_session(rid, "re-hello")
         cid = node.new_client_id()
-        is_link = isinstance(hello, P.Link)
         session = Session(rid, cid, hello.name or f"client-{cid}",
                           groups=hello.groups, tags=hello.tags,
                           channels=() if is_link else hello.channels,
@@ -73,7 +81,7 @@ class Handshake:
             return
         who = ClientIdentity(session.name, session.groups, session.tags, session.channels,
                              _peer_address(frames[0]))
-        if not is_link and hello.options.get("service") == self.service_secret:
+        if is_service:
             session.quiet = True  # one of this node's own services
             session.is_service = True
             self.finish(rid, hello, SERVICE)
@@ -88,6 +96,7 @@ class Handshake:
             self.results.put((rid, hello, self.auth.check(hello.token, who)))
             node.wake()
 
+        self.in_flight.add(rid)
         self._pool.submit(work)
 
     def link_decision(self, token: str | None) -> Decision:
@@ -103,6 +112,7 @@ class Handshake:
         if not hmac.compare_digest(_digest(token), _digest(config.link_token)):
             return Decision(False, "invalid link token")
         return Decision(True, "link", ALL_PERMISSIONS)
+
     def _by_key(self, rid: bytes, hello: P.Hello | P.Link, session: Session,
                 is_link: bool, frames: list) -> bool:
         """CURVE: the key this connection proved decides first. A revoked key, or a
@@ -122,6 +132,26 @@ class Handshake:
             return True
         return False
 
+    def _refused(self, rid: bytes) -> bool:
+        """Admission limits on a hello, checked before any state is made for it."""
+        node, config = self.node, self.node.config
+        if rid in self.in_flight:
+            node.send_error(rid, subjects.AUTH_PENDING, "this connection's hello is "
+                            "still being authenticated: wait for its answer")
+            return True
+        if self.auth.blocking and len(self.in_flight) >= config.max_pending_auth:
+            node.send_error(rid, subjects.MAX_PENDING_AUTH,
+                            f"{len(self.in_flight)} hellos are waiting for "
+                            f"authentication (max_pending_auth {config.max_pending_auth})"
+                            ": try again later")
+            return True
+        if rid not in node.sessions and len(node.sessions) >= config.max_sessions:
+            node.send_error(rid, subjects.MAX_SESSIONS, f"this node has "
+                            f"{len(node.sessions)} sessions (max_sessions "
+                            f"{config.max_sessions}): try again later")
+            return True
+        return False
+
     def finish_pending(self) -> None:
         """Hellos whose auth check finished on a worker thread."""
         while True:
@@ -129,7 +159,11 @@ class Handshake:
                 rid, hello, decision = self.results.get_nowait()
             except queue.Empty:
                 return
-            self.finish(rid, hello, decision)
+            self.in_flight.discard(rid)
+            try:
+                self.finish(rid, hello, decision)
+            except Exception:  # one bad result must not cost the others theirs
+                log.exception("node %s failed finishing a hello", self.node.name)
 
     def finish(self, rid: bytes, hello: P.Hello | P.Link, decision: Decision) -> None:
         node = self.node
@@ -137,7 +171,7 @@ class Handshake:
         if session is None or session.state != AUTHENTICATING:
             return
         if not decision.allowed:
-            node.forget_session(rid)
+            node.forget_session(rid, close=True)
             code = subjects.TOKEN_REQUIRED if not hello.token else subjects.BAD_TOKEN
             node.send_error(rid, code, f"authentication failed: {decision.reason}")
             node.emit(subjects.CLIENT_DENIED, {"node": node.name, "client": session.name,
@@ -148,6 +182,7 @@ class Handshake:
         # entered the tree); a client what its token allows.
         session.permissions = ALL if session.is_link else decision.permissions
         session.publish_check = session.permissions.publish_check()
+        node.connections.became_ready(session.fd, rid)
         if session.is_link:
             node.placement.on_link(session, hello)
             return
@@ -168,15 +203,6 @@ class Handshake:
 def _digest(token: str) -> bytes:
     """Equal-length values to compare (no length leak)."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-
-def fd_of(frame) -> int | None:
-    """The file descriptor of the connection a message came on: a session belongs to
-    that connection, ends when it closes, and is never continued on another."""
-    try:
-        return frame.get(zmq.SRCFD)
-    except (zmq.ZMQError, AttributeError):  # no fd here: heartbeats still find it
-        return None
 
 
 def _peer_address(frame) -> str:

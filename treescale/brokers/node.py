@@ -34,6 +34,7 @@ from treescale import protocol as P
 from treescale import subjects
 from treescale.auth import AuthHook, hook_from_config
 from treescale.brokers import gate
+from treescale.brokers.connections import Connections
 from treescale.brokers.curve import Curve
 from treescale.brokers.exchange import InterestExchange
 from treescale.brokers.fanout import Fanout
@@ -53,6 +54,7 @@ log = logging.getLogger("treescale.node")
 
 DRAIN_LIMIT = 2000
 HOUSEKEEPING_INTERVAL = 1.0
+GONE = ("disconnected", "unreachable")  # sessions that ended with their connection
 _PUB_HEADER = P.PUB_HEADER
 
 
@@ -92,11 +94,16 @@ class Node:
         # connection is a new peer that must say hello, never the old session.
         self.sock.setsockopt(zmq.LINGER, 500)
         self.sock.setsockopt(zmq.SNDHWM, 100)  # messages are batches: bound memory
-        heartbeats(self.sock)
+        heartbeats(self.sock, ping=False)  # children's pings time them out
         self.sock.setsockopt(zmq.RCVHWM, 1000)
         # A hard cap far above max_payload protects memory; the node itself answers
         # anything between max_payload and this cap with a readable error.
         self.sock.setsockopt(zmq.MAXMSGSIZE, 2 * config.max_payload + (1 << 20))
+        # A connection that never finishes ZeroMQ's greeting is libzmq's to close.
+        self.sock.setsockopt(zmq.HANDSHAKE_IVL, int(config.hello_timeout * 1000))
+        # Room for a burst of connections (clients coming back after a restart):
+        # ZeroMQ's default of 100 makes the rest retry their SYN a second later.
+        self.sock.setsockopt(zmq.BACKLOG, 1024)
         self.endpoint = config.bind_address
         if config.port == 0:
             port = self.sock.bind_to_random_port(f"tcp://{config.host}")
@@ -106,7 +113,10 @@ class Node:
         self.port = int(self.endpoint.rsplit(":", 1)[1])
         # Sessions end when their connection closes, not only by silence: the
         # ROUTER's monitor reports the file descriptor, SRCFD maps it back.
-        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        # Accepted connections are counted until ready (connections.py).
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED
+                                                    | zmq.EVENT_ACCEPTED)
+        self.connections = Connections(self)
         # The rooms (see the module docstring); fanout keeps references to the
         # tables above, so they are made last.
         self.links = Links(self)
@@ -164,34 +174,44 @@ class Node:
             on_ready(self)
         self.hosting.start_services()
         fanout = self.fanout
+        guard = self._guard  # nothing a peer sends or does may end the loop
         try:
             while not self._stop.is_set():
                 for sock, _ in poller.poll(1 if fanout.slow else 250):
                     if sock is self.sock:
-                        self._drain()
+                        guard(self._drain)
                     elif sock is up:
-                        self.parent.drain()
+                        guard(self.parent.drain)
                     elif sock is self.parent.monitor:
-                        self.parent.on_monitor()
+                        guard(self.parent.on_monitor)
                     elif sock is self.monitor:
-                        self._on_monitor()
+                        guard(self._on_monitor)
                     elif sock is zap:
-                        self.curve.on_zap()
+                        guard(self.curve.on_zap)
                     else:
-                        self._drain_wake()
+                        guard(self._drain_wake)
                 if fanout.slow:
-                    fanout.retry_parked()
+                    guard(fanout.retry_parked)
                 if fanout.out:
-                    fanout.flush()
+                    guard(fanout.flush)
                 now = time.monotonic()
-                self.parent.tick(now)
+                guard(self.parent.tick, now)
+                guard(self.connections.tick, now)
                 if now >= next_housekeeping:
-                    self._housekeeping(now)
+                    guard(self._housekeeping, now)
                     next_housekeeping = now + HOUSEKEEPING_INTERVAL
                 if self.exchange.pending:
                     self.exchange.flush()  # the interest this wakeup changed, per link
         finally:
             self.close()
+
+    def _guard(self, step: Callable, *args) -> None:
+        """Run one step of the loop; a failure is logged, and the loop goes on."""
+        try:
+            step(*args)
+        except Exception:
+            log.exception("node %s failed in %s", self.name,
+                          getattr(step, "__qualname__", step))
 
     def close(self) -> None:
         self.hosting.close()
@@ -259,6 +279,8 @@ class Node:
             if frames[1].bytes == _PUB_HEADER and not session.is_link:
                 self._on_publish(session, frames)
                 return
+        elif not self.connections.may_speak(rid, frames):
+            return
         try:
             msg = P.decode(frames[1:], self.config.max_payload)
         except P.ProtocolError as exc:
@@ -350,7 +372,7 @@ class Node:
         elif isinstance(msg, P.Bye):
             self.drop_session(link.member, "bye")
         elif isinstance(msg, P.Error):
-            log.warning("node %s says: %s %s", link.neighbour, msg.code, msg.message)
+            log.warning("node %s says: %r %r", link.neighbour, msg.code, msg.message[:200])
 
     def subscribe(self, session: Session, pattern: str, queue: str | None) -> None:
         """A client's SUB (or one of its hello's subs): each stands alone."""
@@ -358,6 +380,11 @@ class Node:
         if refusal is not None:
             self.send_error(session.routing_id, refusal.code, refusal.message,
                             refusal.ref)
+            return
+        refused = self.exchange.over_limit(session.routing_id, pattern, queue)
+        if refused is not None:
+            self.send_error(session.routing_id, subjects.MAX_SUBSCRIPTIONS, refused,
+                            pattern)
             return
         try:
             self.exchange.subscribe(session.routing_id, pattern, queue)
@@ -380,11 +407,16 @@ class Node:
         if session.fd is not None:
             self.fds[session.fd] = session.routing_id
 
-    def forget_session(self, rid: bytes) -> None:
-        """A session that never got anywhere (refused, redirected): just forget it."""
+    def forget_session(self, rid: bytes, close: bool = False) -> None:
+        """A session that never got anywhere (refused, redirected): forget it now;
+        ``close``: its connection too, once the answer has left (a denied peer)."""
         session = self.sessions.pop(rid, None)
-        if session is not None and self.fds.get(session.fd) == rid:
+        if session is None:
+            return
+        if self.fds.get(session.fd) == rid:
             del self.fds[session.fd]
+        if close:
+            self.connections.refused(session.fd, time.monotonic())
 
     def drop_session(self, rid: bytes, reason: str) -> None:
         """End a session: its routes, interest, queued output and link go with it."""
@@ -394,6 +426,8 @@ class Node:
         if self.fds.get(session.fd) == rid:
             del self.fds[session.fd]
         self.by_client_id.pop(session.client_id, None)
+        if session.ready and reason not in GONE:  # still connected: hello_timeout
+            self.connections.session_ended(session.fd, rid, time.monotonic())
         if session.is_link:
             self.links.down(rid, reason)
         else:
@@ -407,9 +441,13 @@ class Node:
                                                    "reason": reason})
 
     def _on_monitor(self) -> None:
-        """A connection closed: its session (a client's or a child link's) ends now,
-        not after a timeout."""
+        """A connection was accepted (counted until ready), or closed: its session
+        (a client's or a child link's) ends now, not after a timeout."""
         for event in monitor_events(self.monitor):
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self.connections.accepted(event["value"], time.monotonic())
+                continue
+            self.connections.disconnected(event["value"])
             rid = self.fds.get(event["value"])
             if rid is not None:
                 self.drop_session(rid, "disconnected")
@@ -443,19 +481,23 @@ class Node:
     # ------------------------------------------------------------ once a second
 
     def _housekeeping(self, now: float) -> None:
+        guard = self._guard  # each duty on its own: one failing skips no other
+        guard(self._expire_sessions, now)
+        if self.curve is not None:
+            guard(self.curve.sweep)
+        guard(self.placement.tree_changed)  # also keeps our session alive at the parent
+        guard(self.exchange.send_owed_snapshots)
+        self._cpu = self._usage.sample()
+        guard(self.parent.ping)
+        guard(lambda: self.emit(subjects.NODE_STATS, self.report()))
+
+    def _expire_sessions(self, now: float) -> None:
         for rid, session in list(self.sessions.items()):
             # Children report every second; five silent seconds is a dead link even
             # when no socket event said so (a close can be missed behind a reused fd).
             limit = LINK_TIMEOUT if session.is_link else self.config.client_timeout
             if now - session.last_seen > limit:
                 self.drop_session(rid, "timeout")
-        if self.curve is not None:
-            self.curve.sweep()
-        self.placement.tree_changed()  # also keeps our session alive at the parent
-        self.exchange.send_owed_snapshots()
-        self._cpu = self._usage.sample()
-        self.parent.ping()
-        self.emit(subjects.NODE_STATS, self.report())
 
     def report(self) -> dict:
         """What this node says about itself once a second ($sys.node.stats)."""

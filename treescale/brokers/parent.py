@@ -31,14 +31,24 @@ log = logging.getLogger("treescale.node")
 DRAIN_LIMIT = 2000
 
 
-def heartbeats(sock: zmq.Socket) -> None:
-    """ZMTP heartbeats: a silent peer (a pulled cable) is disconnected within 0.7-0.9 s
-    (a ping every 200 ms, 700 ms to answer), which the socket monitor turns into a
-    link-down. ZeroMQ's I/O thread answers pings without the GIL, so a busy node still
-    does; a root that merely misses one is not replaced (healing.ROOT_GRACE)."""
+def heartbeats(sock: zmq.Socket, ping: bool = True) -> None:
+    """ZMTP heartbeats: the parent link's socket pings every 200 ms and drops a parent
+    silent for 700 ms; its pings tell the parent to drop it after 700 ms without a
+    word (TTL), so a pulled cable is a link-down at both ends within a second, which
+    the socket monitors report. ZeroMQ's I/O thread answers pings without the GIL, so a
+    busy node still does; a root that merely misses one is not replaced
+    (healing.ROOT_GRACE).
+
+    ``ping=False`` (the node's ROUTER): it never pings. libzmq 4.3.5 aborts the
+    process when a ping timer fires on a connection whose peer filled its receive
+    queue and hung up (``!_io_error``, stream_engine_base.cpp): any peer could do that.
+    Children still get dropped by the TTL of their own pings."""
+    if not ping:
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 0)
+        return
     sock.setsockopt(zmq.HEARTBEAT_IVL, 200)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 700)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, 1200)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, 700)
 
 
 class ParentLink:

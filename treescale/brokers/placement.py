@@ -86,7 +86,9 @@ class Placement:
         children = self.node.links.children()
         if len(children) < self.node.config.max_children:
             return 0
-        return 1 + min((link.open_depth for link in children), default=0)
+        # Capped: a child may claim any depth up to MAX_DEPTH; one more must still
+        # be a number our parent accepts.
+        return min(P.MAX_DEPTH, 1 + min((link.open_depth for link in children), default=0))
 
     def tree_changed(self) -> None:
         """Our subtree or the tree above changed: tell the parent how deep our

@@ -28,6 +28,7 @@ from typing import Any
 from treescale.protocol import links, messages
 from treescale.protocol.batch import (
     LARGE_PAYLOAD,
+    MAX_NAMES,
     MODE_ALL,
     MODE_ONE,
     MODES,
@@ -37,17 +38,23 @@ from treescale.protocol.batch import (
     encode_columns,
     encode_events,
     encode_single,
+    split_by_names,
 )
 from treescale.protocol.codec import (
+    BadAddress,
+    BadCount,
     EncodingError,
     FieldError,
     FrameCountError,
+    OutOfRange,
     PayloadTooLarge,
     ProtocolError,
+    TooManyNames,
     UnknownKind,
     VersionMismatch,
     as_buffer,
     decode_header,
+    loads,
     packb,
 )
 from treescale.protocol.kinds import (
@@ -75,6 +82,7 @@ from treescale.protocol.kinds import (
     UNSUB,
 )
 from treescale.protocol.links import (
+    MAX_DEPTH,
     Interest,
     Link,
     Linked,
@@ -143,11 +151,12 @@ __all__ = [
     "PLACEMENT", "FORWARD", "RESYNC", "KIND_NAMES", "RESERVED_KINDS",
     # codec
     "ProtocolError", "FrameCountError", "EncodingError", "UnknownKind",
-    "VersionMismatch", "FieldError", "PayloadTooLarge", "packb", "as_buffer",
-    "decode_header",
+    "VersionMismatch", "FieldError", "PayloadTooLarge", "OutOfRange", "BadCount",
+    "BadAddress", "TooManyNames", "packb", "loads", "as_buffer", "decode_header",
     # batch
-    "LARGE_PAYLOAD", "MODE_ALL", "MODE_ONE", "MODES", "NO_EXTRA", "BatchView",
-    "encode_events", "encode_columns", "encode_single", "decode_events",
+    "LARGE_PAYLOAD", "MAX_NAMES", "MODE_ALL", "MODE_ONE", "MODES", "NO_EXTRA",
+    "BatchView", "encode_events", "encode_columns", "encode_single", "decode_events",
+    "split_by_names",
     # messages
     "Introduction", "Hello", "Ready", "SubscriptionChange", "Subscribe", "Unsubscribe",
     "Batch", "Request", "Reply", "Error", "Ping", "Pong", "Bye", "PUB_HEADER",
@@ -156,7 +165,7 @@ __all__ = [
     "encode_pub", "encode_deliver_header", "encode_deliver", "encode_request",
     "encode_reply",
     # links
-    "Link", "Linked", "Redirect", "PlacementInfo", "Interest", "Resync", "encode_link",
+    "MAX_DEPTH", "Link", "Linked", "Redirect", "PlacementInfo", "Interest", "Resync", "encode_link",
     "encode_linked", "encode_redirect", "encode_placement", "encode_interest",
     "encode_resync", "encode_forward_header",
     # this face

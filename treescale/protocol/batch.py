@@ -30,6 +30,7 @@ from treescale.protocol.codec import (
     FieldError,
     FrameCountError,
     PayloadTooLarge,
+    TooManyNames,
     as_buffer,
     unpack,
 )
@@ -41,6 +42,10 @@ LARGE_PAYLOAD = 64 * 1024
 MODE_ALL = 0  # every matching subscriber
 MODE_ONE = 1  # one subscriber per queue group, round-robin
 MODES = {"all": MODE_ALL, "one": MODE_ONE}
+
+# The index column is uint16: a batch names at most this many distinct events
+# (senders that merge batches split them before: see ``split_by_names``).
+MAX_NAMES = 65535
 
 # (target, mode, reply, headers) of an event that sets none of them.
 NO_EXTRA = (None, MODE_ALL, None, None)
@@ -104,8 +109,8 @@ def encode_columns(names_col: Sequence[str], datas: Sequence, extras: dict | Non
         names = [names_col[0]]
         index = None
     else:
-        if len(distinct) > 65535:
-            raise ValueError("a batch holds at most 65535 distinct event names")
+        if len(distinct) > MAX_NAMES:
+            raise ValueError(f"a batch holds at most {MAX_NAMES} distinct event names")
         names = list(distinct)
         pos = {nm: i for i, nm in enumerate(names)}
         index = le_bytes(array("H", map(pos.__getitem__, names_col)))
@@ -123,6 +128,21 @@ def encode_columns(names_col: Sequence[str], datas: Sequence, extras: dict | Non
     else:
         body = b"".join(datas)
     return _pack([names, index, le_bytes(sizes), large_idx, extras]), body, large
+
+
+def split_by_names(names_col: Sequence[str], limit: int = MAX_NAMES) -> list[int]:
+    """Cut points (0, ..., len) such that no piece names more than ``limit`` distinct
+    events: what a sender that merges batches must do before encoding them."""
+    cuts = [0]
+    seen: set = set()
+    for i, name in enumerate(names_col):
+        if name not in seen:
+            if len(seen) == limit:
+                cuts.append(i)
+                seen = set()
+            seen.add(name)
+    cuts.append(len(names_col))
+    return cuts
 
 
 def encode_single(name: str, payload: Any, target: str | None = None, mode: int = 0,
@@ -216,6 +236,9 @@ def decode_events(meta_frame: Any, body: Any, large: Sequence,
     names, index, sizes_raw, large_idx, extras = meta[:5]
     if not isinstance(names, list) or not all(n.__class__ is str for n in names):
         raise FieldError("meta names must be a list of strings")
+    if len(names) > MAX_NAMES:
+        raise TooManyNames(f"a batch names at most {MAX_NAMES} distinct events, "
+                           f"got {len(names)}")
     if not isinstance(sizes_raw, bytes) or len(sizes_raw) % 4:
         raise FieldError("meta sizes must be uint32 values packed as bin")
     sizes = from_le("I", sizes_raw)

@@ -65,6 +65,28 @@ class PayloadTooLarge(ProtocolError):
     code = subjects.TOO_LARGE
 
 
+class OutOfRange(FieldError):
+    """A number (a depth, a sequence number, an id, a count) outside its range."""
+
+    code = subjects.OUT_OF_RANGE
+
+
+class BadCount(FieldError):
+    """Counts that do not add up to what they count."""
+
+    code = subjects.BAD_COUNT
+
+
+class BadAddress(FieldError):
+    """An address a node would dial that is not ``tcp://host:port``."""
+
+    code = subjects.BAD_ADDRESS
+
+
+class TooManyNames(FieldError):
+    code = subjects.TOO_MANY_NAMES
+
+
 # ----------------------------------------------------------------------- msgpack
 
 
@@ -79,14 +101,31 @@ def as_buffer(frame: Any) -> Any:
     return frame if buf is None else buf
 
 
+def _limits(size: int) -> dict:
+    """msgpack's container and string limits for a buffer of ``size`` bytes: nothing
+    may claim more items or bytes than the buffer can hold (an item takes at least a
+    byte, a map entry two), so decoding work stays proportional to the bytes
+    received whatever version of msgpack defaults to what."""
+    return {"max_str_len": size, "max_bin_len": size, "max_ext_len": size,
+            "max_array_len": size, "max_map_len": size // 2}
+
+
 def unpack(frame: Any, what: str) -> Any:
     """A msgpack frame as Python values (integer map keys allowed: ``extras`` has
     them), or EncodingError naming ``what`` frame it was."""
+    buf = as_buffer(frame)
     try:
-        return msgpack.unpackb(as_buffer(frame), raw=False, strict_map_key=False,
-                               use_list=True)
+        return msgpack.unpackb(buf, raw=False, strict_map_key=False, use_list=True,
+                               **_limits(len(buf)))
     except Exception as exc:  # msgpack raises several unrelated types
         raise EncodingError(f"{what} frame is not valid msgpack: {exc}") from None
+
+
+def loads(data: Any) -> Any:
+    """A msgpack payload from the wire (a service request, a system event) as Python
+    values, with the same bounds as ``unpack``; msgpack's own exceptions propagate."""
+    buf = as_buffer(data)
+    return msgpack.unpackb(buf, raw=False, **_limits(len(buf)))
 
 
 def decode_header(frame: Any) -> list:
@@ -148,6 +187,39 @@ def integer(value: Any, what: str) -> int:
     """An int field (msgpack's true/false are not integers here)."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise FieldError(f"{what} must be an integer, got {type(value).__name__}")
+    return value
+
+
+U64 = (1 << 64) - 1
+I63 = (1 << 63) - 1
+
+
+def bounded(value: Any, what: str, low: int, high: int) -> int:
+    """An int field within ``low..high`` (OutOfRange otherwise): every number that a
+    node stores, adds to or sends on must fit what the other end can encode."""
+    value = integer(value, what)
+    if not low <= value <= high:
+        raise OutOfRange(f"{what} must be in {low}..{high}, got {value}")
+    return value
+
+
+MAX_ADDRESS = 255
+
+
+def address(value: Any, what: str, optional: bool = False) -> str:
+    """A node's ``tcp://host:port`` (port 1-65535), or "" when ``optional``: nodes
+    dial what their neighbours tell them, so nothing else may pass."""
+    if value is None and optional:
+        return ""
+    value = text(value, what)
+    if value == "" and optional:
+        return value
+    host, sep, port = value.removeprefix("tcp://").rpartition(":")
+    if (not value.startswith("tcp://") or not sep or not host or len(value) > MAX_ADDRESS
+            or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536
+            or any(c.isspace() or c in "/;" for c in host)):
+        raise BadAddress(f"{what} must be tcp://host:port with a port in 1..65535 "
+                         f"(at most {MAX_ADDRESS} characters), got {value[:80]!r}")
     return value
 
 

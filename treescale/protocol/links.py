@@ -30,6 +30,11 @@ from treescale.protocol.kinds import (
 )
 from treescale.protocol.messages import Decoder, Introduction, decode_batch
 
+# The deepest open slot a PLACEMENT may report: far beyond any real tree, small
+# enough that a node adding one to it still sends a valid number.
+MAX_DEPTH = 65535
+PLACEMENT_KEYS = ("open_depth", "tree_open")
+
 # ----------------------------------------------------------------------- messages
 
 
@@ -137,7 +142,7 @@ def _decode_link(header: list, frames: Sequence, max_payload: int) -> Link:
     return Link(codec.check_version(version), codec.text(token, "token", optional=True),
                 codec.text(name, "node name"), codec.texts(groups, "groups"),
                 codec.texts(tags, "tags"),
-                codec.text(address, "address", optional=True) or "", join is True)
+                codec.address(address, "link address", optional=True), join is True)
 
 
 def _decode_linked(header: list, frames: Sequence, max_payload: int) -> Linked:
@@ -154,20 +159,26 @@ def _pairs(value: Any, what: str) -> list[tuple[str, str]]:
             isinstance(a, list) and len(a) == 2 and all(isinstance(x, str) for x in a)
             for a in value):
         raise codec.FieldError(f"{what} must be a list of [name, address]")
-    return [tuple(a) for a in value]
+    # An ancestor is dialled when the parent dies; a sibling's address may be "".
+    return [(name, codec.address(addr, f"{what} address", optional=True))
+            for name, addr in value]
 
 
 def _decode_redirect(header: list, frames: Sequence, max_payload: int) -> Redirect:
     codec.expect_frames(frames, REDIRECT, 1)
     node, address, key = codec.fields(header, 3)
-    return Redirect(codec.text(node, "node"), codec.text(address, "address"),
+    return Redirect(codec.text(node, "node"), codec.address(address, "redirect address"),
                     codec.text(key, "key", optional=True))
 
 
 def _decode_placement(header: list, frames: Sequence, max_payload: int) -> PlacementInfo:
     codec.expect_frames(frames, PLACEMENT, 1)
     (info,) = codec.fields(header, 1)
-    return PlacementInfo(codec.mapping(info, "placement") or {})
+    info = codec.mapping(info, "placement") or {}
+    for key in PLACEMENT_KEYS:
+        if info.get(key) is not None:
+            codec.bounded(info[key], f"placement {key}", 0, MAX_DEPTH)
+    return PlacementInfo(info)
 
 
 def _decode_interest(header: list, frames: Sequence, max_payload: int) -> Interest:
@@ -185,13 +196,14 @@ def _decode_interest(header: list, frames: Sequence, max_payload: int) -> Intere
         raise codec.FieldError("interest snapshot flag must be true or false")
     if full and not all(add for add, _, _ in out):
         raise codec.FieldError("an interest snapshot holds only additions")
-    return Interest(codec.integer(seq, "interest sequence"), out, bool(full))
+    return Interest(codec.bounded(seq, "interest sequence", 0, codec.I63), out,
+                    bool(full))
 
 
 def _decode_resync(header: list, frames: Sequence, max_payload: int) -> Resync:
     codec.expect_frames(frames, RESYNC, 1)
     (seq,) = codec.fields(header, 1)
-    return Resync(codec.integer(seq, "resync sequence"))
+    return Resync(codec.bounded(seq, "resync sequence", 0, codec.I63))
 
 
 DECODERS: dict[int, Decoder] = {

@@ -18,14 +18,17 @@ from typing import Any
 
 from treescale.protocol.batch import MODE_ALL, MODE_ONE, BatchView, decode_events, encode_events
 from treescale.protocol.codec import (
+    I63,
+    U64,
+    BadCount,
     FieldError,
     FrameCountError,
     PayloadTooLarge,
     as_buffer,
+    bounded,
     check_version,
     expect_frames,
     fields,
-    integer,
     mapping,
     packb,
     text,
@@ -282,21 +285,39 @@ def decode_batch(header: list, frames: Sequence, max_payload: int) -> Batch:
     sources = []
     if header[0] in (DELIVER, FORWARD):
         (sources,) = fields(header, 1)
-        if not isinstance(sources, list):
-            raise FieldError("deliver sources must be a list of [source, count]")
+        _check_sources(sources, meta.n, KIND_NAMES[header[0]])
     return Batch(meta, frames[1], frames[2], large, sources, header[0])
+
+
+def _check_sources(sources: Any, n: int, kind: str) -> None:
+    """``[source, count]`` runs: positive counts that add up to the batch's events (a
+    node expands, merges and re-sends them: a forged count must not reach that)."""
+    if not isinstance(sources, list):
+        raise FieldError(f"{kind} sources must be a list of [source, count]")
+    total = 0
+    for run in sources:
+        if (not isinstance(run, list) or len(run) != 2 or run[0].__class__ is not str
+                or run[1].__class__ is not int):
+            raise FieldError(f"{kind} sources must be a list of [source, count]")
+        if run[1] < 1:
+            raise BadCount(f"{kind} source count must be positive, got {run[1]}")
+        total += run[1]
+    if total != n:
+        raise BadCount(f"{kind} source counts add up to {total}, the batch holds "
+                       f"{n} event(s)")
 
 
 def _decode_request(header: list, frames: Sequence, max_payload: int) -> Request:
     expect_frames(frames, REQUEST, 2)
     req_id, name, target, mode, headers = fields(header, 5)
+    req_id = bounded(req_id, "request id", 0, I63)
     if mode not in (MODE_ALL, MODE_ONE):
         raise FieldError(f"request mode must be 0 (all) or 1 (one), got {mode!r}")
     size = len(as_buffer(frames[1]))
     if size > max_payload:
         raise PayloadTooLarge(f"request payload of {size} bytes exceeds the limit of "
                               f"{max_payload} bytes", ref=req_id)
-    return Request(integer(req_id, "request id"), text(name, "request name"),
+    return Request(req_id, text(name, "request name"),
                    text(target, "target", optional=True), mode,
                    mapping(headers, "headers"), frames[1])
 
@@ -321,13 +342,18 @@ def _decode_error(header: list, frames: Sequence, max_payload: int) -> Error:
 def _decode_ping(header: list, frames: Sequence, max_payload: int) -> Ping:
     expect_frames(frames, PING, 1)
     (token,) = fields(header, 1)
-    return Ping(token or 0)
+    return Ping(_token(token, "ping token"))
 
 
 def _decode_pong(header: list, frames: Sequence, max_payload: int) -> Pong:
     expect_frames(frames, PONG, 1)
     (token,) = fields(header, 1)
-    return Pong(token or 0)
+    return Pong(_token(token, "pong token"))
+
+
+def _token(value: Any, what: str) -> int:
+    """A ping's token (nil is 0): echoed in the pong, so it must stay a number."""
+    return 0 if value is None else bounded(value, what, 0, U64)
 
 
 def _decode_bye(header: list, frames: Sequence, max_payload: int) -> Bye:

@@ -34,6 +34,7 @@ from typing import Any
 
 import msgpack
 
+from treescale import protocol as P
 from treescale import subjects
 from treescale.config import PRIVILEGED_FIELDS, SECRET_FIELDS, ConfigError, NodeConfig
 from treescale.fabric import (
@@ -190,7 +191,7 @@ class ConfigService:
     def _on_version(self, ev: Any) -> None:
         """(client I/O thread: decide only, the sync thread does the work)"""
         try:
-            msg = msgpack.unpackb(ev.data, raw=False)
+            msg = P.loads(ev.data)
             other, theirs = msg["node"], msg["version"]
             if not isinstance(other, str) or not isinstance(theirs, int):
                 raise TypeError("node must be a string, version an integer")
@@ -207,7 +208,7 @@ class ConfigService:
 
     def _on_link_up(self, ev: Any) -> None:
         try:
-            msg = msgpack.unpackb(ev.data, raw=False)
+            msg = P.loads(ev.data)
         except Exception:
             return
         if isinstance(msg, dict) and msg.get("detected_by") == self.node:

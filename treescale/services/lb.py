@@ -29,8 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import msgpack
-
+from treescale import protocol as P
 from treescale import subjects
 from treescale.client import Event
 from treescale.lb import Backends
@@ -230,7 +229,7 @@ class LbService:
     def _on_docker(self, ev: Event) -> None:
         """On the client's I/O thread: hand the event to the (ordered) follow worker."""
         try:
-            event = msgpack.unpackb(ev.data, raw=False)
+            event = P.loads(ev.data)
         except Exception as exc:
             log.warning("lb: unreadable %s event: %s", ev.name, exc)
             return

@@ -33,6 +33,7 @@ from typing import Any
 
 import msgpack
 
+from treescale import protocol as P
 from treescale import subjects
 from treescale.client import Client, Event, NoResponders
 from treescale.services import ServiceContext
@@ -79,7 +80,7 @@ class ServiceEndpoint:
                         "use rpc.call)", self.service, ev.name, ev.source)
             return
         try:
-            req = msgpack.unpackb(ev.data, raw=False)
+            req = P.loads(ev.data)
             op, args = req["op"], req.get("args") or {}
             if not isinstance(op, str) or not isinstance(args, dict):
                 raise TypeError("op must be a string, args a map")
@@ -188,7 +189,7 @@ def iter_call(client: Client, service: str, op: str, args: dict | None = None, *
                 return
             if ev is None:
                 return
-            msg = msgpack.unpackb(ev.data, raw=False)
+            msg = P.loads(ev.data)
             r = pending.setdefault(msg["node"], Result(msg["node"]))
             if "stream" in msg:
                 r.streams.append((msg["stream"], msg["data"]))
