@@ -40,9 +40,10 @@ from treescale.brokers.exchange import InterestExchange
 from treescale.brokers.fanout import Fanout
 from treescale.brokers.handshake import Handshake
 from treescale.brokers.hosting import Hosting
-from treescale.brokers.links import LINK_TIMEOUT, PARENT, Link, Links
+from treescale.brokers.links import LINK_TIMEOUT, Link, Links
 from treescale.brokers.parent import ParentLink, heartbeats
 from treescale.brokers.placement import Placement
+from treescale.brokers.report import report
 from treescale.brokers.requests import Requests
 from treescale.brokers.sessions import Session
 from treescale.config import ConfigError, NodeConfig
@@ -78,7 +79,7 @@ class Node:
                       "errors_sent": 0, "batches_in": 0, "bad_replies": 0}
         self.traffic = Traffic()  # counted per batch, per class and link
         self._usage = ProcessUsage()
-        self._cpu: tuple[float, int] = (0.0, 0)
+        self.cpu: tuple[float, int] = (0.0, 0)
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -487,9 +488,9 @@ class Node:
             guard(self.curve.sweep)
         guard(self.placement.tree_changed)  # also keeps our session alive at the parent
         guard(self.exchange.send_owed_snapshots)
-        self._cpu = self._usage.sample()
+        self.cpu = self._usage.sample()
         guard(self.parent.ping)
-        guard(lambda: self.emit(subjects.NODE_STATS, self.report()))
+        guard(lambda: self.emit(subjects.NODE_STATS, report(self)))
 
     def _expire_sessions(self, now: float) -> None:
         for rid, session in list(self.sessions.items()):
@@ -498,31 +499,3 @@ class Node:
             limit = LINK_TIMEOUT if session.is_link else self.config.client_timeout
             if now - session.last_seen > limit:
                 self.drop_session(rid, "timeout")
-
-    def report(self) -> dict:
-        """What this node says about itself once a second ($sys.node.stats)."""
-        sessions = [s for s in self.sessions.values()
-                    if s.ready and not s.is_link and not s.quiet]
-        members = self.table.members
-        parked_messages, parked_bytes = self.fanout.parked()
-        linked = self.links.parent is not None
-        classes = self.traffic.classes
-        return {"node": self.name, "address": self.endpoint,
-                "parent": self.links.neighbour(PARENT),
-                "children": sorted(link.neighbour for link in self.links.children()),
-                "groups": list(self.config.groups), "tags": list(self.config.tags),
-                "uptime": round(time.time() - self.started, 1),
-                "clients": len(sessions),
-                "subscriptions": sum(len(members[s.routing_id].subs) - 1
-                                     for s in sessions if s.routing_id in members),
-                "slow_clients": len(self.fanout.slow),
-                "pending_messages": parked_messages, "pending_bytes": parked_bytes,
-                "depth": self.placement.depth(),
-                "state": self.parent.state.state,
-                "rtt": self.parent.rtt if linked else None,
-                "rtt_ewma": self.parent.rtt_ewma if linked else None,
-                "cpu_percent": self._cpu[0], "rss_bytes": self._cpu[1],
-                "metrics_port": self.hosting.metrics_port,
-                **self.stats,
-                "bytes_in": sum(row[1] for row in classes.values()),
-                "bytes_out": sum(row[3] for row in classes.values())}
