@@ -25,7 +25,6 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.harness import (
-    POLL_S,
     REQUEST_TIMEOUT_S,
     BaseSystem,
     Deadline,
@@ -36,7 +35,7 @@ from bench.harness import (
     select_shapes,
 )
 from bench.run import machine_info, median_run
-from bench.treescale_system import TreeScaleSystem, _address
+from bench.treescale_system import TreeScaleSystem, _address, count_until_done
 from treescale import Client, NoResponders, __version__
 from treescale import keys as K
 
@@ -133,14 +132,7 @@ class TwoNodes(BaseSystem):
             c.subscribe(subject)
             _interest_crossed(c, leaf, leaf_key, subject)
             ready_evt.set()
-            add = tally.add
-            while not tally.done:
-                for ev in c.events(timeout=POLL_S):
-                    if not add(len(ev.data)):
-                        break
-                else:
-                    continue
-                break
+            count_until_done(c, tally)
             result_queue.put(tally.report())
 
     @staticmethod

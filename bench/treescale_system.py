@@ -73,14 +73,7 @@ class TreeScaleSystem(BaseSystem):
         with Client(_address(address), name="bench-sub") as c:
             c.subscribe(subject)  # returns once the node routes to us
             ready_evt.set()
-            add = tally.add
-            while not tally.done:
-                for ev in c.events(timeout=POLL_S):
-                    if not add(len(ev.data)):
-                        break
-                else:
-                    continue
-                break
+            count_until_done(c, tally)
             result_queue.put(tally.report())
 
     @staticmethod
@@ -167,3 +160,12 @@ def _wait_for_interest(pub_node: str, sub_node: str, subject: str) -> None:
 
 
 SYSTEMS = [TreeScaleSystem(), TreeScaleThreeHops()]
+
+
+def count_until_done(c: Client, tally: Tally) -> None:
+    """Feed every event ``c`` receives to ``tally`` until it has them all or gives up."""
+    add = tally.add
+    while not tally.done:
+        for ev in c.events(timeout=POLL_S):
+            if not add(len(ev.data)):
+                return
