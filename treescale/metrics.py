@@ -143,9 +143,10 @@ class NodeCollector:
         )
 
         from treescale import __version__
+        from treescale.brokers.report import report
 
         node = self.node
-        snap = _retry(node.report)
+        snap = _retry(lambda: report(node))
         yield InfoMetricFamily("treescale_build", "TreeScale build information.",
                                value={"version": __version__,
                                       "python": platform.python_version()})

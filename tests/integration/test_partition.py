@@ -67,4 +67,8 @@ def test_silent_link_is_detected_by_heartbeats(two_hosts):
         if name == "$sys.node.down":
             break
     assert info["node"] == "cb" and info["detected_by"] == "pa"
-    assert info["reason"] == "disconnected"
+    # By the TTL of the child's last ZMTP ping ("disconnected", in about a second), or,
+    # when a data message came after that ping, by the node's own link timeout:
+    # libzmq disarms the TTL on every message and only a ping re-arms it, and the
+    # parent's socket sends no pings of its own (they could abort it: see parent.py).
+    assert info["reason"] in ("disconnected", "timeout")

@@ -42,7 +42,9 @@ def heartbeats(sock: zmq.Socket, ping: bool = True) -> None:
     ``ping=False`` (the node's ROUTER): it never pings. libzmq 4.3.5 aborts the
     process when a ping timer fires on a connection whose peer filled its receive
     queue and hung up (``!_io_error``, stream_engine_base.cpp): any peer could do that.
-    Children still get dropped by the TTL of their own pings."""
+    Children still get dropped by the TTL of their own pings, or by the node's
+    LINK_TIMEOUT when a data message after their last ping disarmed it (libzmq cancels
+    the TTL on every message; only a ping re-arms it)."""
     if not ping:
         sock.setsockopt(zmq.HEARTBEAT_IVL, 0)
         return
