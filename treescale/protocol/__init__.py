@@ -8,6 +8,7 @@ as ``P.X``; the concepts live in their own modules:
     batch     the columnar event batch (meta, body, large frames), LARGE_PAYLOAD, modes
     messages  a client's session: hello ... bye, PUB/DELIVER, request/reply (kinds 1-12)
     links     node to node: link, linked, redirect, interest, stats, forward, resync
+    durable   durable delivery: publish and confirm, custody, durables, acks, probes
 
 Every message starts with a *header frame*: a msgpack array whose first item is the
 message kind. PUB, DELIVER and FORWARD add a batch (meta, body, large...); REQUEST and
@@ -25,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from treescale.protocol import links, messages
+from treescale.protocol import durable, links, messages
 from treescale.protocol.batch import (
     LARGE_PAYLOAD,
     MAX_NAMES,
@@ -57,8 +58,43 @@ from treescale.protocol.codec import (
     loads,
     packb,
 )
+from treescale.protocol.durable import (
+    MAX_DURABLE_BATCH,
+    MAX_ID,
+    CustodyAck,
+    CustodyForward,
+    DurableAck,
+    DurableConfirm,
+    DurableControl,
+    DurableControlReply,
+    DurableDeliver,
+    DurableEvent,
+    DurablePublish,
+    Probe,
+    ProbeAnswer,
+    encode_dack,
+    encode_dconfirm,
+    encode_dctl,
+    encode_dctlr,
+    encode_ddeliver,
+    encode_dfack,
+    encode_dforward,
+    encode_dpub,
+    encode_probe,
+    encode_probed,
+)
 from treescale.protocol.kinds import (
     BYE,
+    DACK,
+    DCONFIRM,
+    DCTL,
+    DCTLR,
+    DDELIVER,
+    DFACK,
+    DFORWARD,
+    DPROBE,
+    DPROBED,
+    DPUB,
     DELIVER,
     ERROR,
     FORWARD,
@@ -128,7 +164,7 @@ from treescale.protocol.messages import (
 )
 
 # Every kind a peer may send, by number.
-DECODERS = {**messages.DECODERS, **links.DECODERS}
+DECODERS = {**messages.DECODERS, **links.DECODERS, **durable.DECODERS}
 
 
 def decode(frames: Sequence, max_payload: int = 64 * 1024 * 1024) -> Any:
@@ -168,6 +204,13 @@ __all__ = [
     "MAX_DEPTH", "Link", "Linked", "Redirect", "PlacementInfo", "Interest", "Resync", "encode_link",
     "encode_linked", "encode_redirect", "encode_placement", "encode_interest",
     "encode_resync", "encode_forward_header",
+    # durable delivery
+    "DPUB", "DCONFIRM", "DFORWARD", "DFACK", "DCTL", "DCTLR", "DDELIVER", "DACK",
+    "DPROBE", "DPROBED", "MAX_ID", "MAX_DURABLE_BATCH", "DurableEvent",
+    "DurablePublish", "DurableConfirm", "CustodyForward", "CustodyAck", "DurableControl",
+    "DurableControlReply", "DurableDeliver", "DurableAck", "Probe", "ProbeAnswer",
+    "encode_dpub", "encode_dconfirm", "encode_dforward", "encode_dfack", "encode_dctl",
+    "encode_dctlr", "encode_ddeliver", "encode_dack", "encode_probe", "encode_probed",
     # this face
     "DECODERS", "decode",
 ]
