@@ -38,6 +38,7 @@ CONFIG_VERSION = "$sys.config.version"
 CONFIG_APPLIED = "$sys.config.applied"
 DOCKER = "$sys.docker"  # $sys.docker.<node>.<action|engine|stats>
 HANDLERS = "$sys.handlers"  # $sys.handlers.<node>.result
+DURABLE_OVERFLOW = "$sys.durable.overflow"  # a durable dropped events for its retention
 
 # What the live monitor follows.
 MONITOR_PATTERNS = (NODE_STATS, NODE_UP, NODE_DOWN, NODE_ROOT, DOCKER + ".>")
@@ -203,6 +204,11 @@ MAX_SUBSCRIPTIONS = "max_subscriptions"  # per session
 MAX_INTEREST = "max_interest"  # interest entries per link
 MAX_PENDING_AUTH = "max_pending_auth"  # the auth queue is full
 AUTH_PENDING = "auth_pending"  # a second hello while this connection's is checked
+# Durable delivery.
+STORAGE_FULL = "storage_full"  # the node's durable store is at durable_max_bytes
+DURABLE_MISMATCH = "durable_mismatch"  # same durable name, another pattern or queue
+NO_DURABLE = "no_durable"  # no durable of that name on this node
+DURABLE_LIMIT = "max_durables"  # the node holds max_durables durables already
 
 AUTH_ERRORS = frozenset({TOKEN_REQUIRED, BAD_TOKEN, BAD_KEY})
 # Before ready, these end a connection attempt as a refusal (the client should not
