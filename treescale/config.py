@@ -104,6 +104,16 @@ class NodeConfig:
     # The node's local database (tree, handlers, load-balancer state); default
     # $TREE_DB_PATH, else /etc/treescale/tree.db (the seed's).
     db_path: str | None = None
+    # Durable delivery (docs/DELIVERY.md): where custody and durables are kept (default:
+    # a directory beside db_path), when a confirm may go out (after an fsync: "always"
+    # every commit, "group" at most every few ms; "none": no fsync), the store's quota,
+    # how long an event nobody is owed stays for replays, the credit window per link.
+    durable_path: str | None = None
+    durable_sync: str = "group"
+    durable_max_bytes: int = 1 << 30
+    durable_max_age: float = 3600.0
+    durable_window: int = 1000
+    max_durables: int = 1000
     extra: dict = field(default_factory=dict)
 
     @property
@@ -111,6 +121,10 @@ class NodeConfig:
         from treescale.store import default_db_path
 
         return self.db_path or default_db_path()
+
+    @property
+    def resolved_durable_path(self) -> str:
+        return self.durable_path or self.resolved_db_path + ".durable"
 
     @property
     def bind_address(self) -> str:
@@ -213,12 +227,14 @@ def with_token(tokens: Any, token: str, permissions: list[str]) -> dict:
 # Limits and timeouts that must be above zero.
 POSITIVE = frozenset({"max_hello_bytes", "max_sessions", "max_pending_hellos",
                       "hello_timeout", "max_pending_auth", "max_subscriptions",
-                      "max_interest"})
+                      "max_interest", "durable_max_bytes", "durable_max_age",
+                      "durable_window", "max_durables"})
 
 # Keys of the seed's tree format mapped onto NodeConfig fields.
 _ALIASES = {"tree_port": "port", "tree_ip": "host", "childs": None, "children": None}
 _FIELD_TYPES = {f.name: f.type for f in fields(NodeConfig)}
-CHOICES = {"client_keys": ("any", "authorized")}
+CHOICES = {"client_keys": ("any", "authorized"),
+           "durable_sync": ("always", "group", "none")}
 
 
 def read_file(path: str | Path) -> dict:

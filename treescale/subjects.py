@@ -39,6 +39,9 @@ CONFIG_APPLIED = "$sys.config.applied"
 DOCKER = "$sys.docker"  # $sys.docker.<node>.<action|engine|stats>
 HANDLERS = "$sys.handlers"  # $sys.handlers.<node>.result
 DURABLE_OVERFLOW = "$sys.durable.overflow"  # a durable dropped events for its retention
+# The queue group of durables' own subscriptions in a node's routing table: a mode-one
+# event never picks a durable in place of a client of the plain (None) group.
+DURABLE_QUEUE = "$durable"
 
 # What the live monitor follows.
 MONITOR_PATTERNS = (NODE_STATS, NODE_UP, NODE_DOWN, NODE_ROOT, DOCKER + ".>")

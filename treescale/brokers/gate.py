@@ -29,23 +29,31 @@ CLIENT = "client"
 CHILD = "child"
 PARENT = "parent"
 
+# Custody between nodes: durable events, their acks, the interest probe wave.
+_CUSTODY = (P.DFORWARD, P.DFACK, P.DPROBE, P.DPROBED)
+
 # What each kind of peer may send. A ready session may always introduce itself again
 # (HELLO or LINK: the old session ends first).
 ALLOWED: dict[str, frozenset[int]] = {
     NEW: frozenset({P.HELLO, P.LINK, P.PING, P.BYE}),
     CLIENT: frozenset({P.HELLO, P.LINK, P.PUB, P.SUB, P.UNSUB, P.REQUEST, P.REPLY,
-                       P.PING, P.BYE}),
+                       P.PING, P.BYE, P.DPUB, P.DCTL, P.DACK}),
     CHILD: frozenset({P.HELLO, P.LINK, P.INTEREST, P.RESYNC, P.FORWARD, P.PING, P.PONG,
-                      P.PLACEMENT, P.BYE, P.ERROR}),
+                      P.PLACEMENT, P.BYE, P.ERROR, *_CUSTODY}),
     PARENT: frozenset({P.LINKED, P.REDIRECT, P.ERROR, P.INTEREST, P.RESYNC, P.FORWARD,
-                       P.PING, P.PONG, P.PLACEMENT, P.BYE}),
+                       P.PING, P.PONG, P.PLACEMENT, P.BYE, *_CUSTODY}),
 }
 
 _KIND_OF_CLASS = {P.Hello: P.HELLO, P.Ready: P.READY, P.Subscribe: P.SUB,
                   P.Unsubscribe: P.UNSUB, P.Request: P.REQUEST, P.Reply: P.REPLY,
                   P.Error: P.ERROR, P.Ping: P.PING, P.Pong: P.PONG, P.Bye: P.BYE,
                   P.Link: P.LINK, P.Linked: P.LINKED, P.Redirect: P.REDIRECT,
-                  P.Interest: P.INTEREST, P.PlacementInfo: P.PLACEMENT, P.Resync: P.RESYNC}
+                  P.Interest: P.INTEREST, P.PlacementInfo: P.PLACEMENT, P.Resync: P.RESYNC,
+                  P.DurablePublish: P.DPUB, P.DurableConfirm: P.DCONFIRM,
+                  P.CustodyForward: P.DFORWARD, P.CustodyAck: P.DFACK,
+                  P.DurableControl: P.DCTL, P.DurableControlReply: P.DCTLR,
+                  P.DurableDeliver: P.DDELIVER, P.DurableAck: P.DACK, P.Probe: P.DPROBE,
+                  P.ProbeAnswer: P.DPROBED}
 
 
 def kind_of(msg: object) -> int:

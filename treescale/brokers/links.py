@@ -92,6 +92,7 @@ class Links:
         self.by_member[member] = link
         node.table.add_member(member, link=True)
         node.exchange.link_up(link)
+        node.custody.link_up(link)  # what it is owed goes again, oldest first
         node.placement.tree_changed()
         node.emit(subjects.NODE_UP, {"node": neighbour, "detected_by": node.name,
                                      "role": link.role})
@@ -105,6 +106,7 @@ class Links:
         node.table.remove_member(member)
         node.fanout.forget(member)
         node.exchange.link_down(member)
+        node.custody.link_down(link)
         if not link.is_parent:
             node.placement.tell_children()  # the remaining children's siblings changed
         node.placement.tree_changed()

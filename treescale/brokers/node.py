@@ -8,10 +8,11 @@ own ``$sys`` events, housekeeping, and the report it publishes once a second.
 
 The rooms, one concept each: handshake.py (hello → session), gate.py (who may send
 what), fanout.py (routing and output: the hot path), links.py (one Link per
-neighbour), exchange.py (interest), placement.py (joiners), parent.py (the parent
-link and healing, driving treescale/healing.py), requests.py (request/reply),
-hosting.py (services and metrics beside the loop), sessions.py (a client's state),
-curve.py (CURVE: keys, ZAP, revocation).
+neighbour), exchange.py (interest), placement.py (joiners), parent.py (the parent link
+and healing, driving treescale/healing.py), requests.py (request/reply), custody.py
+and durables.py (durable events and subscriptions), hosting.py (services and metrics
+beside the loop), sessions.py (a client's state), curve.py (CURVE: keys, ZAP,
+revocation).
 
 Must not touch: the meaning of messages (treescale/protocol.py), routing rules
 (treescale/routing.py), interest rules (treescale/interest.py): those are pure.
@@ -36,6 +37,7 @@ from treescale.auth import AuthHook, hook_from_config
 from treescale.brokers import gate
 from treescale.brokers.connections import Connections
 from treescale.brokers.curve import Curve
+from treescale.brokers.custody import Custody
 from treescale.brokers.exchange import InterestExchange
 from treescale.brokers.fanout import Fanout
 from treescale.brokers.handshake import Handshake
@@ -57,6 +59,8 @@ DRAIN_LIMIT = 2000
 HOUSEKEEPING_INTERVAL = 1.0
 GONE = ("disconnected", "unreachable")  # sessions that ended with their connection
 _PUB_HEADER = P.PUB_HEADER
+DURABLE_FROM_CLIENTS = (P.DurablePublish, P.DurableControl, P.DurableAck)
+DURABLE_FROM_LINKS = (P.CustodyForward, P.CustodyAck, P.Probe, P.ProbeAnswer)
 
 
 class Node:
@@ -128,6 +132,7 @@ class Node:
         self.handshake = Handshake(self, auth or hook_from_config(config.auth_settings()))
         self.hosting = Hosting(self)
         self.fanout = Fanout(self)
+        self.custody = Custody(self)  # durable events: restores what it stored
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -178,7 +183,8 @@ class Node:
         guard = self._guard  # nothing a peer sends or does may end the loop
         try:
             while not self._stop.is_set():
-                for sock, _ in poller.poll(1 if fanout.slow else 250):
+                custody = self.custody
+                for sock, _ in poller.poll(1 if fanout.slow or custody.busy else 250):
                     if sock is self.sock:
                         guard(self._drain)
                     elif sock is up:
@@ -203,6 +209,7 @@ class Node:
                     next_housekeeping = now + HOUSEKEEPING_INTERVAL
                 if self.exchange.pending:
                     self.exchange.flush()  # the interest this wakeup changed, per link
+                guard(custody.flush)  # one commit + fsync, then confirms and sends
         finally:
             self.close()
 
@@ -216,6 +223,7 @@ class Node:
 
     def close(self) -> None:
         self.hosting.close()
+        self.custody.close()
         self.handshake.close()
         self.sock.disable_monitor()
         self.monitor.close(0)
@@ -329,6 +337,8 @@ class Node:
             self.requests.on_request(session, msg)
         elif isinstance(msg, P.Reply):
             self.requests.on_reply(session, msg)
+        elif isinstance(msg, DURABLE_FROM_CLIENTS):
+            self.custody.on_client(session, msg)
         elif isinstance(msg, P.Ping):
             self.send(rid, P.encode_pong(msg.token))
         elif isinstance(msg, P.Bye):
@@ -364,6 +374,8 @@ class Node:
                                     origin=link.member, sources=msg.sources)
         elif isinstance(msg, P.Interest):
             self.exchange.on_interest(link, msg)
+        elif isinstance(msg, DURABLE_FROM_LINKS):
+            self.custody.on_link(link, msg)
         elif isinstance(msg, P.Resync):
             self.exchange.on_resync(link, msg)
         elif isinstance(msg, P.PlacementInfo):
@@ -433,6 +445,7 @@ class Node:
             self.links.down(rid, reason)
         else:
             self.exchange.forget_client(rid)
+            self.custody.durables.client_gone(rid)
         self.table.remove_member(rid)
         self.fanout.forget(rid)
         if session.ready and not session.quiet:
@@ -488,6 +501,7 @@ class Node:
             guard(self.curve.sweep)
         guard(self.placement.tree_changed)  # also keeps our session alive at the parent
         guard(self.exchange.send_owed_snapshots)
+        guard(self.custody.housekeeping, now)
         self.cpu = self._usage.sample()
         guard(self.parent.ping)
         guard(lambda: self.emit(subjects.NODE_STATS, report(self)))

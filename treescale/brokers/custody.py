@@ -1,0 +1,469 @@
+"""Custody of durable events: stored before confirmed, kept until every neighbour and
+local durable owed them has acknowledged them, resent after a reconnect.
+
+Owns: a client's DPUB (store, route, confirm after the commit's fsync), a neighbour's
+DFORWARD (store or de-duplicate by id, route, DFACK after the fsync) and DFACK (release),
+what each event was handed to already (an event is owed to a neighbour or a durable
+once, however often and from wherever it arrives again), the per-link credit window
+(``durable_window`` events in flight; the rest wait in storage), re-routing what a
+neighbour that went away was owed when the tree found another way, the quota
+(``durable_max_bytes``: refused with ``storage_full``, never dropped), trimming events
+nobody is owed after ``durable_max_age``, and the probe wave that tells a new durable
+its interest reached every live node.
+
+Must not touch: durable subscriptions' delivery (durables.py), what interest means
+(exchange.py), LMDB's layout (treescale/durable_store.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from treescale import protocol as P
+from treescale import subjects
+from treescale.brokers import gate
+from treescale.brokers.durables import Durables, is_durable_member
+from treescale.delivery import Owed
+from treescale.durable_store import DurableStore
+
+if TYPE_CHECKING:
+    from treescale.brokers.links import Link
+    from treescale.brokers.node import Node
+    from treescale.brokers.sessions import Session
+
+log = logging.getLogger("treescale.node")
+
+SEND_BATCH = 500  # durable events per DFORWARD
+SEND_BYTES = 4 << 20  # and about this much payload
+REROUTE_AFTER = 2.0  # seconds a neighbour is away before what it was owed is re-routed
+PROBE_TIMEOUT = 10.0
+
+
+def link_target(neighbour: str) -> str:
+    return "L:" + neighbour
+
+
+@dataclass(slots=True)
+class Stored:
+    """A stored durable event, without its payload (on disk)."""
+
+    id: str
+    name: str
+    headers: dict | None
+    time: float
+    publisher: str
+    size: int
+    handed: set = field(default_factory=set)  # targets it was owed to, ever
+
+    def row(self) -> list:
+        return [self.id, self.name, self.headers, self.time, self.publisher, self.size,
+                sorted(self.handed)]
+
+
+@dataclass(slots=True)
+class ProbeWave:
+    """One probe we wait on: answered upstream (``up``) or to a subscriber."""
+
+    waiting: set
+    started: float
+    up: bytes | None = None  # the link it came from
+    done: object = None  # callable(nodes) for our own durable's subscribe
+    nodes: int = 1
+
+
+class Custody:
+    """Durable events at one node: storage, custody hop to hop, confirms."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        cfg = node.config
+        self.store = DurableStore(cfg.resolved_durable_path, cfg.durable_sync)
+        state = self.store.load()
+        self.events: dict[int, Stored] = {}
+        for seq, row in state["events"].items():
+            eid, name, headers, t, publisher, size, handed = row
+            self.events[seq] = Stored(eid, name, headers, t, publisher, size, set(handed))
+        self.ids: dict[str, int] = state["ids"]
+        self.next_seq: int = state["next_seq"]
+        self.bytes = sum(e.size for e in self.events.values())
+        self.refs: dict[int, int] = {}
+        self.owed: dict[str, Owed] = {}  # neighbour -> what we owe it
+        self.away: dict[str, float] = {}  # neighbour -> when its link went down
+        durable_owed = {}
+        for target, seqs in state["owed"].items():
+            live = {s: d for s, d in seqs.items() if s in self.events}
+            for s in live:
+                self.refs[s] = self.refs.get(s, 0) + 1
+            if target.startswith("L:"):
+                self.owed[target[2:]] = Owed(cfg.durable_window, live)
+                self.away[target[2:]] = time.monotonic()
+            else:
+                durable_owed[target[2:]] = live
+        self.free: dict[int, None] = dict.fromkeys(
+            sorted(s for s in self.events if not self.refs.get(s)))
+        self.confirms: dict[bytes, tuple[list, list]] = {}  # session -> ok, refused
+        self.facks: dict[bytes, list] = {}  # link member -> seqs to acknowledge
+        self.to_pump: set[str] = set()
+        self.probes: dict[int, ProbeWave] = {}
+        self.stats = {"stored": 0, "duplicates": 0, "refused": 0, "trimmed": 0,
+                      "forwarded": 0, "resent": 0}
+        self.durables = Durables(node, self, state["durables"], durable_owed)
+
+    # ------------------------------------------------------------------ intake
+
+    def on_client(self, session: Session, msg: object) -> None:
+        if isinstance(msg, P.DurablePublish):
+            self.on_publish(session, msg)
+        elif isinstance(msg, P.DurableControl):
+            self.durables.on_control(session, msg)
+        elif isinstance(msg, P.DurableAck):
+            self.durables.on_ack(session, msg)
+
+    def on_link(self, link: Link, msg: object) -> None:
+        if isinstance(msg, P.CustodyForward):
+            self.on_forward(link, msg)
+        elif isinstance(msg, P.CustodyAck):
+            self.on_fack(link, msg)
+        elif isinstance(msg, P.Probe):
+            self.on_probe(link, msg)
+        elif isinstance(msg, P.ProbeAnswer):
+            self.on_probed(link, msg)
+
+    def on_publish(self, session: Session, msg: P.DurablePublish) -> None:
+        rid = session.routing_id
+        ok, refused = self.confirms.setdefault(rid, ([], []))
+        refusal = gate.may_publish(session, list({e.name: 0 for e in msg.events}))
+        if refusal is not None:
+            refused.extend((e.seq, refusal.code, refusal.message) for e in msg.events)
+            return
+        now = time.time()
+        for ev in msg.events:
+            seq = self.ids.get(ev.id)
+            if seq is not None:
+                self.stats["duplicates"] += 1
+                ok.append(ev.seq)
+                continue
+            why = self._no_room(ev)
+            if why is not None:
+                self.stats["refused"] += 1
+                refused.append((ev.seq, subjects.STORAGE_FULL, why))
+                continue
+            ev.time = now
+            ev.publisher = session.name
+            seq = self._store(ev)
+            self._route(seq, None)
+            self._deliver_plain(seq, ev.payload)
+            ok.append(ev.seq)
+
+    def on_forward(self, link: Link, msg: P.CustodyForward) -> None:
+        acks = self.facks.setdefault(link.member, [])
+        link.events_in += len(msg.events)
+        for ev in msg.events:
+            seq = self.ids.get(ev.id)
+            if seq is None:
+                if self._no_room(ev) is not None:
+                    continue  # not acknowledged: the neighbour keeps it and resends
+                seq = self._store(ev)
+                self._route(seq, link)
+                self._deliver_plain(seq, ev.payload)
+            else:
+                self.stats["duplicates"] += 1
+                self._route(seq, link)  # it may owe it somewhere new (the tree changed)
+            acks.append(ev.seq)
+
+    def on_fack(self, link: Link, msg: P.CustodyAck) -> None:
+        owed = self.owed.get(link.neighbour)
+        if owed is None:
+            return
+        target = link_target(link.neighbour)
+        for seq in owed.acked(msg.seqs):
+            self.store.release(target, seq)
+            self._unref(seq)
+        self.to_pump.add(link.neighbour)
+
+    # ----------------------------------------------------------------- storage
+
+    def _no_room(self, ev: P.DurableEvent) -> str | None:
+        size = len(P.as_buffer(ev.payload))
+        limit = self.node.config.durable_max_bytes
+        if self.bytes + size <= limit:
+            return None
+        self._trim_free(self.bytes + size - limit)
+        if self.bytes + size <= limit:
+            return None
+        return (f"node {self.node.name}: durable storage is full ({self.bytes} of "
+                f"{limit} bytes, durable_max_bytes) until its subscribers acknowledge "
+                "what they are owed")
+
+    def _store(self, ev: P.DurableEvent) -> int:
+        seq = self.next_seq
+        self.next_seq += 1
+        size = len(P.as_buffer(ev.payload))
+        rec = Stored(ev.id, ev.name, ev.headers, ev.time, ev.publisher, size)
+        self.events[seq] = rec
+        self.ids[ev.id] = seq
+        self.bytes += size
+        self.free[seq] = None
+        self.store.put_event(seq, rec.row(), P.as_buffer(ev.payload), ev.id)
+        self.stats["stored"] += 1
+        return seq
+
+    def _route(self, seq: int, origin: Link | None) -> None:
+        """Owe ``seq`` to every neighbour and local durable whose interest matches and
+        that it was never owed to (nor came from)."""
+        rec = self.events[seq]
+        changed = False
+        if origin is not None and link_target(origin.neighbour) not in rec.handed:
+            rec.handed.add(link_target(origin.neighbour))
+            changed = True
+        try:
+            dests = self.node.table.lookup(rec.name).everyone
+        except Exception:  # a name the table refuses is routed nowhere
+            dests = ()
+        links = self.node.links
+        for dest in dests:
+            if is_durable_member(dest):
+                target = "D:" + dest[1]
+            else:
+                link = links.get(dest)
+                if link is None:
+                    continue  # a client: plain delivery, once (``_deliver_plain``)
+                target = link_target(link.neighbour)
+            if target in rec.handed:
+                continue
+            rec.handed.add(target)
+            changed = True
+            self.owe(target, seq)
+        if changed:
+            self.store.update_event(seq, rec.row())
+
+    def owe(self, target: str, seq: int, deliveries: int = 0) -> None:
+        rec = self.events[seq]
+        self.refs[seq] = self.refs.get(seq, 0) + 1
+        self.free.pop(seq, None)
+        self.store.owe(target, seq, deliveries)
+        if target.startswith("L:"):
+            neighbour = target[2:]
+            owed = self.owed.get(neighbour)
+            if owed is None:
+                owed = self.owed[neighbour] = Owed(self.node.config.durable_window)
+            owed.add(seq)
+            self.to_pump.add(neighbour)
+        else:
+            self.durables.add(target[2:], seq, rec.size, rec.time, deliveries)
+
+    def release(self, target: str, seq: int) -> None:
+        """``target`` no longer needs ``seq`` (a durable's ack, retention, removal)."""
+        self.store.release(target, seq)
+        self._unref(seq)
+
+    def _unref(self, seq: int) -> None:
+        n = self.refs.get(seq, 0) - 1
+        if n > 0:
+            self.refs[seq] = n
+            return
+        self.refs.pop(seq, None)
+        if seq in self.events:
+            self.free[seq] = None
+
+    def _trim_free(self, need: int) -> None:
+        """Delete events nobody is owed, oldest first, until ``need`` bytes are free."""
+        while need > 0 and self.free:
+            seq = next(iter(self.free))
+            need -= self.events[seq].size
+            self._delete(seq)
+
+    def _delete(self, seq: int) -> None:
+        self.free.pop(seq, None)
+        rec = self.events.pop(seq)
+        self.bytes -= rec.size
+        if self.ids.get(rec.id) == seq:
+            del self.ids[rec.id]
+        self.store.delete_event(seq, rec.id)
+        self.stats["trimmed"] += 1
+
+    def _deliver_plain(self, seq: int, payload) -> None:
+        """A new durable event also reaches this node's plain subscribers, once, as an
+        ordinary event (at most once: they hold no durable)."""
+        rec = self.events[seq]
+        try:
+            dests = self.node.table.lookup(rec.name).everyone
+        except Exception:
+            return
+        sessions = self.node.sessions
+        plain = [d for d in dests if d in sessions and not sessions[d].is_link]
+        if plain:
+            self.node.fanout.queue_single(rec.publisher, rec.name, payload, None, 0,
+                                          None, rec.headers, plain)
+
+    # ------------------------------------------------------------------ links
+
+    def link_up(self, link: Link) -> None:
+        self.away.pop(link.neighbour, None)
+        owed = self.owed.get(link.neighbour)
+        if owed is not None:
+            self.stats["resent"] += len(owed)
+            owed.restart()
+            self.to_pump.add(link.neighbour)
+
+    def link_down(self, link: Link) -> None:
+        self.facks.pop(link.member, None)
+        if link.neighbour in self.owed:
+            self.away[link.neighbour] = time.monotonic()
+        for token, wave in list(self.probes.items()):
+            if link.member in wave.waiting:
+                wave.waiting.discard(link.member)
+                self._probe_done(token)
+
+    def _link_of(self, neighbour: str) -> Link | None:
+        for link in self.node.links:
+            if link.neighbour == neighbour:
+                return link
+        return None
+
+    def _pump(self, neighbour: str) -> None:
+        owed = self.owed.get(neighbour)
+        link = self._link_of(neighbour)
+        if owed is None or link is None:
+            return
+        while True:
+            seqs = owed.next_batch(SEND_BATCH)
+            if not seqs:
+                return
+            payloads = list(self.store.payloads(seqs))
+            total = 0
+            cut = len(seqs)
+            for i, p in enumerate(payloads):
+                total += len(p)
+                if total > SEND_BYTES and i > 0:
+                    cut = i
+                    break
+            if cut < len(seqs):
+                owed.unsent(seqs[cut:])
+                seqs, payloads = seqs[:cut], payloads[:cut]
+            events = []
+            for seq, payload in zip(seqs, payloads, strict=True):
+                rec = self.events[seq]
+                events.append(P.DurableEvent(seq, rec.id, rec.name, payload, rec.headers,
+                                             rec.time, rec.publisher))
+            if not self.node.links.send(link.member, P.encode_dforward(events)):
+                owed.unsent(seqs)
+                return  # the socket is full: housekeeping tries again
+            link.events_out += len(seqs)
+            self.stats["forwarded"] += len(seqs)
+
+    # ------------------------------------------------------------------ loop
+
+    @property
+    def busy(self) -> bool:
+        """Work waits on a short timer: confirms held for a group fsync."""
+        return self.store.unsynced or self.store.dirty
+
+    def flush(self) -> None:
+        """End of a wakeup: one commit (and fsync) for what it changed, then the
+        confirms and custody acks it covers, then what may be sent."""
+        now = time.monotonic()
+        if self.store.dirty or self.store.unsynced:
+            if not self.store.commit(now):
+                return  # a group fsync is due in a moment: confirms wait for it
+        node = self.node
+        if self.confirms:
+            confirms, self.confirms = self.confirms, {}
+            for rid, (ok, refused) in confirms.items():
+                if (ok or refused) and rid in node.sessions:
+                    node.send(rid, P.encode_dconfirm(ok, refused))
+        if self.facks:
+            facks, self.facks = self.facks, {}
+            for member, seqs in facks.items():
+                if seqs:
+                    node.links.send(member, P.encode_dfack(seqs))
+        if self.to_pump:
+            pump, self.to_pump = self.to_pump, set()
+            for neighbour in pump:
+                self._pump(neighbour)
+        self.durables.pump(now)
+
+    def housekeeping(self, now: float) -> None:
+        wall = time.time()
+        self._reroute(now)
+        self.durables.housekeeping(now, wall)
+        for neighbour, owed in self.owed.items():
+            if owed.queue and self._link_of(neighbour) is not None:
+                self.to_pump.add(neighbour)  # a full socket earlier
+        max_age = self.node.config.durable_max_age
+        while self.free:
+            seq = next(iter(self.free))
+            if wall - self.events[seq].time <= max_age:
+                break
+            self._delete(seq)
+        for token, wave in list(self.probes.items()):
+            if now - wave.started > PROBE_TIMEOUT:
+                wave.waiting.clear()
+                self._probe_done(token)
+
+    def _reroute(self, now: float) -> None:
+        """What a neighbour away for REROUTE_AFTER was owed goes wherever the tree
+        routes it now (it stays owed to that neighbour too, should it come back)."""
+        for neighbour, since in self.away.items():
+            owed = self.owed.get(neighbour)
+            if owed is None or now - since < REROUTE_AFTER:
+                continue
+            for seq in list(owed.seqs):
+                self._route(seq, None)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ------------------------------------------------------------------ probes
+
+    def probe(self, done) -> None:
+        """Tell ``done(nodes)`` once every live node has the interest queued so far:
+        the interest goes out first on each link, the probe after it (links are FIFO),
+        and each node answers once the nodes beyond it have."""
+        token = secrets.randbits(62)
+        self.node.exchange.flush()
+        members = {link.member for link in self.node.links}
+        self.probes[token] = ProbeWave(set(members), time.monotonic(), done=done)
+        for member in members:
+            if not self.node.links.send(member, P.encode_probe(token, self.node.name)):
+                self.probes[token].waiting.discard(member)
+        self._probe_done(token)
+
+    def on_probe(self, link: Link, msg: P.Probe) -> None:
+        if self.node.exchange.pending:
+            self.node.exchange.flush()
+        members = {lk.member for lk in self.node.links if lk.member != link.member}
+        self.probes[msg.token] = ProbeWave(set(members), time.monotonic(), up=link.member)
+        for member in members:
+            if not self.node.links.send(member, P.encode_probe(msg.token, msg.origin)):
+                self.probes[msg.token].waiting.discard(member)
+        self._probe_done(msg.token)
+
+    def on_probed(self, link: Link, msg: P.ProbeAnswer) -> None:
+        wave = self.probes.get(msg.token)
+        if wave is None or link.member not in wave.waiting:
+            return
+        wave.waiting.discard(link.member)
+        wave.nodes += msg.nodes
+        self._probe_done(msg.token)
+
+    def _probe_done(self, token: int) -> None:
+        wave = self.probes.get(token)
+        if wave is None or wave.waiting:
+            return
+        del self.probes[token]
+        if wave.up is not None:
+            self.node.links.send(wave.up, P.encode_probed(token, wave.nodes))
+        elif wave.done is not None:
+            wave.done(wave.nodes)
+
+    # ------------------------------------------------------------------ report
+
+    def report(self) -> dict:
+        return {**self.stats, "events": len(self.events), "bytes": self.bytes,
+                "owed_links": {n: len(o) for n, o in self.owed.items() if len(o)},
+                "durables": len(self.durables.subs)}
