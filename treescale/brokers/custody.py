@@ -93,6 +93,7 @@ class Custody:
         self.refs: dict[int, int] = {}
         self.owed: dict[str, Owed] = {}  # neighbour -> what we owe it
         self.away: dict[str, float] = {}  # neighbour -> when its link went down
+        self.rerouted: dict[str, int] = {}  # neighbour -> table generation last rerouted
         durable_owed = {}
         for target, seqs in state["owed"].items():
             live = {s: d for s, d in seqs.items() if s in self.events}
@@ -212,9 +213,14 @@ class Custody:
         self.stats["stored"] += 1
         return seq
 
-    def _route(self, seq: int, origin: Link | None) -> None:
+    def _route(self, seq: int, origin: Link | None, again: str | None = None) -> None:
         """Owe ``seq`` to every neighbour and local durable whose interest matches and
-        that it was never owed to (nor came from)."""
+        that it was never owed to (nor came from).
+
+        ``again``: the tree changed while neighbour ``again`` was away with ``seq``
+        owed: every other neighbour the route names now gets it, even one that sent or
+        had it before (it drops the copy by id, then routes it by its own table, which
+        may now lead somewhere it never went)."""
         rec = self.events[seq]
         changed = False
         if origin is not None and link_target(origin.neighbour) not in rec.handed:
@@ -234,7 +240,11 @@ class Custody:
                     continue  # a client: plain delivery, once (``_deliver_plain``)
                 target = link_target(link.neighbour)
             if target in rec.handed:
-                continue
+                if again is None or target[0] == "D" or target == again:
+                    continue
+                owed = self.owed.get(target[2:])
+                if owed is not None and seq in owed.seqs:
+                    continue
             rec.handed.add(target)
             changed = True
             self.owe(target, seq)
@@ -304,6 +314,7 @@ class Custody:
 
     def link_up(self, link: Link) -> None:
         self.away.pop(link.neighbour, None)
+        self.rerouted.pop(link.neighbour, None)
         owed = self.owed.get(link.neighbour)
         if owed is not None:
             self.stats["resent"] += len(owed)
@@ -407,13 +418,18 @@ class Custody:
 
     def _reroute(self, now: float) -> None:
         """What a neighbour away for REROUTE_AFTER was owed goes wherever the tree
-        routes it now (it stays owed to that neighbour too, should it come back)."""
+        routes it now (it stays owed to that neighbour too, should it come back); again
+        each time the routes change while it is away."""
+        generation = self.node.table.generation
         for neighbour, since in self.away.items():
             owed = self.owed.get(neighbour)
-            if owed is None or now - since < REROUTE_AFTER:
+            if owed is None or now - since < REROUTE_AFTER or \
+                    self.rerouted.get(neighbour) == generation:
                 continue
+            self.rerouted[neighbour] = generation
+            target = link_target(neighbour)
             for seq in list(owed.seqs):
-                self._route(seq, None)
+                self._route(seq, None, again=target)
 
     def close(self) -> None:
         self.store.close()
