@@ -147,6 +147,11 @@ def node_inboxes(node: str) -> str:
     return f"{INBOX_PREFIX}{node}.>"
 
 
+def is_reserved(name: str) -> bool:
+    """A name in a reserved area ($sys, $svc, $inbox, any "$" first token)."""
+    return name.startswith("$")
+
+
 def is_inbox(subject: str) -> bool:
     """An inbox subject or pattern (private: no client may subscribe to one)."""
     return subject == INBOX or subject.startswith(INBOX_PREFIX)

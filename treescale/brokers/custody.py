@@ -137,7 +137,11 @@ class Custody:
     def on_publish(self, session: Session, msg: P.DurablePublish) -> None:
         rid = session.routing_id
         ok, refused = self.confirms.setdefault(rid, ([], []))
-        refusal = gate.may_publish(session, list({e.name: 0 for e in msg.events}))
+        names = list({e.name: 0 for e in msg.events})
+        refusal = gate.may_publish(session, names)
+        if refusal is None and any(subjects.is_reserved(n) for n in names):
+            refusal = gate.Refusal(subjects.BAD_FIELD, "durable events take application "
+                                   "names: $sys, $svc and $inbox are not stored")
         if refusal is not None:
             refused.extend((e.seq, refusal.code, refusal.message) for e in msg.events)
             return
