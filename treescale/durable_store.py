@@ -1,10 +1,11 @@
 """A node's durable storage: the LMDB file behind custody and durable subscriptions.
 
-Owns: where durable events, their ids, what is owed to whom, and each durable's
-settings live on disk, and when that is made durable (``durable_sync``): "always"
-fsyncs every commit before anything is confirmed, "group" fsyncs at most every
-``GROUP_INTERVAL`` and holds confirms until an fsync covers them, "none" leaves it to
-the OS (confirmed events can be lost with the machine, not with the process).
+Owns: where durable events, their ids, what is owed to whom, each durable's settings
+and each neighbour's durable interest live on disk, and when that is made durable
+(``durable_sync``): "always" fsyncs every commit before anything is confirmed, "group"
+fsyncs at most every ``GROUP_INTERVAL`` and holds confirms until an fsync covers them,
+"none" leaves it to the OS (confirmed events can be lost with the machine, not with
+the process).
 
 The loop batches: every change of one wakeup goes into one write transaction, and one
 commit (and fsync) covers them all. At start-up ``load`` hands the whole state back;
@@ -29,7 +30,7 @@ SYNC_POLICIES = ("always", "group", "none")
 GROUP_INTERVAL = 0.002  # seconds: the longest a "group" confirm waits for its fsync
 MAP_SIZE = 1 << 40  # address space only: the file grows as data does
 _SEQ = struct.Struct(">Q")
-_TABLES = (b"events", b"payloads", b"ids", b"owed", b"durables", b"meta")
+_TABLES = (b"events", b"payloads", b"ids", b"owed", b"durables", b"meta", b"interest")
 
 
 def seq_key(seq: int) -> bytes:
@@ -72,8 +73,9 @@ class DurableStore:
     def load(self) -> dict:
         """Everything but payloads: {"events": {seq: row}, "ids": {id: seq},
         "owed": {target: {seq: deliveries}}, "durables": {name: state},
-        "next_seq": int}."""
-        out: dict = {"events": {}, "ids": {}, "owed": {}, "durables": {}, "next_seq": 1}
+        "interest": {neighbour: [durable patterns]}, "next_seq": int}."""
+        out: dict = {"events": {}, "ids": {}, "owed": {}, "durables": {}, "interest": {},
+                     "next_seq": 1}
         with self.env.begin() as txn:
             for k, v in txn.cursor(self.db["events"]):
                 out["events"][_SEQ.unpack(k)[0]] = _unpack(v)
@@ -85,6 +87,8 @@ class DurableStore:
                     _unpack(v)
             for k, v in txn.cursor(self.db["durables"]):
                 out["durables"][bytes(k).decode()] = _unpack(v)
+            for k, v in txn.cursor(self.db["interest"]):
+                out["interest"][bytes(k).decode()] = _unpack(v)
             raw = txn.get(b"next_seq", db=self.db["meta"])
             if raw is not None:
                 out["next_seq"] = _SEQ.unpack(raw)[0]
@@ -137,6 +141,13 @@ class DurableStore:
 
     def delete_durable(self, name: str) -> None:
         self.txn.delete(name.encode(), db=self.db["durables"])
+
+    def put_interest(self, neighbour: str, patterns: list[str]) -> None:
+        """The durable interest a neighbour holds (kept for it while it is away)."""
+        if patterns:
+            self.txn.put(neighbour.encode(), _pack(patterns), db=self.db["interest"])
+        else:
+            self.txn.delete(neighbour.encode(), db=self.db["interest"])
 
     def payload(self, seq: int) -> bytes:
         """An event's payload (read in its own transaction when none is open, so a

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from treescale import protocol as P
 from treescale import subjects
 from treescale.brokers import gate
+from treescale.brokers.away import AwayInterest, is_away_member
 from treescale.brokers.durables import Durables, is_durable_member
 from treescale.delivery import Owed
 from treescale.durable_store import DurableStore
@@ -113,6 +114,7 @@ class Custody:
         self.stats = {"stored": 0, "duplicates": 0, "refused": 0, "trimmed": 0,
                       "forwarded": 0, "resent": 0}
         self.durables = Durables(node, self, state["durables"], durable_owed)
+        self.interest = AwayInterest(node, self.store, state["interest"])
 
     # ------------------------------------------------------------------ intake
 
@@ -238,6 +240,8 @@ class Custody:
         for dest in dests:
             if is_durable_member(dest):
                 target = "D:" + dest[1]
+            elif is_away_member(dest):
+                target = link_target(dest[1])
             else:
                 link = links.get(dest)
                 if link is None:
@@ -317,6 +321,7 @@ class Custody:
     # ------------------------------------------------------------------ links
 
     def link_up(self, link: Link) -> None:
+        self.interest.link_up(link)
         self.away.pop(link.neighbour, None)
         self.rerouted.pop(link.neighbour, None)
         owed = self.owed.get(link.neighbour)
@@ -326,6 +331,8 @@ class Custody:
             self.to_pump.add(link.neighbour)
 
     def link_down(self, link: Link) -> None:
+        """Called before the link's routes go (its durable interest must stay)."""
+        self.interest.link_down(link)
         self.facks.pop(link.member, None)
         if link.neighbour in self.owed:
             self.away[link.neighbour] = time.monotonic()
@@ -405,6 +412,7 @@ class Custody:
     def housekeeping(self, now: float) -> None:
         wall = time.time()
         self._reroute(now)
+        self.interest.housekeeping(now)
         self.durables.housekeeping(now, wall)
         for neighbour, owed in self.owed.items():
             if owed.queue and self._link_of(neighbour) is not None:

@@ -164,6 +164,7 @@ class InterestExchange:
                 log.warning("bad interest from %s: %s", link.neighbour, exc)
         self._over_limit(link, refused)
         self.queue_updates(updates)
+        self.node.custody.interest.heard(link)
 
     def _over_limit(self, link: Link, refused: int) -> None:
         """Tell a link that some of its interest was refused (max_interest)."""
@@ -198,3 +199,4 @@ class InterestExchange:
         for pattern, q in keys - before:
             routes.subscribe(member, pattern, q)
         self.queue_updates(self.table.replace(member, keys))
+        self.node.custody.interest.heard(link)

@@ -103,10 +103,10 @@ class Links:
         link = self.by_member.pop(member, None)
         if link is None:
             return
+        node.custody.link_down(link)  # first: its durable interest stays
         node.table.remove_member(member)
         node.fanout.forget(member)
         node.exchange.link_down(member)
-        node.custody.link_down(link)
         if not link.is_parent:
             node.placement.tell_children()  # the remaining children's siblings changed
         node.placement.tree_changed()
