@@ -237,6 +237,17 @@ def _seqs(value: Any, what: str) -> list[int]:
     return [bounded(v, what, 0, I63) for v in value]
 
 
+def _list(value: Any, what: str) -> list:
+    """A list field (nil is empty), at most MAX_DURABLE_BATCH long."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise FieldError(f"{what} must be a list")
+    if len(value) > MAX_DURABLE_BATCH:
+        raise BadCount(f"{what} holds at most {MAX_DURABLE_BATCH} entries")
+    return value
+
+
 def _one_frame(frames: Sequence, kind: int) -> None:
     if len(frames) != 1:
         raise FrameCountError(f"{KIND_NAMES[kind]} takes 1 frame(s), got {len(frames)}")
@@ -252,7 +263,7 @@ def _decode_dconfirm(header: list, frames: Sequence, max_payload: int) -> Durabl
     _one_frame(frames, DCONFIRM)
     confirmed, refused = fields(header, 2)
     out = []
-    for r in refused or []:
+    for r in _list(refused, "dconfirm refusals"):
         if not isinstance(r, list) or len(r) != 3:
             raise FieldError("dconfirm refusals must be [seq, code, message]")
         out.append((bounded(r[0], "seq", 0, I63), text(r[1], "code"),
@@ -302,7 +313,7 @@ def _decode_dack(header: list, frames: Sequence, max_payload: int) -> DurableAck
     _one_frame(frames, DACK)
     durable, acks, naks = fields(header, 3)
     out = []
-    for n in naks or []:
+    for n in _list(naks, "dack naks"):
         if not isinstance(n, list) or len(n) != 2 or not isinstance(n[1], int | float) \
                 or isinstance(n[1], bool) or not 0 <= n[1] <= 86400:
             raise FieldError("dack naks must be [seq, delay of 0..86400 seconds]")
