@@ -466,9 +466,9 @@ class ClientCore:
         return token, P.encode_ping(token)
 
     def publish_durable(self, name: str, data: Any, headers: dict | None,
-                        event_id: str | None) -> int:
-        """Keep a durable event for the next DPUB (and resends until confirmed); its
-        cseq, to wait for."""
+                        event_id: str | None) -> tuple[int, str]:
+        """Keep a durable event for the next DPUB (and resends until confirmed): (its
+        cseq, to wait for, and its id)."""
         data = self.payload(data)
         self.check_size(data)
         return self.durable.publish(name, data, headers, event_id)
@@ -620,7 +620,8 @@ class ClientCore:
             del self.controls[req_id]  # the old session's: a new resume goes below
         actions: list = []
         waiting = {args["durable"]: req_id
-                   for req_id, (op, args, _) in self.controls.items() if op == "subscribe"}
+                   for req_id, (op, args, _) in list(self.controls.items())
+                   if op == "subscribe"}
         for name, args in self.durable.resume_args():
             if name in waiting:
                 continue

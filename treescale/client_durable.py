@@ -90,8 +90,8 @@ class DurableState:
     # ------------------------------------------------------------ publishing
 
     def publish(self, name: str, payload: Any, headers: dict | None,
-                event_id: str | None) -> int:
-        """Keep a durable event until the node confirms it; its cseq."""
+                event_id: str | None) -> tuple[int, str]:
+        """Keep a durable event until the node confirms it; (its cseq, its id)."""
         if event_id is not None and (not isinstance(event_id, str) or not event_id
                                      or len(event_id) > P.MAX_ID):
             raise ValueError(f"an event id must hold 1..{P.MAX_ID} characters")
@@ -103,7 +103,7 @@ class DurableState:
             eid = event_id or f"{self.prefix}:{cseq}"
             self.unconfirmed[cseq] = P.DurableEvent(cseq, eid, name, payload, headers)
             self.unsent.append(cseq)
-        return cseq
+        return cseq, eid
 
     def has_room(self) -> bool:
         return len(self.unconfirmed) < self.max_unconfirmed
