@@ -68,6 +68,14 @@ def subscribe_args(durable: str, pattern: str, queue: str | None = None,
             "max_bytes": None if max_bytes is None else int(max_bytes)}
 
 
+def replay_args(name: str, seq: int | None, time: float | None) -> dict:
+    """The DCTL ``replay`` args: exactly one of ``seq`` and ``time``."""
+    if (seq is None) == (time is None):
+        raise ValueError("replay from a seq or from a time (exactly one of them)")
+    return {"durable": name, "seq": int(seq)} if seq is not None else \
+        {"durable": name, "time": float(time)}
+
+
 class DurableState:
     """What one client keeps for durable delivery between its I/O wakeups.
 

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from treescale import client_core as core
-from treescale.client_durable import subscribe_args
+from treescale.client_durable import replay_args, subscribe_args
 
 DURABLE_SUBSCRIBE_TIMEOUT = 15.0  # the node answers once every live node has the interest
 
@@ -185,10 +185,3 @@ class DurableSurface:
             slot[2] = ConnectionError("client closed")
             slot[0].set()
 
-
-def replay_args(name: str, seq: int | None, time: float | None) -> dict:
-    """The DCTL ``replay`` args: exactly one of ``seq`` and ``time``."""
-    if (seq is None) == (time is None):
-        raise ValueError("replay from a seq or from a time (exactly one of them)")
-    return {"durable": name, "seq": int(seq)} if seq is not None else \
-        {"durable": name, "time": float(time)}
