@@ -359,11 +359,11 @@ class AsyncClient:
     async def _flush_queue(self) -> None:
         if not self.core.ready:
             return
-        if self._outbox.names:
-            for msg in pack_outbox(*self._outbox.take()):
-                await self._send(msg)
         if self.core.durable.has_work():  # one DPUB, one DACK per durable
             for msg in self.core.durable.take():
+                await self._send(msg)
+        if self._outbox.names:
+            for msg in pack_outbox(*self._outbox.take()):
                 await self._send(msg)
 
     async def _command(self, frames: list) -> None:

@@ -378,10 +378,11 @@ class Client(DurableSurface):
             while True:
                 core = self.core
                 if core.ready and not out:
-                    if self._outbox.names:
-                        out.extend(pack_outbox(*self._outbox.take()))
+                    # Durable first: acks queued before close() precede its bye.
                     if core.durable.has_work():  # one DPUB, one DACK per durable
                         out.extend(core.durable.take())
+                    if self._outbox.names:
+                        out.extend(pack_outbox(*self._outbox.take()))
                 self._sleeping = not out and not (core.ready and (
                     self._outbox.names or core.durable.has_work()))
                 if self._sleeping:
