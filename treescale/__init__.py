@@ -1,6 +1,15 @@
 """TreeScale: a pub/sub fabric for fleets of servers."""
 
-from treescale.client import AsyncClient, AuthError, Client, Event, NodeError, NoResponders
+from treescale.client import (
+    AsyncClient,
+    AuthError,
+    Client,
+    DeliveryError,
+    Event,
+    NodeError,
+    NoResponders,
+)
 
 __version__ = "0.1.0"
-__all__ = ["AsyncClient", "AuthError", "Client", "Event", "NodeError", "NoResponders"]
+__all__ = ["AsyncClient", "AuthError", "Client", "DeliveryError", "Event", "NodeError",
+           "NoResponders"]

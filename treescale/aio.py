@@ -25,6 +25,7 @@ from treescale import client_core as core
 from treescale import protocol as P
 from treescale import subjects
 from treescale.client_core import AuthError, ClientCore, Event, NodeError
+from treescale.client_durable import MAX_UNCONFIRMED, replay_args, subscribe_args
 from treescale.client_io import (
     BATCH_EVENTS,
     BYE,
@@ -58,12 +59,16 @@ class AsyncClient:
                  groups: Iterable[str] = (), tags: Iterable[str] = (),
                  channels: Iterable[str] = (), timeout: float = 10.0,
                  on_error: Any = None, context: zmq.asyncio.Context | None = None,
-                 server_key: str | None = None, keypair: Any = None) -> None:
+                 server_key: str | None = None, keypair: Any = None,
+                 max_unconfirmed: int = MAX_UNCONFIRMED) -> None:
         self.address = address
         self.curve = ClientCurve.of(server_key, keypair)
         self.timeout = timeout
         self.core = ClientCore(token_or_env(token), name, groups, tags, channels,
-                               payload_types=PAYLOADS)
+                               payload_types=PAYLOADS, max_unconfirmed=max_unconfirmed)
+        self.core.acker = self
+        self._confirm_waiters: set[asyncio.Future] = set()  # woken by each DCONFIRM
+        self._controls: dict[int, asyncio.Future] = {}  # DCTL req_id -> its answer
         self.on_error = on_error
         self.errors: deque[NodeError] = deque(maxlen=100)
         self._ctx = context or zmq.asyncio.Context.instance()
@@ -114,26 +119,60 @@ class AsyncClient:
         await self.close()
 
     async def publish(self, name: str, data: Any = b"", target: str | None = None,
-                      mode: str | int = "all", headers: dict | None = None) -> None:
+                      mode: str | int = "all", headers: dict | None = None, *,
+                      durable: bool = False, id: str | None = None, wait: bool = False,
+                      timeout: float = 10.0) -> str | None:
+        """``durable=True``: as ``Client.publish_durable`` (returns the event's id)."""
+        if durable:
+            if target is not None or mode != "all":
+                raise ValueError("a durable event goes to every durable subscription "
+                                 "that matches: no target or mode")
+            while not self.core.durable.has_room() and not self._closed:
+                await self._confirm_changed(None)
+            cseq, eid = self.core.publish_durable(name, data, headers, id)
+            self._poke()
+            if wait:
+                await self._wait_confirms(cseq, timeout, only=cseq)
+            return eid
         self._outbox.add(*self.core.outbox_entry(name, data, target, mode, headers))
         if len(self._outbox) >= BATCH_EVENTS:
             await self._flush_queue()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._schedule_flush)
+        else:
+            self._poke()
+        return None
 
-    async def subscribe(self, pattern: str, queue: str | None = None) -> None:
+    async def subscribe(self, pattern: str, queue: str | None = None, *,
+                        durable: str | None = None, timeout: float | None = None,
+                        **durable_choices: Any) -> dict | None:
+        """``durable="NAME"``: as ``Client.subscribe_durable`` (the node's answer)."""
         split_pattern(pattern)
+        if durable is not None:
+            args = subscribe_args(durable, pattern, queue, **durable_choices)
+            return await self._control("subscribe", args,
+                                       15.0 if timeout is None else timeout)
+        if durable_choices:
+            raise TypeError(f"{', '.join(durable_choices)}: only for durable=NAME")
         self.core.subs[(pattern, queue)] = None
         await self._command(P.encode_sub(pattern, queue))
-        await self.flush()
+        await self._ping(10.0 if timeout is None else timeout)
+        return None
 
     async def unsubscribe(self, pattern: str, queue: str | None = None) -> None:
         self.core.subs.pop((pattern, queue), None)
         await self._command(P.encode_unsub(pattern, queue))
-        await self.flush()
+        await self._ping(10.0)
 
     async def flush(self, timeout: float = 10.0) -> None:
+        """Wait until the node has processed everything sent so far and confirmed
+        every durable event published before this call (DeliveryError if not)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        upto = self.core.durable.last_cseq
+        if upto:
+            await self._wait_confirms(upto, timeout)
+        await self._ping(max(0.0, timeout - (loop.time() - start)))
+
+    async def _ping(self, timeout: float) -> None:
         """Wait until the node has processed everything sent so far."""
         token, frames = self.core.ping()
         fut = self._pings[token] = asyncio.get_running_loop().create_future()
@@ -216,12 +255,80 @@ class AsyncClient:
             self._monitor.close(0)
         self._inbox.put_nowait(None)
         closed = ConnectionError("client closed")
-        for fut in self._pings.values():
+        for fut in [*self._pings.values(), *self._controls.values()]:
             if not fut.done():
                 fut.set_exception(closed)
+        self._wake_confirm_waiters()
         for box in self._replies.values():
             box.put_nowait(closed)
             box.put_nowait(core.END_OF_STREAM)
+
+    # ------------------------------------------------------------- durable
+
+    def ack(self, event: Event) -> None:
+        """Acknowledge a durable event (not a coroutine: ``ev.ack()`` works too)."""
+        if event.durable is not None:
+            self.core.ack(event)
+            self._poke()
+
+    def nak(self, event: Event, delay: float = 0.0) -> None:
+        """Give a durable event back: it comes again after ``delay`` seconds."""
+        if event.durable is not None:
+            self.core.ack(event, float(delay))
+            self._poke()
+
+    async def durables(self, timeout: float = 10.0) -> list[dict]:
+        return list((await self._control("ls", {}, timeout)).get("durables", []))
+
+    async def durable_info(self, name: str, timeout: float = 10.0) -> dict:
+        return await self._control("info", {"durable": name}, timeout)
+
+    async def durable_remove(self, name: str, timeout: float = 10.0) -> dict:
+        return await self._control("rm", {"durable": name}, timeout)
+
+    async def durable_replay(self, name: str, seq: int | None = None,
+                             time: float | None = None, timeout: float = 10.0) -> dict:
+        return await self._control("replay", replay_args(name, seq, time), timeout)
+
+    async def durable_unsubscribe(self, name: str, timeout: float = 10.0) -> dict:
+        return await self._control("unsubscribe", {"durable": name}, timeout)
+
+    async def _control(self, op: str, args: dict, timeout: float) -> dict:
+        req_id, frames = self.core.control(op, args)
+        fut = self._controls[req_id] = asyncio.get_running_loop().create_future()
+        try:
+            await self._command(frames)
+            result = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self.core.forget_control(req_id)
+            raise TimeoutError(f"durable {op}: no answer from node {self.core.node} "
+                               f"within {timeout:g}s") from None
+        finally:
+            self._controls.pop(req_id, None)
+        return result if isinstance(result, dict) else {}
+
+    async def _confirm_changed(self, timeout: float | None) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self._confirm_waiters.add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._confirm_waiters.discard(fut)
+
+    async def _wait_confirms(self, upto: int, timeout: float, only: int | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        state = self.core.durable
+        while not state.settled(upto, only) and not self._closed:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            await self._confirm_changed(left)
+        err = self.core.delivery_error(upto, timeout, only)
+        if err is not None:
+            raise err
 
     def _end_stream(self, req_id: int) -> None:
         self.core.forget(req_id)
@@ -229,20 +336,35 @@ class AsyncClient:
 
     # ----------------------------------------------------------------- plumbing
 
+    def _poke(self) -> None:
+        """Something is queued: send it once the loop gets to it (one wakeup)."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._schedule_flush)
+
     def _schedule_flush(self) -> None:
         self._flush_scheduled = False
-        if self._outbox.names:
+        if self._outbox.names or self.core.durable.has_work():
             self._spawn(self._flush_queue())
+
+    def _wake_confirm_waiters(self) -> None:
+        for fut in self._confirm_waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     def _spawn(self, coro: Any) -> None:
         self._tasks.append(asyncio.ensure_future(coro))
         self._tasks = [t for t in self._tasks if not t.done()]
 
     async def _flush_queue(self) -> None:
-        if not self._outbox.names or not self.core.ready:
+        if not self.core.ready:
             return
-        for msg in pack_outbox(*self._outbox.take()):
-            await self._send(msg)
+        if self.core.durable.has_work():  # one DPUB, one DACK per durable
+            for msg in self.core.durable.take():
+                await self._send(msg)
+        if self._outbox.names:
+            for msg in pack_outbox(*self._outbox.take()):
+                await self._send(msg)
 
     async def _command(self, frames: list) -> None:
         """Send a control message after the publishes queued before it."""
@@ -291,8 +413,17 @@ class AsyncClient:
     def _carry_out(self, action: Any) -> None:
         """Do what the core decided a message from the node calls for."""
         kind = action.__class__
-        if kind is core.Deliver:
+        if kind is core.Deliver or kind is core.DeliverDurable:
             self._inbox.put_nowait(action)
+        elif kind is core.Confirmed:
+            self._wake_confirm_waiters()
+        elif kind is core.ControlDone:
+            fut = self._controls.get(action.ref)
+            if fut is not None and not fut.done():
+                if action.error is not None:
+                    fut.set_exception(action.error)
+                else:
+                    fut.set_result(action.result)
         elif kind is core.ResolveWaiter or kind is core.FailWaiter:
             box = self._replies.get(action.ref)
             if box is not None:
@@ -306,7 +437,7 @@ class AsyncClient:
             self._is_ready.set()
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(True)
-            if self._outbox.names:
+            if self._outbox.names or self.core.durable.has_work():
                 self._schedule_flush()
         elif kind is core.ResendHello:
             self._is_ready.clear()

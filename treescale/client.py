@@ -32,8 +32,17 @@ from treescale import client_core as core
 from treescale import protocol as P
 from treescale import subjects
 from treescale.aio import AsyncClient
-from treescale.client_core import AuthError, ClientCore, Event, NodeError, NoResponders
+from treescale.client_core import (
+    AuthError,
+    ClientCore,
+    DeliveryError,
+    Event,
+    NodeError,
+    NoResponders,
+)
 from treescale.client_direct import DirectLink, ReplyStream
+from treescale.client_durable import MAX_UNCONFIRMED
+from treescale.client_durable_api import DurableSurface
 from treescale.client_io import (
     BYE,
     COMMAND,
@@ -59,15 +68,15 @@ from treescale.frames import (
 )
 from treescale.routing import RoutingTable, split_pattern
 
-__all__ = ["AsyncClient", "AuthError", "Client", "DirectLink", "Event", "NodeError",
-           "NoResponders", "ReplyStream"]
+__all__ = ["AsyncClient", "AuthError", "Client", "DeliveryError", "DirectLink", "Event",
+           "NodeError", "NoResponders", "ReplyStream"]
 
 log = logging.getLogger("treescale.client")
 
 _INBOX = "events()"  # member of a client's local subscription table: the events() queue
 
 
-class Client:
+class Client(DurableSurface):
     """A blocking client; a background thread owns the socket.
 
     >>> with Client("tcp://127.0.0.1:8888", name="app") as c:
@@ -78,7 +87,8 @@ class Client:
 
     ``server_key`` (the node's CURVE public key, z85 or a key file; default
     ``$TREESCALE_SERVER_KEY``) encrypts the connection, with ``keypair`` ((public,
-    secret) z85) or an ephemeral one.
+    secret) z85) or an ephemeral one. ``max_unconfirmed``: durable events kept
+    unconfirmed before ``publish(durable=True)`` blocks.
     """
 
     def __init__(self, address: str, token: str | None = None, name: str | None = None,
@@ -86,11 +96,13 @@ class Client:
                  channels: Iterable[str] = (), timeout: float = 10.0,
                  on_error: Any = None, context: zmq.Context | None = None,
                  options: dict | None = None, server_key: str | None = None,
-                 keypair: Any = None) -> None:
+                 keypair: Any = None, max_unconfirmed: int = MAX_UNCONFIRMED) -> None:
         self.address = address
         self.curve = ClientCurve.of(server_key, keypair)
         self.core = ClientCore(token_or_env(token), name, groups, tags, channels, options,
-                               PAYLOADS)
+                               PAYLOADS, threading.Lock(), max_unconfirmed)
+        self.core.acker = self
+        self._durable_init()
         self.on_error = on_error
         self.errors: deque[NodeError] = deque(maxlen=100)
         self._ctx = context or zmq.Context.instance()
@@ -132,8 +144,14 @@ class Client:
         return self.core.node
 
     def publish(self, name: str, data: Any = b"", target: str | None = None,
-                mode: str | int = "all", headers: dict | None = None) -> None:
-        """Queue an event; it leaves with the next batch (at once if the link is idle)."""
+                mode: str | int = "all", headers: dict | None = None, *,
+                durable: bool = False, id: str | None = None, wait: bool = False,
+                timeout: float = 10.0) -> str | None:
+        """Queue an event; it leaves with the next batch (at once if the link is idle).
+        ``durable=True``: see ``DurableSurface.publish_durable`` (returns its id)."""
+        if durable:
+            return self.publish_durable(name, data, target, mode, headers, id, wait,
+                                        timeout)
         slot = name
         if (data.__class__ is not bytes or target is not None or headers is not None
                 or mode != "all" or len(data) >= P.LARGE_PAYLOAD):
@@ -147,9 +165,14 @@ class Client:
         if self._sleeping and not self._woken:
             self._wake()
 
-    def subscribe(self, pattern: str, queue: str | None = None, timeout: float = 10.0,
-                  handler: Callable[[Event], Any] | None = None) -> None:
+    def subscribe(self, pattern: str, queue: str | None = None,
+                  timeout: float | None = None,
+                  handler: Callable[[Event], Any] | None = None, *,
+                  durable: str | None = None, **durable_choices: Any) -> dict | None:
         """Subscribe; when this returns, the node routes matching events to us.
+
+        ``durable="NAME"``: see ``DurableSurface.subscribe_durable`` (its options
+        are keywords here too).
 
         Without ``handler`` the events come out of ``events()``. With one, the client's
         I/O thread calls ``handler(event)`` as each arrives: no hand-off to another
@@ -158,6 +181,12 @@ class Client:
         there); ``publish``, ``reply`` and ``request`` are fine.
         """
         split_pattern(pattern)
+        if durable is not None:
+            return self.subscribe_durable(pattern, durable, queue, timeout, handler,
+                                          **durable_choices)
+        if durable_choices:
+            raise TypeError(f"{', '.join(durable_choices)}: only for durable=NAME")
+        timeout = 10.0 if timeout is None else timeout
         self.core.subs[(pattern, queue)] = None
         with self._local_lock:
             member = _INBOX if handler is None else handler
@@ -166,7 +195,8 @@ class Client:
             self._local_subs.subscribe(member, pattern, queue)
             self._has_handlers = any(m is not _INBOX for m in self._local_subs.members)
         self._command(P.encode_sub(pattern, queue))
-        self.flush(timeout)
+        self._ping(timeout)
+        return None
 
     def unsubscribe(self, pattern: str, queue: str | None = None,
                     timeout: float = 10.0) -> None:
@@ -175,9 +205,18 @@ class Client:
             for member in list(self._local_subs.members):
                 self._local_subs.unsubscribe(member, pattern, queue)
         self._command(P.encode_unsub(pattern, queue))
-        self.flush(timeout)
+        self._ping(timeout)
 
     def flush(self, timeout: float = 10.0) -> None:
+        """Wait until the node has processed everything sent so far and confirmed
+        every durable event published before this call (DeliveryError saying how
+        many were refused or are still unconfirmed after ``timeout`` s; each failure
+        is reported once)."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("flush cannot wait inside a subscription handler")
+        self._ping(self._flush_durable(timeout))
+
+    def _ping(self, timeout: float) -> None:
         """Wait until the node has processed everything sent so far."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("flush cannot wait inside a subscription handler")
@@ -291,6 +330,17 @@ class Client:
         if threading.current_thread() is not self._thread:  # the I/O thread is awake
             self._wake()
 
+    def _poke(self) -> None:
+        """Durable events or acks are queued: wake the I/O thread if it sleeps."""
+        if self._sleeping and not self._woken:
+            self._wake()
+
+    def _io_thread(self) -> threading.Thread:
+        return self._thread
+
+    def _deliver(self, action: Any) -> None:
+        self._inbox.put(action)
+
     def _wait_for_room(self) -> None:
         self._room.clear()
         self._wake()
@@ -327,9 +377,14 @@ class Client:
         try:
             while True:
                 core = self.core
-                if core.ready and not out and self._outbox.names:
-                    out.extend(pack_outbox(*self._outbox.take()))
-                self._sleeping = not out and not (core.ready and self._outbox.names)
+                if core.ready and not out:
+                    # Durable first: acks queued before close() precede its bye.
+                    if core.durable.has_work():  # one DPUB, one DACK per durable
+                        out.extend(core.durable.take())
+                    if self._outbox.names:
+                        out.extend(pack_outbox(*self._outbox.take()))
+                self._sleeping = not out and not (core.ready and (
+                    self._outbox.names or core.durable.has_work()))
                 if self._sleeping:
                     timeout = HEARTBEAT * 1000
                 else:
@@ -380,6 +435,7 @@ class Client:
             for slot in list(self._pings.values()):
                 slot[1] = ConnectionError("client closed")
                 slot[0].set()
+            self._durable_closed()
 
     def _on_monitor(self, monitor: zmq.Socket, sock: zmq.Socket) -> None:
         for info in monitor_events(monitor):
@@ -435,6 +491,8 @@ class Client:
             self._fatal = action.error
             self._ready.set()
             self._closing = True
+        else:
+            self.carry_out_durable(action)
         # Waiter actions do not come: this session makes no requests (DirectLink does).
 
     def _report(self, err: NodeError) -> None:

@@ -4,7 +4,10 @@ Owns: the state of one client session (identity, subscriptions to restore after 
 reconnect, requests waiting for replies), the meaning of each message a node sends a
 client (``ClientCore.receive`` turns it into *actions*), what each ERROR code means to
 a client (the only place that decides it), ``Event`` and the decoding of deliveries
-into events, and the exceptions clients raise.
+into events (a durable subscription's too: ``DurableDelivery``), and the exceptions
+clients raise. The durable bookkeeping (unconfirmed publishes, acks, subscriptions to
+resume) is treescale.client_durable's; this module says what DCONFIRM, DCTLR and
+DDELIVER mean for it.
 
 Must not touch: sockets, clocks, threads or event loops; it imports none of zmq,
 socket, time, threading, asyncio. ``Client``, ``DirectLink`` (treescale.client,
@@ -20,11 +23,13 @@ from collections import namedtuple
 from collections.abc import Iterable, Iterator, Mapping
 from functools import partial
 from itertools import chain, repeat
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from treescale import protocol as P
 from treescale import subjects as S
+from treescale.client_durable import DurableState
 from treescale.routing import parse_target
 
 # ------------------------------------------------------------------- exceptions
@@ -46,6 +51,30 @@ class AuthError(NodeError):
 
 class NoResponders(NodeError):
     """A request found no subscriber."""
+
+
+class DeliveryError(Exception):
+    """Durable events the node did not confirm: ``refused`` lists (id, code, message)
+    of those it refused (e.g. ``storage_full``), ``unconfirmed`` counts those still
+    without an answer when the wait ended."""
+
+    def __init__(self, unconfirmed: int, refused: list[tuple[str, str, str]],
+                 node: str = "", timeout: float | None = None) -> None:
+        self.unconfirmed = unconfirmed
+        self.refused = list(refused)
+        total = unconfirmed + len(self.refused)
+        parts = []
+        if self.refused:
+            why = list(dict.fromkeys(f"{code}: {message}" for _, code, message
+                                     in self.refused))
+            more = f"; {len(why) - 3} more" if len(why) > 3 else ""
+            by = f" by node {node}" if node else ""
+            parts.append(f"{len(self.refused)} refused{by} ({'; '.join(why[:3])}{more})")
+        if unconfirmed:
+            after = f" after {timeout:.1f} s" if timeout is not None else ""
+            parts.append(f"{unconfirmed} unconfirmed{after}")
+        super().__init__(f"{total} durable event{'s' if total != 1 else ''} not "
+                         f"confirmed: {', '.join(parts)}")
 
 
 def node_error(code: str, message: str, ref: Any = None) -> NodeError:
@@ -73,6 +102,14 @@ class Event(_EventFields):
     """
 
     __slots__ = ()
+    # What a durable delivery sets (DurableDelivery): class attributes here, so that
+    # an ordinary event costs nothing more to build.
+    seq: int | None = None
+    id: str | None = None
+    durable: str | None = None
+    time: float | None = None
+    deliveries = 0
+    redelivered = False
 
     def __new__(cls, name: str, data: Any, headers: Mapping | None = None,
                 source: str = "", reply: str | None = None,
@@ -89,10 +126,42 @@ class Event(_EventFields):
         """The payload decoded as msgpack (the convention for structured data)."""
         return P.loads(self.data)
 
+    def ack(self) -> None:
+        """Acknowledge a durable event (nothing to do for an ordinary one)."""
+
+    def nak(self, delay: float = 0.0) -> None:
+        """Ask for a durable event again after ``delay`` seconds (ordinary: nothing)."""
+
     def __repr__(self) -> str:
         data = bytes(self.data[:40])
         more = "..." if len(self.data) > 40 else ""
         return f"Event({self.name!r}, {data!r}{more}, source={self.source!r})"
+
+
+class DurableDelivery(Event):
+    """An event of a durable subscription: ``seq`` (its place in the durable's log),
+    ``id`` (the publisher's dedup key), ``durable`` (the subscription's name), ``time``
+    (when it was first stored), ``deliveries`` (this one included) and
+    ``redelivered``; ``ack()``/``nak(delay)`` answer it through the client that got
+    it. The Event fields come first: it is an Event for everything else."""
+
+    __slots__ = ()
+    seq = property(itemgetter(6))
+    id = property(itemgetter(7))
+    durable = property(itemgetter(8))
+    time = property(itemgetter(9))
+    deliveries = property(lambda self: self[10] + 1)
+    redelivered = property(lambda self: self[10] > 0)
+
+    def ack(self) -> None:
+        self[11].ack(self)
+
+    def nak(self, delay: float = 0.0) -> None:
+        self[11].nak(self, delay)
+
+    def __repr__(self) -> str:
+        again = ", redelivered" if self.redelivered else ""
+        return f"DurableDelivery({self.durable!r} #{self.seq}, {self.name!r}{again})"
 
 
 _make_event = partial(tuple.__new__, Event)
@@ -216,6 +285,30 @@ class ReportError(NamedTuple):
     error: NodeError
 
 
+class DeliverDurable(NamedTuple):
+    """Events of a durable subscription (DurableDelivery), for ``events()``."""
+
+    events: tuple
+
+    def iter_events(self) -> Iterator[Event]:
+        return iter(self.events)
+
+
+class Confirmed(NamedTuple):
+    """The node confirmed (or refused) durable events: waiters may look again."""
+
+    count: int
+
+
+class ControlDone(NamedTuple):
+    """Durable control request ``ref`` is answered: ``result`` (a map), or ``error``
+    to raise to its caller."""
+
+    ref: int
+    result: Any
+    error: Exception | None
+
+
 # ------------------------------------------------------------------------- core
 
 PAYLOAD_TYPES: tuple[type, ...] = (bytes, bytearray, memoryview)
@@ -263,7 +356,8 @@ class ClientCore:
     def __init__(self, token: str | None, name: str | None, groups: Iterable[str] = (),
                  tags: Iterable[str] = (), channels: Iterable[str] = (),
                  options: dict | None = None,
-                 payload_types: tuple[type, ...] = PAYLOAD_TYPES) -> None:
+                 payload_types: tuple[type, ...] = PAYLOAD_TYPES,
+                 durable_lock: Any = None, max_unconfirmed: int = 10_000) -> None:
         self.token = token
         self.name = name or f"py-{os.getpid()}"
         self.groups = tuple(groups)
@@ -287,6 +381,9 @@ class ClientCore:
         self.routing_id = os.urandom(16)
         self.pending: dict[int, _Pending] = {}
         self.expects_replies = False  # set by the first request: deliveries get a look
+        self.durable = DurableState(durable_lock, max_unconfirmed)
+        self.controls: dict[int, tuple[str, dict, list]] = {}  # DCTL req_id -> op, args
+        self.acker: Any = None  # what a durable event's ack()/nak() calls (the client)
 
     def sibling(self, options: dict) -> ClientCore:
         """A core for another session of the same client (same token and identity)."""
@@ -368,6 +465,51 @@ class ClientCore:
         token = next(self.ping_ids)
         return token, P.encode_ping(token)
 
+    def publish_durable(self, name: str, data: Any, headers: dict | None,
+                        event_id: str | None) -> tuple[int, str]:
+        """Keep a durable event for the next DPUB (and resends until confirmed): (its
+        cseq, to wait for, and its id)."""
+        data = self.payload(data)
+        self.check_size(data)
+        return self.durable.publish(name, data, headers, event_id)
+
+    def control(self, op: str, args: dict) -> tuple[int, list]:
+        """(req_id, frames) of a durable control request; ``ControlDone(req_id, ...)``
+        answers it. A subscribe is remembered (and resumed after a new session)."""
+        req_id = next(self.req_ids)
+        frames = P.encode_dctl(req_id, op, args)
+        self.controls[req_id] = (op, args, frames)
+        if op == "subscribe":
+            self.durable.subs[args["durable"]] = args
+        elif op == "unsubscribe":
+            self.durable.subs.pop(args["durable"], None)
+        return req_id, frames
+
+    def forget_control(self, req_id: int) -> None:
+        """The caller stopped waiting: the answer is dropped (a subscribe is not
+        resumed)."""
+        op, args, _ = self.controls.pop(req_id, ("", {}, []))
+        if op == "subscribe" and self.durable.subs.get(args["durable"]) is args:
+            del self.durable.subs[args["durable"]]
+
+    def ack(self, event: Event, delay: float | None = None) -> None:
+        """Queue the ack (``delay`` None) or nak of a durable event; ordinary: nothing."""
+        if event.durable is None:
+            return
+        if delay is None:
+            self.durable.ack(event.durable, event.seq)
+        else:
+            self.durable.nak(event.durable, event.seq, delay)
+
+    def delivery_error(self, upto: int, timeout: float | None,
+                       only: int | None = None) -> DeliveryError | None:
+        """What a wait for confirms ends with: None if all were confirmed, else the
+        DeliveryError (refusals it reports are not reported again)."""
+        left, refused = self.durable.outcome(upto, only)
+        if not left and not refused:
+            return None
+        return DeliveryError(left, refused, self.node, timeout)
+
     # ------------------------------------------------------ what came in means
 
     def receive(self, frames: list) -> list:
@@ -386,7 +528,40 @@ class ClientCore:
             return [Pong(msg.token)]
         if kind is P.Ready:
             return self._on_ready(msg)
+        if kind is P.DurableDeliver:
+            return [self._on_ddeliver(msg)]
+        if kind is P.DurableConfirm:
+            self.durable.on_confirm(msg)
+            return [Confirmed(len(msg.confirmed) + len(msg.refused))]
+        if kind is P.DurableControlReply:
+            return self._on_dctlr(msg)
         return []  # a node's ping to a client needs no answer
+
+    def _on_ddeliver(self, msg: P.DurableDeliver) -> DeliverDurable:
+        name, acker = msg.durable, self.acker or self
+        return DeliverDurable(tuple(
+            tuple.__new__(DurableDelivery, (e.name, e.payload, e.headers or None,
+                                            e.publisher, None, None, e.seq, e.id, name,
+                                            e.time, e.deliveries, acker))
+            for e in msg.events))
+
+    def _on_dctlr(self, msg: P.DurableControlReply) -> list:
+        op, args, _ = self.controls.pop(msg.req_id, ("", {}, []))
+        if msg.ok:
+            if not op:
+                return []  # nobody waits (any more)
+            return [] if op == "resume" else [ControlDone(msg.req_id, msg.result, None)]
+        result = msg.result
+        if isinstance(result, list) and len(result) == 2:
+            err = node_error(str(result[0]), str(result[1]), msg.req_id)
+        else:
+            err = NodeError(S.BAD_MESSAGE, f"a durable control reply without [code, "
+                            f"message]: {str(result)[:200]}")
+        if op == "subscribe" and self.durable.subs.get(args["durable"]) is args:
+            del self.durable.subs[args["durable"]]  # never made: nothing to resume
+        if op == "resume" or not op:
+            return [ReportError(err)] if op else []
+        return [ControlDone(msg.req_id, None, err)]
 
     def _deliveries(self, header: list, frames: list) -> list:
         """Replies out of a delivery (looked for by name, per batch), the rest as is."""
@@ -432,6 +607,36 @@ class ClientCore:
             if pending.resend_due:
                 pending.resend_due = False
                 actions.append(Resend(req_id, pending.frames))
+        actions.extend(self._durable_session())
+        return actions
+
+    def _durable_session(self) -> list:
+        """A new session: durable subscriptions resume (an unanswered subscribe goes
+        again with its own req_id), control requests the old one left unanswered go
+        again if asking twice is harmless (else their outcome is unknown: they fail),
+        and every unconfirmed durable event is due again (``durable.take``)."""
+        self.durable.session_started()
+        for req_id in [r for r, c in self.controls.items() if c[0] == "resume"]:
+            del self.controls[req_id]  # the old session's: a new resume goes below
+        actions: list = []
+        waiting = {args["durable"]: req_id
+                   for req_id, (op, args, _) in list(self.controls.items())
+                   if op == "subscribe"}
+        for name, args in self.durable.resume_args():
+            if name in waiting:
+                continue
+            req_id = next(self.req_ids)
+            frames = P.encode_dctl(req_id, "subscribe", args)
+            self.controls[req_id] = ("resume", args, frames)
+            actions.append(Send(frames))
+        for req_id, (op, _args, frames) in list(self.controls.items()):
+            if op in ("subscribe", "unsubscribe", "ls", "info"):
+                actions.append(Send(frames))
+            elif op in ("rm", "replay"):
+                del self.controls[req_id]
+                actions.append(ControlDone(req_id, None, ConnectionError(
+                    f"durable {op}: the session with the node was lost before it "
+                    "answered; it may or may not have been done")))
         return actions
 
     def _on_error(self, msg: P.Error) -> list:
@@ -447,6 +652,12 @@ class ClientCore:
         if msg.code in S.REQUEST_ERRORS and type(ref) is int and ref in self.pending:
             del self.pending[ref]
             return [FailWaiter(ref, err)]
+        if type(ref) is int and ref in self.controls:
+            op, args, _ = self.controls.pop(ref)
+            if op == "subscribe" and self.durable.subs.get(args["durable"]) is args:
+                del self.durable.subs[args["durable"]]
+            if op != "resume":
+                return [ControlDone(ref, None, err)]
         return [ReportError(err)]
 
     def _on_not_ready(self, err: NodeError) -> list:

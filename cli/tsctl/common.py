@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from treescale import Client, NodeError
+from treescale import Client, DeliveryError, NodeError
 from treescale.config import ConfigError
 from treescale.routing import PatternError, TargetError
 from treescale.tree import TreeError
@@ -34,7 +34,7 @@ console = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 USER_ERRORS = (ConfigError, NodeError, PatternError, TargetError, TimeoutError,
-               ValueError, OSError, zmq.ZMQError, RuntimeError, TreeError)
+               ValueError, OSError, zmq.ZMQError, RuntimeError, TreeError, DeliveryError)
 
 
 def friendly(fn: Callable) -> Callable:

@@ -295,6 +295,9 @@ def api_exec(command: str, via: str | None, target: str | None, group: str | Non
 @click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True,
               help="Publish the event this many times.")
 @click.option("--stdin", "from_stdin", is_flag=True, help="Read the payload from stdin.")
+@click.option("--durable", "durable", is_flag=True,
+              help="Durable: the node stores it for durable subscriptions; wait for its "
+              "confirm.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print what was published (name, count, bytes, node) as JSON.")
 @address_option
@@ -302,21 +305,29 @@ def api_exec(command: str, via: str | None, target: str | None, group: str | Non
 @timeout_option
 @friendly
 def pub(name: str, data: str, target: str | None, mode: str, count: int, from_stdin: bool,
-        as_json: bool, address: str, token: str | None, timeout: float) -> None:
+        durable: bool, as_json: bool, address: str, token: str | None,
+        timeout: float) -> None:
     """Publish an event NAME with payload DATA."""
     payload = sys.stdin.buffer.read() if from_stdin else data.encode()
+    ids = []
     with connect(address, token, timeout) as c:
         for _ in range(count):
-            c.publish(name, payload, target=target, mode=mode)
-        c.flush(timeout)
+            if durable:
+                ids.append(c.publish(name, payload, target=target, mode=mode,
+                                     durable=True))
+            else:
+                c.publish(name, payload, target=target, mode=mode)
+        c.flush(timeout)  # with --durable: DeliveryError unless each was confirmed
         if c.errors:
             raise c.errors[0]
         node_name = c.node
     if as_json:
         print(json.dumps({"name": name, "count": count, "bytes": len(payload),
-                          "target": target, "mode": mode, "node": node_name}))
+                          "target": target, "mode": mode, "node": node_name,
+                          **({"durable": True, "ids": ids} if durable else {})}))
         return
-    console.print(f"published {count} event(s) to {name}")
+    what = "durable event(s), confirmed by node " + node_name if durable else "event(s)"
+    console.print(f"published {count} {what} to {name}")
 
 
 @cli.command()
@@ -330,26 +341,50 @@ def pub(name: str, data: str, target: str | None, mode: str, count: int, from_st
 @click.option("--group", "groups", multiple=True, help="Join this group (repeatable).")
 @click.option("--tag", "tags", multiple=True, help="Carry this tag (repeatable).")
 @click.option("--channel", "channels", multiple=True, help="Join this channel (repeatable).")
+@click.option("--durable", "durable", metavar="NAME",
+              help="A durable subscription: the node keeps its events while we are away.")
+@click.option("--start", type=click.Choice(["new", "all"]), default="new",
+              show_default=True, help="--durable: where a new durable starts.")
+@click.option("--seq", type=click.IntRange(min=0), help="--durable: start at this seq.")
+@click.option("--time", "at", type=float,
+              help="--durable: start at this time (epoch seconds).")
+@click.option("--ack", "ack", is_flag=True,
+              help="--durable: ack each event once printed (else it comes again).")
 @address_option
 @token_option
 @timeout_option
 @friendly
 def sub(pattern: str, queue: str | None, as_json: bool, count: int | None,
         wait: float | None, name: str | None, groups: tuple, tags: tuple, channels: tuple,
+        durable: str | None, start: str, seq: int | None, at: float | None, ack: bool,
         address: str, token: str | None, timeout: float) -> None:
     """Print events matching PATTERN (`*` one token, `>` the rest)."""
+    from tsctl.durable_cmd import durable_fields, event_line
+
+    if durable is None and (ack or seq is not None or at is not None or start != "new"):
+        raise click.UsageError("--start, --seq, --time and --ack need --durable NAME")
     with connect(address, token, timeout, name=name, groups=groups, tags=tags,
                  channels=channels) as c:
-        c.subscribe(pattern, queue)
+        if durable is None:
+            c.subscribe(pattern, queue)
+            what = pattern
+        else:
+            c.subscribe(pattern, queue, timeout, durable=durable, start=start, seq=seq,
+                        time=at)
+            what = f"{pattern} (durable {durable})"
         # stderr, so scripts reading JSON from stdout can also wait for this line
-        console.print(f"subscribed to {pattern} on node {c.node}")
+        console.print(f"subscribed to {what} on node {c.node}")
         seen = 0
         for ev in c.events(timeout=wait):
             if as_json:
-                print(json.dumps(event_dict(ev)), flush=True)
+                extra = durable_fields(ev) if ev.durable is not None else {}
+                print(json.dumps({**event_dict(ev), **extra}), flush=True)
             else:
-                out.print(f"[cyan]{ev.name}[/] [dim]from {ev.source}[/] "
+                mark = event_line(ev) if ev.durable is not None else ""
+                out.print(f"{mark}[cyan]{ev.name}[/] [dim]from {ev.source}[/] "
                           f"{render_data(ev.data)}", soft_wrap=True)
+            if ack:
+                ev.ack()
             seen += 1
             if count and seen >= count:
                 break
@@ -392,7 +427,7 @@ def demo(duration: float | None, rate: int) -> None:
 
 # Command groups that live in modules of their own (each defines a click group/command).
 COMMAND_MODULES: list[str] = ["event_cmd", "config_cmd", "lb_cmd", "monitor", "docker_cmd",
-                              "build_cmd", "doctor_cmd", "keys_cmd"]
+                              "build_cmd", "doctor_cmd", "keys_cmd", "durable_cmd"]
 
 for _module in COMMAND_MODULES:
     _mod = __import__(f"tsctl.{_module}", fromlist=["COMMANDS"])
