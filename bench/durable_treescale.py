@@ -1,6 +1,6 @@
 """TreeScale durable delivery in bench.durable: its nodes and its four workers.
 
-Owns: starting node processes whose durable log lives in the run's temp dir (one node,
+Owns: starting node processes whose database and durable log live in the run's temp dir (one node,
 or a root with two children for the tree shape), at a chosen ``durable_sync``, and
 driving them with the public Client: ``publish(..., durable=True)`` then ``flush``
 (returns once every event is confirmed), ``publish(..., durable=True, wait=True)`` for
@@ -66,8 +66,8 @@ def _node_argv(name: str, parent: str | None, sync: str | None):
         node: dict[str, Any] = {
             # buffer rather than drop, like every peer in bench/ (see bench.harness)
             "slow_consumer_bytes": 4 << 30, "slow_consumer_messages": 1_000_000,
-            "services": [], "db_path": str(workdir / f"{name}.db"),
-            "durable_path": str(workdir / f"{name}-durable")}
+            # the durable log defaults to next to the db: both in the run's temp dir
+            "services": [], "db_path": str(workdir / f"{name}.db")}
         if sync is not None:
             node["durable_sync"] = sync
         if parent is not None:
