@@ -8,7 +8,7 @@ batches, ``ack`` each). Does not own the shapes, the tables or the ratios
 (bench.durable) and never touches TreeScale.
 
 fsync: nats-server 2.9's file store syncs every ``sync_interval`` (2 minutes, not
-configurable before 2.10): a PubAck says "in the server's page cache", not "on disk".
+configurable before 2.10: 2.9.10 refuses `sync_interval` as an unknown field): a PubAck says "in the server's page cache", not "on disk".
 
 Workers run in spawned processes (module-level functions); each returns a dict.
 """
