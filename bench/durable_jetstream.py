@@ -7,8 +7,9 @@ recommends for throughput: ``js.publish_async`` with many acks in flight, then
 batches, ``ack`` each). Does not own the shapes, the tables or the ratios
 (bench.durable) and never touches TreeScale.
 
-fsync: nats-server 2.9's file store syncs every ``sync_interval`` (2 minutes, not
-configurable before 2.10: 2.9.10 refuses `sync_interval` as an unknown field): a PubAck says "in the server's page cache", not "on disk".
+fsync: nats-server 2.9's file store syncs every 2 minutes and 2.9.10 refuses
+``sync_interval`` as an unknown field: a PubAck means "in the server's page cache",
+not "on disk".
 
 Workers run in spawned processes (module-level functions); each returns a dict.
 """
