@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed-from-pyproject
 # `make bench` keeps every run's numbers here (BENCHMARKS.md's tables come from it).
 BENCH_JSON ?= bench-results.json
 
-.PHONY: install demo test unit integration bench bench-quick fuzz lint clean
+.PHONY: install demo test unit integration bench bench-quick bench-durable fuzz lint clean
 
 CHECK_VERSION := import sys; sys.version_info >= (3, 11) or sys.exit("$(PYTHON) is Python %s: \
 TreeScale needs 3.11 or newer (make PYTHON=/path/to/python3.11 ...)" % sys.version.split()[0])
@@ -57,6 +57,13 @@ bench: install  ## TreeScale against Redis, NATS, Mosquitto and raw pyzmq, same 
 	$(PY) -m bench.tree_scale --nodes 100
 	$(PY) -m bench.curve           # CURVE on vs off, same run
 	$(PY) -m bench.subscribe_scale  # µs per SUB at 1k/10k/100k, heartbeats meanwhile
+	$(MAKE) --no-print-directory bench-durable
+
+# Durable delivery against NATS JetStream (file store), same run; its own JSON file.
+# BENCH_DURABLE_ARGS: --quick, --repeat N, --shapes, --sync default,always,group,none.
+BENCH_DURABLE_JSON ?= bench-durable.json
+bench-durable: install  ## durable publish/consume/latency: TreeScale vs JetStream
+	$(PY) -m bench.durable --install-peers --json $(BENCH_DURABLE_JSON) $(BENCH_DURABLE_ARGS)
 
 bench-quick: install
 	$(PY) -m bench.run --quick $(BENCH_ARGS)
