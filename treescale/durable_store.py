@@ -82,8 +82,8 @@ class DurableStore:
             for k, v in txn.cursor(self.db["ids"]):
                 out["ids"][bytes(k).decode()] = _SEQ.unpack(v)[0]
             for k, v in txn.cursor(self.db["owed"]):
-                target, _, seq = bytes(k).rpartition(b"\0")
-                out["owed"].setdefault(target.decode(), {})[_SEQ.unpack(seq)[0]] = \
+                k = bytes(k)  # target, NUL, 8 bytes of seq (which may hold NULs)
+                out["owed"].setdefault(k[:-9].decode(), {})[_SEQ.unpack(k[-8:])[0]] = \
                     _unpack(v)
             for k, v in txn.cursor(self.db["durables"]):
                 out["durables"][bytes(k).decode()] = _unpack(v)
