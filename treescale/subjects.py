@@ -39,9 +39,18 @@ CONFIG_APPLIED = "$sys.config.applied"
 DOCKER = "$sys.docker"  # $sys.docker.<node>.<action|engine|stats>
 HANDLERS = "$sys.handlers"  # $sys.handlers.<node>.result
 DURABLE_OVERFLOW = "$sys.durable.overflow"  # a durable dropped events for its retention
-# The queue group of durables' own subscriptions in a node's routing table: a mode-one
+# The queue group of a durable's own subscription, one per durable (NODE, NAME): its
+# interest is told apart from every other durable's in the whole tree, and a mode-one
 # event never picks a durable in place of a client of the plain (None) group.
 DURABLE_QUEUE = "$durable"
+
+
+def durable_queue(node: str, durable: str) -> str:
+    return f"{DURABLE_QUEUE}:{node}:{durable}"
+
+
+def is_durable_queue(queue: str | None) -> bool:
+    return queue is not None and queue.startswith(DURABLE_QUEUE + ":")
 
 # What the live monitor follows.
 MONITOR_PATTERNS = (NODE_STATS, NODE_UP, NODE_DOWN, NODE_ROOT, DOCKER + ".>")

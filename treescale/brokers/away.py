@@ -1,13 +1,19 @@
 """Durable interest kept for neighbours that are away.
 
-Owns: which durable patterns each neighbour holds (its interest in the durables'
-queue, ``$durable``), stored so that it outlives the link and this node's restart; and,
-while that neighbour is away, a stand-in member of the routing table,
-``("away", NEIGHBOUR)``, subscribed to those patterns. The stand-in keeps the interest
-in the tree (every other link goes on hearing it), so durable events published
-anywhere during a partition, a node's restart or a neighbour's, are still owed to the
-neighbour and wait here in custody. It goes when the neighbour has told us its
-interest again, or ``AWAY_EXPIRY`` after it left.
+Owns: which durables' interest each neighbour holds — the keys ``(pattern,
+$durable:NODE:NAME)``, one per durable in the tree — stored so that it outlives the
+link and this node's restart; and, while that neighbour is away, a stand-in member of
+the routing table, ``("away", NEIGHBOUR)``, subscribed to those keys. The stand-in
+keeps the interest in the tree (every other link goes on hearing it), so durable events
+published anywhere during a partition, a node's restart or a neighbour's are still
+owed to the neighbour and wait here in custody (custody.py re-routes them if the tree
+finds another way).
+
+A stand-in goes when the neighbour has told us its interest again; when every key it
+holds has come from live links for ``SUPERSEDED_AFTER`` (the durables re-homed
+elsewhere in the tree: a key names its durable, so no other durable can pass for it;
+the wait outlasts a neighbour's own stand-in of us echoing our keys back); or
+``AWAY_EXPIRY`` after the neighbour left.
 
 Must not touch: what is owed (custody.py), how interest is exchanged (exchange.py).
 """
@@ -25,7 +31,10 @@ if TYPE_CHECKING:
     from treescale.durable_store import DurableStore
 
 RELINK_GRACE = 5.0  # seconds after a link is back before a silent neighbour's stand-in goes
+SUPERSEDED_AFTER = 10.0  # seconds every key of a stand-in came from live links
 AWAY_EXPIRY = 86400.0  # a neighbour away this long no longer holds interest here
+
+Key = tuple[str, str]
 
 
 def away_member(neighbour: str) -> tuple[str, str]:
@@ -42,30 +51,38 @@ class AwayInterest:
     def __init__(self, node: Node, store: DurableStore, saved: dict) -> None:
         self.node = node
         self.store = store
-        self.held: dict[str, set[str]] = {n: set(p) for n, p in saved.items()}
+        self.held: dict[str, set[Key]] = {n: {tuple(k) for k in keys}
+                                          for n, keys in saved.items()}
         self.away: dict[str, float] = {}  # neighbour -> since when it has a stand-in
         self.back: dict[str, float] = {}  # neighbour -> link up, interest not heard yet
+        self.covered: dict[str, float] = {}  # neighbour -> since its keys came elsewhere
         now = time.monotonic()
-        for neighbour in self.held:  # at start-up every neighbour is away
+        for neighbour in list(self.held):  # at start-up every neighbour is away
             self._stand_in(neighbour, now)
 
     def _stand_in(self, neighbour: str, now: float) -> None:
-        patterns = self.held.get(neighbour)
-        if not patterns or neighbour in self.away:
+        keys = self.held.get(neighbour)
+        if not keys or neighbour in self.away:
             return
         mid = away_member(neighbour)
         self.node.table.add_member(mid)
-        for pattern in sorted(patterns):
-            self.node.exchange.subscribe(mid, pattern, subjects.DURABLE_QUEUE)
+        for pattern, queue in sorted(keys):
+            self.node.exchange.subscribe(mid, pattern, queue)
         self.away[neighbour] = now
 
     def _withdraw(self, neighbour: str) -> None:
+        self.covered.pop(neighbour, None)
         if self.away.pop(neighbour, None) is None:
             return
         mid = away_member(neighbour)
-        for pattern in sorted(self.held.get(neighbour, ())):
-            self.node.exchange.unsubscribe(mid, pattern, subjects.DURABLE_QUEUE)
+        for pattern, queue in sorted(self.held.get(neighbour, ())):
+            self.node.exchange.unsubscribe(mid, pattern, queue)
         self.node.table.remove_member(mid)
+
+    def _forget(self, neighbour: str) -> None:
+        self._withdraw(neighbour)
+        if self.held.pop(neighbour, None):
+            self.store.put_interest(neighbour, [])
 
     def link_down(self, link: Link) -> None:
         """Before the link's routes go: its durable interest stays, by a stand-in."""
@@ -80,16 +97,17 @@ class AwayInterest:
         """The link's interest changed: remember its durable part; the stand-in goes
         (the link's own interest now covers what it stood for)."""
         routes = self.node.table.members.get(link.member)
-        patterns = {p for p, q in routes.subs if q == subjects.DURABLE_QUEUE} \
+        keys = {k for k in routes.subs if subjects.is_durable_queue(k[1])} \
             if routes is not None else set()
         neighbour = link.neighbour
-        if patterns != self.held.get(neighbour, set()):
-            self.held[neighbour] = patterns
-            self.store.put_interest(neighbour, sorted(patterns))
-            if not patterns:
-                del self.held[neighbour]
         self.back.pop(neighbour, None)
         self._withdraw(neighbour)
+        if keys != self.held.get(neighbour, set()):
+            if keys:
+                self.held[neighbour] = keys
+                self.store.put_interest(neighbour, sorted(keys))
+            else:
+                self._forget(neighbour)
 
     def housekeeping(self, now: float) -> None:
         for neighbour, since in list(self.back.items()):
@@ -100,8 +118,17 @@ class AwayInterest:
                     self.heard(link)
                 else:
                     self.back.pop(neighbour, None)
+        live = {}
+        for link in self.node.links:
+            routes = self.node.table.members.get(link.member)
+            if routes is not None:
+                live.update(dict.fromkeys(routes.subs))
         for neighbour, since in list(self.away.items()):
             if now - since > AWAY_EXPIRY:
-                self._withdraw(neighbour)
-                self.held.pop(neighbour, None)
-                self.store.put_interest(neighbour, [])
+                self._forget(neighbour)
+            elif self.held.get(neighbour, set()) <= live.keys():
+                first = self.covered.setdefault(neighbour, now)
+                if now - first > SUPERSEDED_AFTER:
+                    self._forget(neighbour)  # its durables live elsewhere now
+            else:
+                self.covered.pop(neighbour, None)

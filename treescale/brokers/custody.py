@@ -270,6 +270,8 @@ class Custody:
             if owed is None:
                 owed = self.owed[neighbour] = Owed(self.node.config.durable_window)
             owed.add(seq)
+            if neighbour not in self.away and self._link_of(neighbour) is None:
+                self.away[neighbour] = time.monotonic()  # owed by its stand-in
             self.to_pump.add(neighbour)
         else:
             self.durables.add(target[2:], seq, rec.size, rec.time, deliveries)
@@ -440,6 +442,8 @@ class Custody:
                 continue
             self.rerouted[neighbour] = generation
             target = link_target(neighbour)
+            log.info("node %s: %d durable events owed to %s (away) re-routed",
+                     self.node.name, len(owed), neighbour)
             for seq in list(owed.seqs):
                 self._route(seq, None, again=target)
 

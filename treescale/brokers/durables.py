@@ -4,7 +4,7 @@ their clients are away, delivered with acks.
 Owns: DCTL (subscribe: create or resume, with its start position, and answer only
 once the probe wave says every live node has the interest; unsubscribe; ls, info, rm,
 replay), each durable's member in the routing table (``("durable", NAME)``, queue
-``$durable``), which clients are attached (a queue group shares a durable; without a
+``$durable:NODE:NAME``), which clients are attached (a queue group shares a durable; without a
 queue a new subscriber takes it over), DDELIVER within ``max_pending`` and again after
 ``ack_wait`` or a nak's delay, DACK, retention (``max_age``, ``max_bytes``:
 ``$sys.durable.overflow``), and what ``tsctl durable info`` shows.
@@ -93,7 +93,8 @@ class Durables:
         self.created[name] = state.get("created", time.time())
         mid = member_of(name)
         self.node.table.add_member(mid)
-        self.node.exchange.subscribe(mid, d.pattern, subjects.DURABLE_QUEUE)
+        self.node.exchange.subscribe(mid, d.pattern,
+                                     subjects.durable_queue(self.node.name, name))
         return d
 
     def _save(self, d: Durable) -> None:
@@ -321,7 +322,8 @@ class Durables:
         del self.subs[d.name]
         self.created.pop(d.name, None)
         mid = member_of(d.name)
-        self.node.exchange.unsubscribe(mid, d.pattern, subjects.DURABLE_QUEUE)
+        self.node.exchange.unsubscribe(mid, d.pattern,
+                                       subjects.durable_queue(self.node.name, d.name))
         self.node.table.remove_member(mid)
         self.custody.store.delete_durable(d.name)
         return {"removed": d.name, "node": self.node.name}

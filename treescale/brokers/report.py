@@ -41,5 +41,6 @@ def report(node: Node) -> dict:
             "cpu_percent": node.cpu[0], "rss_bytes": node.cpu[1],
             "metrics_port": node.hosting.metrics_port,
             **node.stats,
+            "durable": node.custody.report(),
             "bytes_in": sum(row[1] for row in classes.values()),
             "bytes_out": sum(row[3] for row in classes.values())}
