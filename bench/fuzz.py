@@ -42,7 +42,7 @@ TOKEN = "fuzz-client-token"
 LINK_SECRET = "fuzz-link-secret"
 EDGES = [0, 1, -1, 2, 255, 256, 65535, 65536, 2**31, 2**32, 2**63 - 1, 2**63, 2**64 - 1,
          -2**63, 30_000_000]
-KINDS = [*sorted(P.DECODERS), 0, 13, 25, 28, 39, 40, 127, 255, 65536]
+KINDS = [*sorted(P.DECODERS), 0, 13, 37, 39, 40, 127, 255, 65536]
 
 
 def node_config() -> dict:
@@ -187,6 +187,24 @@ class Frames:
             P.encode_interest(7, [(True, "fuzz.>", None)]), P.encode_resync(3),
             [P.PUB_HEADER, meta, body, *large],
             [P.encode_forward_header([["w", 2]]), meta, body, *large],
+            *self._durable_templates(),
+        ]
+
+    @staticmethod
+    def _durable_templates() -> list[list]:
+        """Durable delivery's kinds (25, 28-36), valid, for mutation."""
+        ev = [P.DurableEvent(1, "fuzz-id-1", "fuzz.d", b"1", None, 1.0, "c"),
+              P.DurableEvent(2, "fuzz-id-2", "fuzz.d", b"22", {"h": 1}, 2.0, "c", 1)]
+        return [
+            P.encode_dpub(ev), P.encode_dconfirm([1], [(2, "storage_full", "full")]),
+            P.encode_dforward(ev), P.encode_dfack([1, 2]),
+            P.encode_dctl(1, "subscribe", {"durable": "fuzz", "pattern": "fuzz.>",
+                                           "queue": None, "start": "all"}),
+            P.encode_dctl(2, "info", {"durable": "fuzz"}),
+            P.encode_dctl(3, "replay", {"durable": "fuzz", "seq": 0}),
+            P.encode_dctlr(1, True, {}), P.encode_ddeliver("fuzz", ev),
+            P.encode_dack("fuzz", [1], [(2, 0.5)]), P.encode_probe(1, "fuzz"),
+            P.encode_probed(1, 1),
         ]
 
     def mutated(self) -> list:

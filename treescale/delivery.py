@@ -101,7 +101,7 @@ class Durable:
     max_pending: int = 1000
     max_age: float | None = None
     max_bytes: int | None = None
-    pending: dict[int, Pending] = field(default_factory=dict)  # seq order
+    pending: dict[int, Pending] = field(default_factory=dict)  # arrival order
     outstanding: dict[int, None] = field(default_factory=dict)
     ready: deque = field(default_factory=deque)
     delayed: list = field(default_factory=list)  # heap of (deadline, seq)
@@ -164,16 +164,20 @@ class Durable:
         """``(member, seq, deliveries before)`` to send now: expired ones (ack_wait or
         a nak's delay) and waiting ones, oldest first, within ``max_pending`` events
         out at once, members in turn."""
-        expired = [s for s in self.outstanding if self.pending[s].deadline <= now]
-        for seq in reversed(expired):
-            self._back(seq)
+        back = [s for s in self.outstanding if self.pending[s].deadline <= now]
+        for seq in back:
+            p = self.pending[seq]
+            p.member, p.deadline = None, 0.0
+            self.outstanding.pop(seq)
         delayed = self.delayed
         while delayed and delayed[0][0] <= now:
             _, seq = heapq.heappop(delayed)
             p = self.pending.get(seq)
             if p is not None and p.member is None and p.deadline and p.deadline <= now:
                 p.deadline = 0.0
-                self.ready.appendleft(seq)
+                back.append(seq)
+        back.sort()  # what goes again goes first, and oldest first among itself
+        self.ready.extendleft(reversed(back))
         if not self.members:
             return []
         out = []
@@ -237,12 +241,14 @@ class Durable:
         if self.max_bytes is not None:
             total = self.bytes - sum(self.pending[s].size for s in drop)
             skip = set(drop)
-            for s, p in self.pending.items():
+            # a replay adds older seqs after newer ones: pending is not in seq order
+            for s, p in (sorted(self.pending.items()) if total > self.max_bytes else ()):
                 if total <= self.max_bytes:
                     break
                 if s not in skip:
                     drop.append(s)
                     total -= p.size
+        drop.sort()
         for s in drop:
             self.bytes -= self.pending.pop(s).size
             self.outstanding.pop(s, None)

@@ -26,7 +26,9 @@ def fast(examples: int) -> settings:
 
 MESSAGE_TYPES = (P.Hello, P.Ready, P.Subscribe, P.Unsubscribe, P.Batch, P.Request, P.Reply,
                  P.Error, P.Ping, P.Pong, P.Bye, P.Link, P.Linked, P.Redirect, P.Interest,
-                 P.PlacementInfo, P.Resync)
+                 P.PlacementInfo, P.Resync, P.DurablePublish, P.DurableConfirm,
+                 P.CustodyForward, P.CustodyAck, P.DurableControl, P.DurableControlReply,
+                 P.DurableDeliver, P.DurableAck, P.Probe, P.ProbeAnswer)
 
 
 def big(n: int, fill: int = 0x5A) -> bytes:

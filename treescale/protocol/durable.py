@@ -229,23 +229,23 @@ def _events(rows: list, frames: Sequence, max_payload: int, kind: int) -> list:
     return [_event(row, frames[i + 1], max_payload, kind) for i, row in enumerate(rows)]
 
 
+def _items(value: Any, what: str) -> list:
+    """A list field (nil is empty) of at most MAX_DURABLE_BATCH items."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise FieldError(f"{what} must be a list, got {type(value).__name__}")
+    if len(value) > MAX_DURABLE_BATCH:
+        raise BadCount(f"{what} holds at most {MAX_DURABLE_BATCH} items, got {len(value)}")
+    return value
+
+
 def _seqs(value: Any, what: str) -> list[int]:
     if not isinstance(value, list):
         raise FieldError(f"{what} must be a list of numbers")
     if len(value) > MAX_DURABLE_BATCH:
         raise BadCount(f"{what} holds at most {MAX_DURABLE_BATCH} numbers")
     return [bounded(v, what, 0, I63) for v in value]
-
-
-def _list(value: Any, what: str) -> list:
-    """A list field (nil is empty), at most MAX_DURABLE_BATCH long."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise FieldError(f"{what} must be a list")
-    if len(value) > MAX_DURABLE_BATCH:
-        raise BadCount(f"{what} holds at most {MAX_DURABLE_BATCH} entries")
-    return value
 
 
 def _one_frame(frames: Sequence, kind: int) -> None:
@@ -263,7 +263,7 @@ def _decode_dconfirm(header: list, frames: Sequence, max_payload: int) -> Durabl
     _one_frame(frames, DCONFIRM)
     confirmed, refused = fields(header, 2)
     out = []
-    for r in _list(refused, "dconfirm refusals"):
+    for r in _items(refused, "dconfirm refusals"):
         if not isinstance(r, list) or len(r) != 3:
             raise FieldError("dconfirm refusals must be [seq, code, message]")
         out.append((bounded(r[0], "seq", 0, I63), text(r[1], "code"),
@@ -313,7 +313,7 @@ def _decode_dack(header: list, frames: Sequence, max_payload: int) -> DurableAck
     _one_frame(frames, DACK)
     durable, acks, naks = fields(header, 3)
     out = []
-    for n in _list(naks, "dack naks"):
+    for n in _items(naks, "dack naks"):
         if not isinstance(n, list) or len(n) != 2 or not isinstance(n[1], int | float) \
                 or isinstance(n[1], bool) or not 0 <= n[1] <= 86400:
             raise FieldError("dack naks must be [seq, delay of 0..86400 seconds]")
