@@ -28,7 +28,7 @@ class Owed:
     def __init__(self, window: int, seqs: Iterable[int] = ()) -> None:
         self.window = window
         self.seqs: dict[int, None] = dict.fromkeys(sorted(seqs))
-        self.inflight: dict[int, None] = {}
+        self.inflight: dict[int, float] = {}  # seq -> when it was sent
         self.queue: deque[int] = deque(self.seqs)
 
     def __len__(self) -> int:
@@ -45,7 +45,7 @@ class Owed:
         self.inflight.clear()
         self.queue = deque(sorted(self.seqs))
 
-    def next_batch(self, limit: int) -> list[int]:
+    def next_batch(self, limit: int, now: float = 0.0) -> list[int]:
         """What may go now: up to ``limit`` events, and no more than the window."""
         room = min(limit, self.window - len(self.inflight))
         out = []
@@ -54,7 +54,7 @@ class Owed:
             seq = queue.popleft()
             if seq in seqs and seq not in self.inflight:
                 out.append(seq)
-                self.inflight[seq] = None
+                self.inflight[seq] = now
                 room -= 1
         return out
 
@@ -63,6 +63,13 @@ class Owed:
         for seq in reversed(seqs):
             self.inflight.pop(seq, None)
             self.queue.appendleft(seq)
+
+    def expire(self, now: float, timeout: float) -> int:
+        """Sent more than ``timeout`` ago and still not acknowledged (the ack or the
+        forward was lost, or the neighbour is full): they go again, first."""
+        late = [seq for seq, sent in self.inflight.items() if now - sent > timeout]
+        self.unsent(late)
+        return len(late)
 
     def acked(self, seqs: Iterable[int]) -> list[int]:
         """The neighbour has these: what we no longer owe (the ones we did owe)."""

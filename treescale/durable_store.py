@@ -176,7 +176,8 @@ class DurableStore:
 
     def commit(self, now: float) -> bool:
         """Commit this wakeup's changes; True once everything committed so far is as
-        durable as the policy promises (confirms may go out)."""
+        durable as the policy promises (confirms may go out). A commit survives the
+        process being killed at once; the fsync is what survives the machine."""
         if self._txn is not None:
             self._txn.commit()
             self._txn = None

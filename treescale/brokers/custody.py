@@ -42,6 +42,7 @@ SEND_BATCH = 500  # durable events per DFORWARD
 SEND_BYTES = 4 << 20  # and about this much payload
 REROUTE_AFTER = 2.0  # seconds a neighbour is away before what it was owed is re-routed
 PROBE_TIMEOUT = 10.0
+RESEND_AFTER = 5.0  # seconds a forward may go unacknowledged on a live link
 
 
 def link_target(neighbour: str) -> str:
@@ -354,8 +355,9 @@ class Custody:
         link = self._link_of(neighbour)
         if owed is None or link is None:
             return
+        now = time.monotonic()
         while True:
-            seqs = owed.next_batch(SEND_BATCH)
+            seqs = owed.next_batch(SEND_BATCH, now)
             if not seqs:
                 return
             payloads = list(self.store.payloads(seqs))
@@ -409,7 +411,13 @@ class Custody:
             pump, self.to_pump = self.to_pump, set()
             for neighbour in pump:
                 self._pump(neighbour)
-        self.durables.pump(now)
+        out = self.durables.pump(now)
+        if out:
+            # How often each went out is committed before it goes (a kill must not
+            # make it a first delivery again; the fsync may follow with the next one).
+            self.store.commit(now)
+            for member, frames in out:
+                node.send(member, frames)
 
     def housekeeping(self, now: float) -> None:
         wall = time.time()
@@ -417,8 +425,12 @@ class Custody:
         self.interest.housekeeping(now)
         self.durables.housekeeping(now, wall)
         for neighbour, owed in self.owed.items():
-            if owed.queue and self._link_of(neighbour) is not None:
-                self.to_pump.add(neighbour)  # a full socket earlier
+            if self._link_of(neighbour) is None:
+                continue
+            if owed.expire(now, RESEND_AFTER):
+                self.stats["resent"] += 1
+            if owed.queue:
+                self.to_pump.add(neighbour)  # a full socket, or unacknowledged
         max_age = self.node.config.durable_max_age
         while self.free:
             seq = next(iter(self.free))

@@ -109,8 +109,9 @@ class Durables:
             d.add(seq, size, when, deliveries)
             self.dirty.add(name)
 
-    def pump(self, now: float) -> None:
-        """Send what is due: new events, and those whose ack_wait or delay passed."""
+    def pump(self, now: float) -> list:
+        """What is due (new events, and those whose ack_wait or delay passed), as
+        ``(member, frames)`` to send once the store has committed their counts."""
         names = self.dirty
         if now >= self.next_check:  # deadlines: at most every CHECK_EVERY
             self.next_check = now + CHECK_EVERY
@@ -118,17 +119,20 @@ class Durables:
                              if d.members and (t := d.next_deadline()) is not None
                              and t <= now}
         if not names:
-            return
+            return []
         self.dirty = set()
+        out: list = []
         for name in names:
             d = self.subs.get(name)
             if d is not None and d.members:
-                self._send(d, d.due(now))
+                out += self._messages(d, d.due(now))
+        return out
 
-    def _send(self, d: Durable, due: list) -> None:
+    def _messages(self, d: Durable, due: list) -> list:
         custody = self.custody
         target = "D:" + d.name
         by_member: dict = {}
+        out: list = []
         for member, seq, before in due:
             by_member.setdefault(member, []).append((seq, before))
             custody.store.owe(target, seq, before + 1)  # how often it went out
@@ -143,7 +147,8 @@ class Durables:
                     events.append(P.DurableEvent(seq, rec.id, rec.name, payload,
                                                  rec.headers, rec.time, rec.publisher,
                                                  before))
-                self.node.send(member, P.encode_ddeliver(d.name, events))
+                out.append((member, P.encode_ddeliver(d.name, events)))
+        return out
 
     def on_ack(self, session: Session, msg: P.DurableAck) -> None:
         d = self.subs.get(msg.durable)
