@@ -80,7 +80,10 @@ class DurableStore:
             for k, v in txn.cursor(self.db["ids"]):
                 out["ids"][bytes(k).decode()] = _SEQ.unpack(v)[0]
             for k, v in txn.cursor(self.db["owed"]):
-                target, _, seq = bytes(k).rpartition(b"\0")
+                # target, NUL, 8-byte seq: the seq's own bytes hold NULs (1 is seven
+                # of them), so split by length, never at the last NUL
+                k = bytes(k)
+                target, seq = k[:-_SEQ.size - 1], k[-_SEQ.size:]
                 out["owed"].setdefault(target.decode(), {})[_SEQ.unpack(seq)[0]] = \
                     _unpack(v)
             for k, v in txn.cursor(self.db["durables"]):
