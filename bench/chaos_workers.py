@@ -44,6 +44,13 @@ def _api() -> tuple[Any, type]:
     return mod.Client, mod.DeliveryError
 
 
+def _count(value: Any) -> int:
+    """DeliveryError's counts: a number, or a collection of the events."""
+    if isinstance(value, int):
+        return value
+    return len(value or ())
+
+
 class Record:
     def __init__(self, path: Path) -> None:
         self.f = open(path, "a", buffering=1)
@@ -73,8 +80,8 @@ def publisher(address: str, name: str, out: Path, rate: float, batch: int,
                 client.flush(timeout=flush_timeout)
             except DeliveryError as e:
                 rec.write(f=ids, err=repr(e)[:300],
-                          unconfirmed=len(getattr(e, "unconfirmed", ()) or ()),
-                          refused=len(getattr(e, "refused", ()) or ()))
+                          unconfirmed=_count(getattr(e, "unconfirmed", 0)),
+                          refused=_count(getattr(e, "refused", 0)))
             except Exception as e:  # noqa: BLE001 - a fault the record must show
                 rec.write(f=ids, err=repr(e)[:300])
             else:
