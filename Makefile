@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed-from-pyproject
 # `make bench` keeps every run's numbers here (BENCHMARKS.md's tables come from it).
 BENCH_JSON ?= bench-results.json
 
-.PHONY: install demo test unit integration bench bench-quick bench-durable fuzz lint clean
+.PHONY: install demo test unit integration bench bench-quick bench-durable fuzz chaos lint clean
 
 CHECK_VERSION := import sys; sys.version_info >= (3, 11) or sys.exit("$(PYTHON) is Python %s: \
 TreeScale needs 3.11 or newer (make PYTHON=/path/to/python3.11 ...)" % sys.version.split()[0])
@@ -72,6 +72,13 @@ bench-quick: install
 # on 2 cores); exits non-zero if the node crashed. FUZZ_ARGS: --frames, --seconds, --seed.
 fuzz: install  ## hostile frames at a live node: crashes, RSS growth, errors by code
 	$(PY) -m bench.fuzz $(FUZZ_ARGS)
+
+# Not part of `make test` (tests/integration/test_chaos.py is its 30-second version):
+# kill -9, SIGSTOP and (as root) link cuts on a 20-node tree for 5 minutes while
+# durable events flow; exits non-zero if one is lost, unexpected or silently
+# duplicated. CHAOS_ARGS: --nodes, --seconds, --seed, --rate, --dir.
+chaos: install  ## durable delivery under node kills, pauses and link cuts
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
