@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import select
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -45,19 +47,30 @@ def publish(ns: str, address: str, prefix: str, n: int) -> set[str]:
     return {f"{prefix}:{i:04d}" for i in range(n)}
 
 
-def lines(stream, until, timeout: float):
-    """JSON lines from ``stream`` until ``until(obj)`` is true (or fail)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        ready, _, _ = select.select([stream], [], [], max(0.0, left))
-        assert ready, "nothing came before the deadline"
-        line = stream.readline()
-        assert line, "the stream ended"
-        obj = json.loads(line)
-        yield obj
-        if until(obj):
-            return
+class Lines:
+    """JSON lines of a process's stream, read by a thread (select() on a buffered
+    stream misses lines already in its buffer)."""
+
+    def __init__(self, stream) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.queue.put(json.loads(line))
+        self.queue.put(None)
+
+    def until(self, done, timeout: float) -> None:
+        """Take lines until ``done(obj)`` is true (or fail)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                obj = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError("nothing came before the deadline") from None
+            assert obj is not None, "the stream ended"
+            if done(obj):
+                return
 
 
 def test_durable_events_cross_a_healed_partition(tmp_path):
@@ -77,8 +90,8 @@ def test_durable_events_cross_a_healed_partition(tmp_path):
         ready, _, _ = select.select([watch.stderr], [], [], 30)
         assert ready and b"subscribed" in watch.stderr.readline()
         run(b, "node", "start", "--config", str(configs["cb"]))
-        for _ in lines(watch.stdout, lambda e: e["name"] == "$sys.node.up", 30):
-            pass
+        events = Lines(watch.stdout)
+        events.until(lambda e: e["name"] == "$sys.node.up", 30)
         sub = run(b, "sub", "orders.>", "--durable", "billing", "--ack", "--json",
                   "-a", "tcp://10.232.0.2:7502", "--timeout", "20")
         ready, _, _ = select.select([sub.stderr], [], [], 30)
@@ -86,8 +99,7 @@ def test_durable_events_cross_a_healed_partition(tmp_path):
 
         confirmed = publish(a, "tcp://10.232.0.1:7501", "before", 50)
         sh("ip", "-n", b, "link", "set", vb, "down")  # the cut: silence
-        for _ in lines(watch.stdout, lambda e: e["name"] == "$sys.node.down", 30):
-            pass
+        events.until(lambda e: e["name"] == "$sys.node.down", 30)
         # The publisher's node confirms what it now holds in custody for the far side.
         confirmed |= publish(a, "tcp://10.232.0.1:7501", "during", 50)
         sh("ip", "-n", b, "link", "set", vb, "up")  # healed
@@ -101,7 +113,6 @@ def test_durable_events_cross_a_healed_partition(tmp_path):
             got[ev["id"]] = ev["redelivered"]
             return confirmed <= set(got)
 
-        for _ in lines(sub.stdout, complete, 90):
-            pass
+        Lines(sub.stdout).until(complete, 90)
         assert confirmed <= set(got)
         assert not unmarked, "a copy came without the redelivered mark"
