@@ -84,8 +84,15 @@ class AwayInterest:
         if self.held.pop(neighbour, None):
             self.store.put_interest(neighbour, [])
 
+    def linked(self, neighbour: str, but: Link | None = None) -> bool:
+        return any(lk.neighbour == neighbour and lk is not but for lk in self.node.links)
+
     def link_down(self, link: Link) -> None:
-        """Before the link's routes go: its durable interest stays, by a stand-in."""
+        """Before the link's routes go: its durable interest stays, by a stand-in
+        (not when the neighbour is linked again already: the old connection's close
+        can come after the new link is up)."""
+        if self.linked(link.neighbour, but=link):
+            return
         self.back.pop(link.neighbour, None)
         self._stand_in(link.neighbour, time.monotonic())
 
@@ -126,9 +133,11 @@ class AwayInterest:
         for neighbour, since in list(self.away.items()):
             if now - since > AWAY_EXPIRY:
                 self._forget(neighbour)
-            elif self.held.get(neighbour, set()) <= live.keys():
+            elif self.held.get(neighbour, set()) <= live.keys() and \
+                    not self.linked(neighbour):
                 first = self.covered.setdefault(neighbour, now)
-                if now - first > SUPERSEDED_AFTER:
-                    self._forget(neighbour)  # its durables live elsewhere now
+                if now - first > SUPERSEDED_AFTER:  # its durables live elsewhere now
+                    self._forget(neighbour)
+                    self.node.custody.superseded(neighbour)
             else:
                 self.covered.pop(neighbour, None)

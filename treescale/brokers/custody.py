@@ -337,7 +337,8 @@ class Custody:
         """Called before the link's routes go (its durable interest must stay)."""
         self.interest.link_down(link)
         self.facks.pop(link.member, None)
-        if link.neighbour in self.owed:
+        if link.neighbour in self.owed and not self.interest.linked(link.neighbour,
+                                                                     but=link):
             self.away[link.neighbour] = time.monotonic()
         for token, wave in list(self.probes.items()):
             if link.member in wave.waiting:
@@ -458,6 +459,23 @@ class Custody:
                      self.node.name, len(owed), neighbour)
             for seq in list(owed.seqs):
                 self._route(seq, None, again=target)
+
+    def superseded(self, neighbour: str) -> None:
+        """Every durable an absent neighbour stood for is reachable by other links now
+        (it re-homed): what it was owed goes that way, and it is owed nothing more."""
+        owed = self.owed.get(neighbour)
+        if owed is None:
+            return
+        target = link_target(neighbour)
+        for seq in list(owed.seqs):
+            self._route(seq, None, again=target)
+        for seq in owed.acked(list(owed.seqs)):
+            self.release(target, seq)
+        del self.owed[neighbour]
+        self.away.pop(neighbour, None)
+        self.rerouted.pop(neighbour, None)
+        log.info("node %s: %s re-homed elsewhere: what it was owed was re-routed",
+                 self.node.name, neighbour)
 
     def close(self) -> None:
         self.store.close()
