@@ -8,8 +8,8 @@ once, however often and from wherever it arrives again), the per-link credit win
 (``durable_window`` events in flight; the rest wait in storage), re-routing what a
 neighbour that went away was owed when the tree found another way, the quota
 (``durable_max_bytes``: refused with ``storage_full``, never dropped), trimming events
-nobody is owed after ``durable_max_age``, and the probe wave that tells a new durable
-its interest reached every live node.
+nobody is owed after ``durable_max_age``; it holds the probe waves (probes.py) and
+the neighbours' durable interest (away.py).
 
 Must not touch: durable subscriptions' delivery (durables.py), what interest means
 (exchange.py), LMDB's layout (treescale/durable_store.py).
@@ -18,7 +18,6 @@ Must not touch: durable subscriptions' delivery (durables.py), what interest mea
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -28,6 +27,7 @@ from treescale import subjects
 from treescale.brokers import gate
 from treescale.brokers.away import AwayInterest, is_away_member
 from treescale.brokers.durables import Durables, is_durable_member
+from treescale.brokers.probes import ProbeWaves
 from treescale.delivery import Owed
 from treescale.durable_store import DurableStore
 
@@ -41,7 +41,6 @@ log = logging.getLogger("treescale.node")
 SEND_BATCH = 500  # durable events per DFORWARD
 SEND_BYTES = 4 << 20  # and about this much payload
 REROUTE_AFTER = 2.0  # seconds a neighbour is away before what it was owed is re-routed
-PROBE_TIMEOUT = 10.0
 RESEND_AFTER = 5.0  # seconds a forward may go unacknowledged on a live link
 
 
@@ -64,17 +63,6 @@ class Stored:
     def row(self) -> list:
         return [self.id, self.name, self.headers, self.time, self.publisher, self.size,
                 sorted(self.handed)]
-
-
-@dataclass(slots=True)
-class ProbeWave:
-    """One probe we wait on: answered upstream (``up``) or to a subscriber."""
-
-    waiting: set
-    started: float
-    up: bytes | None = None  # the link it came from
-    done: object = None  # callable(nodes) for our own durable's subscribe
-    nodes: int = 1
 
 
 class Custody:
@@ -111,7 +99,7 @@ class Custody:
         self.confirms: dict[bytes, tuple[list, list]] = {}  # session -> ok, refused
         self.facks: dict[bytes, list] = {}  # link member -> seqs to acknowledge
         self.to_pump: set[str] = set()
-        self.probes: dict[int, ProbeWave] = {}
+        self.probes = ProbeWaves(node)
         self.stats = {"stored": 0, "duplicates": 0, "refused": 0, "trimmed": 0,
                       "forwarded": 0, "resent": 0}
         self.durables = Durables(node, self, state["durables"], durable_owed)
@@ -133,9 +121,9 @@ class Custody:
         elif isinstance(msg, P.CustodyAck):
             self.on_fack(link, msg)
         elif isinstance(msg, P.Probe):
-            self.on_probe(link, msg)
+            self.probes.on_probe(link, msg)
         elif isinstance(msg, P.ProbeAnswer):
-            self.on_probed(link, msg)
+            self.probes.on_probed(link, msg)
 
     def on_publish(self, session: Session, msg: P.DurablePublish) -> None:
         rid = session.routing_id
@@ -340,10 +328,7 @@ class Custody:
         if link.neighbour in self.owed and not self.interest.linked(link.neighbour,
                                                                      but=link):
             self.away[link.neighbour] = time.monotonic()
-        for token, wave in list(self.probes.items()):
-            if link.member in wave.waiting:
-                wave.waiting.discard(link.member)
-                self._probe_done(token)
+        self.probes.link_down(link)
 
     def _link_of(self, neighbour: str) -> Link | None:
         for link in self.node.links:
@@ -438,10 +423,7 @@ class Custody:
             if wall - self.events[seq].time <= max_age:
                 break
             self._delete(seq)
-        for token, wave in list(self.probes.items()):
-            if now - wave.started > PROBE_TIMEOUT:
-                wave.waiting.clear()
-                self._probe_done(token)
+        self.probes.housekeeping(now)
 
     def _reroute(self, now: float) -> None:
         """What a neighbour away for REROUTE_AFTER was owed goes wherever the tree
@@ -479,49 +461,6 @@ class Custody:
 
     def close(self) -> None:
         self.store.close()
-
-    # ------------------------------------------------------------------ probes
-
-    def probe(self, done) -> None:
-        """Tell ``done(nodes)`` once every live node has the interest queued so far:
-        the interest goes out first on each link, the probe after it (links are FIFO),
-        and each node answers once the nodes beyond it have."""
-        token = secrets.randbits(62)
-        self.node.exchange.flush()
-        members = {link.member for link in self.node.links}
-        self.probes[token] = ProbeWave(set(members), time.monotonic(), done=done)
-        for member in members:
-            if not self.node.links.send(member, P.encode_probe(token, self.node.name)):
-                self.probes[token].waiting.discard(member)
-        self._probe_done(token)
-
-    def on_probe(self, link: Link, msg: P.Probe) -> None:
-        if self.node.exchange.pending:
-            self.node.exchange.flush()
-        members = {lk.member for lk in self.node.links if lk.member != link.member}
-        self.probes[msg.token] = ProbeWave(set(members), time.monotonic(), up=link.member)
-        for member in members:
-            if not self.node.links.send(member, P.encode_probe(msg.token, msg.origin)):
-                self.probes[msg.token].waiting.discard(member)
-        self._probe_done(msg.token)
-
-    def on_probed(self, link: Link, msg: P.ProbeAnswer) -> None:
-        wave = self.probes.get(msg.token)
-        if wave is None or link.member not in wave.waiting:
-            return
-        wave.waiting.discard(link.member)
-        wave.nodes += msg.nodes
-        self._probe_done(msg.token)
-
-    def _probe_done(self, token: int) -> None:
-        wave = self.probes.get(token)
-        if wave is None or wave.waiting:
-            return
-        del self.probes[token]
-        if wave.up is not None:
-            self.node.links.send(wave.up, P.encode_probed(token, wave.nodes))
-        elif wave.done is not None:
-            wave.done(wave.nodes)
 
     # ------------------------------------------------------------------ report
 

@@ -270,7 +270,7 @@ class Durables:
             if rid in self.node.sessions:
                 self.node.send(rid, P.encode_dctlr(msg.req_id, True, {
                     **self._info(d), "created": created, "nodes": nodes}))
-        self.custody.probe(answer)
+        self.custody.probes.start(answer)
 
     def _first_of(self, start: str, args: dict) -> tuple[str, float] | None:
         if start == "new":
