@@ -453,6 +453,10 @@ class Custody:
             self._route(seq, None, again=target)
         for seq in owed.acked(list(owed.seqs)):
             self.release(target, seq)
+            rec = self.events.get(seq)
+            if rec is not None:  # never acknowledged: it may be owed to it again
+                rec.handed.discard(target)
+                self.store.update_event(seq, rec.row())
         del self.owed[neighbour]
         self.away.pop(neighbour, None)
         self.rerouted.pop(neighbour, None)
