@@ -84,6 +84,10 @@ class AwayInterest:
         if self.held.pop(neighbour, None):
             self.store.put_interest(neighbour, [])
 
+    def stands_for(self, neighbour: str) -> bool:
+        """Whether a stand-in keeps durable interest here for this absent neighbour."""
+        return neighbour in self.away
+
     def linked(self, neighbour: str, but: Link | None = None) -> bool:
         return any(lk.neighbour == neighbour and lk is not but for lk in self.node.links)
 

@@ -428,12 +428,16 @@ class Custody:
     def _reroute(self, now: float) -> None:
         """What a neighbour away for REROUTE_AFTER was owed goes wherever the tree
         routes it now (it stays owed to that neighbour too, should it come back); again
-        each time the routes change while it is away."""
+        each time the routes change while it is away. A neighbour no stand-in holds
+        durable interest for (only plain subscribers were behind it) is released."""
         generation = self.node.table.generation
-        for neighbour, since in self.away.items():
+        for neighbour, since in list(self.away.items()):
             owed = self.owed.get(neighbour)
             if owed is None or now - since < REROUTE_AFTER or \
                     self.rerouted.get(neighbour) == generation:
+                continue
+            if not self.interest.stands_for(neighbour):
+                self.superseded(neighbour)
                 continue
             self.rerouted[neighbour] = generation
             target = link_target(neighbour)
@@ -443,8 +447,9 @@ class Custody:
                 self._route(seq, None, again=target)
 
     def superseded(self, neighbour: str) -> None:
-        """Every durable an absent neighbour stood for is reachable by other links now
-        (it re-homed): what it was owed goes that way, and it is owed nothing more."""
+        """No durable is reachable only through this absent neighbour any more (its
+        durables re-homed, or it had none): what it was owed goes wherever the routes
+        lead now, and it is owed nothing more."""
         owed = self.owed.get(neighbour)
         if owed is None:
             return
@@ -460,8 +465,8 @@ class Custody:
         del self.owed[neighbour]
         self.away.pop(neighbour, None)
         self.rerouted.pop(neighbour, None)
-        log.info("node %s: %s re-homed elsewhere: what it was owed was re-routed",
-                 self.node.name, neighbour)
+        log.info("node %s: %s holds no durable here now: what it was owed was "
+                 "re-routed", self.node.name, neighbour)
 
     def close(self) -> None:
         self.store.close()
