@@ -42,6 +42,8 @@ SEND_BATCH = 500  # durable events per DFORWARD
 SEND_BYTES = 4 << 20  # and about this much payload
 REROUTE_AFTER = 2.0  # seconds a neighbour is away before what it was owed is re-routed
 RESEND_AFTER = 5.0  # seconds a forward may go unacknowledged on a live link
+REROUTE_EVERY = 5.0  # seconds between two re-routes of one absent neighbour's events
+REROUTE_BUDGET = 50_000  # events re-routed per housekeeping pass, at most (about)
 
 
 def link_target(neighbour: str) -> str:
@@ -83,7 +85,8 @@ class Custody:
         self.refs: dict[int, int] = {}
         self.owed: dict[str, Owed] = {}  # neighbour -> what we owe it
         self.away: dict[str, float] = {}  # neighbour -> when its link went down
-        self.rerouted: dict[str, int] = {}  # neighbour -> table generation last rerouted
+        # neighbour -> (table generation, when) of its last re-route
+        self.rerouted: dict[str, tuple[int, float]] = {}
         durable_owed = {}
         for target, seqs in state["owed"].items():
             live = {s: d for s, d in seqs.items() if s in self.events}
@@ -428,18 +431,26 @@ class Custody:
     def _reroute(self, now: float) -> None:
         """What a neighbour away for REROUTE_AFTER was owed goes wherever the tree
         routes it now (it stays owed to that neighbour too, should it come back); again
-        each time the routes change while it is away. A neighbour no stand-in holds
-        durable interest for (only plain subscribers were behind it) is released."""
+        when the routes changed, at most every REROUTE_EVERY and REROUTE_BUDGET events
+        a second (the loop keeps serving while a big backlog is re-routed). A
+        neighbour no stand-in holds durable interest for (only plain subscribers were
+        behind it) is released."""
         generation = self.node.table.generation
+        budget = REROUTE_BUDGET
         for neighbour, since in list(self.away.items()):
             owed = self.owed.get(neighbour)
-            if owed is None or now - since < REROUTE_AFTER or \
-                    self.rerouted.get(neighbour) == generation:
+            last = self.rerouted.get(neighbour)
+            if owed is None or now - since < REROUTE_AFTER or (
+                    last is not None and (last[0] == generation
+                                          or now - last[1] < REROUTE_EVERY)):
                 continue
+            if budget <= 0:
+                return
+            budget -= len(owed)
             if not self.interest.stands_for(neighbour):
                 self.superseded(neighbour)
                 continue
-            self.rerouted[neighbour] = generation
+            self.rerouted[neighbour] = (generation, now)
             target = link_target(neighbour)
             log.info("node %s: %d durable events owed to %s (away) re-routed",
                      self.node.name, len(owed), neighbour)
