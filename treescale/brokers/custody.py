@@ -334,7 +334,9 @@ class Custody:
         self.probes.link_down(link)
 
     def _link_of(self, neighbour: str) -> Link | None:
-        for link in self.node.links:
+        """The neighbour's newest link (an old one may linger until its close is
+        seen: custody goes on the new one)."""
+        for link in reversed(list(self.node.links)):
             if link.neighbour == neighbour:
                 return link
         return None
