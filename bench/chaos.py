@@ -21,6 +21,7 @@ import argparse
 import atexit
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,7 +173,20 @@ class Run:
                 if ev is not None and ev.json().get("parent"):
                     seen.add(ev.json()["node"])
         if not want <= seen:
-            raise RuntimeError(f"not linked after {timeout}s: {sorted(want - seen)}")
+            missing = sorted(want - seen)
+            self.dump_stacks(missing)
+            raise RuntimeError(f"not linked after {timeout}s: {missing}")
+
+    def dump_stacks(self, names: list[str]) -> None:
+        """What the loops of nodes that did not heal are doing (py-spy, if present),
+        into the run directory, for the one who reads the failure."""
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        for node in self.nodes:
+            if node.name in names and node.alive and os.path.exists(spy):
+                out = subprocess.run([spy, "dump", "--pid", str(node.proc.pid)],
+                                     capture_output=True, text=True, timeout=30)
+                (self.dir / f"stack-{node.name}.txt").write_text(out.stdout + out.stderr)
+                self.o.log(f"chaos: stack of {node.name} in stack-{node.name}.txt")
 
     # ------------------------------------------------------------------- workers
 
