@@ -52,6 +52,23 @@ def durable_queue(node: str, durable: str) -> str:
 def is_durable_queue(queue: str | None) -> bool:
     return queue is not None and queue.startswith(DURABLE_QUEUE + ":")
 
+
+# A durable's key as a stand-in holds it for an absent neighbour: other nodes route by
+# it like the real key, but never take it for proof that the durable is reachable.
+STAND_IN_MARK = "~away"
+
+
+def stand_in_queue(queue: str) -> str:
+    return real_queue(queue) + STAND_IN_MARK
+
+
+def real_queue(queue: str) -> str:
+    return queue.removesuffix(STAND_IN_MARK)
+
+
+def is_stand_in_queue(queue: str | None) -> bool:
+    return queue is not None and queue.endswith(STAND_IN_MARK)
+
 # What the live monitor follows.
 MONITOR_PATTERNS = (NODE_STATS, NODE_UP, NODE_DOWN, NODE_ROOT, DOCKER + ".>")
 

@@ -9,11 +9,13 @@ published anywhere during a partition, a node's restart or a neighbour's are sti
 owed to the neighbour and wait here in custody (custody.py re-routes them if the tree
 finds another way).
 
-A stand-in goes when the neighbour has told us its interest again; when every key it
-holds has come from live links for ``SUPERSEDED_AFTER`` (the durables re-homed
-elsewhere in the tree: a key names its durable, so no other durable can pass for it;
-the wait outlasts a neighbour's own stand-in of us echoing our keys back); or
-``AWAY_EXPIRY`` after the neighbour left.
+A stand-in advertises its keys marked (``$durable:NODE:NAME~away``): routed like
+the real ones, but never taken for proof that a durable is reachable. It goes when the
+neighbour has told us its interest again; when every key it holds has come, unmarked,
+from live links for ``SUPERSEDED_AFTER`` (the durables re-homed elsewhere in the tree:
+a key names its durable, so no other durable can pass for it, and two stand-ins
+echoing each other's keys cannot retire each other); or ``AWAY_EXPIRY`` after the
+neighbour left.
 
 Must not touch: what is owed (custody.py), how interest is exchanged (exchange.py).
 """
@@ -67,7 +69,7 @@ class AwayInterest:
         mid = away_member(neighbour)
         self.node.table.add_member(mid)
         for pattern, queue in sorted(keys):
-            self.node.exchange.subscribe(mid, pattern, queue)
+            self.node.exchange.subscribe(mid, pattern, subjects.stand_in_queue(queue))
         self.away[neighbour] = now
 
     def _withdraw(self, neighbour: str) -> None:
@@ -76,7 +78,7 @@ class AwayInterest:
             return
         mid = away_member(neighbour)
         for pattern, queue in sorted(self.held.get(neighbour, ())):
-            self.node.exchange.unsubscribe(mid, pattern, queue)
+            self.node.exchange.unsubscribe(mid, pattern, subjects.stand_in_queue(queue))
         self.node.table.remove_member(mid)
 
     def _forget(self, neighbour: str) -> None:
@@ -129,16 +131,17 @@ class AwayInterest:
                     self.heard(link)
                 else:
                     self.back.pop(neighbour, None)
-        live = {}
+        live = set()  # real keys from live links: never another stand-in's
         for link in self.node.links:
             routes = self.node.table.members.get(link.member)
             if routes is not None:
-                live.update(dict.fromkeys(routes.subs))
+                live.update(k for k in routes.subs if subjects.is_durable_queue(k[1])
+                            and not subjects.is_stand_in_queue(k[1]))
         for neighbour, since in list(self.away.items()):
+            held = {(p, subjects.real_queue(q)) for p, q in self.held.get(neighbour, ())}
             if now - since > AWAY_EXPIRY:
                 self._forget(neighbour)
-            elif self.held.get(neighbour, set()) <= live.keys() and \
-                    not self.linked(neighbour):
+            elif held <= live and not self.linked(neighbour):
                 first = self.covered.setdefault(neighbour, now)
                 if now - first > SUPERSEDED_AFTER:  # its durables live elsewhere now
                     self._forget(neighbour)
