@@ -66,6 +66,11 @@ def real_queue(queue: str) -> str:
     return queue.removesuffix(STAND_IN_MARK)
 
 
+def is_own_durable_queue(queue: str, node: str) -> bool:
+    """A key (marked or not) of one of ``node``'s own durables."""
+    return real_queue(queue).startswith(f"{DURABLE_QUEUE}:{node}:")
+
+
 def is_stand_in_queue(queue: str | None) -> bool:
     return queue is not None and queue.endswith(STAND_IN_MARK)
 

@@ -53,7 +53,7 @@ class AwayInterest:
     def __init__(self, node: Node, store: DurableStore, saved: dict) -> None:
         self.node = node
         self.store = store
-        self.held: dict[str, set[Key]] = {n: {tuple(k) for k in keys}
+        self.held: dict[str, set[Key]] = {n: {tuple(k) for k in keys if self._foreign(k)}
                                           for n, keys in saved.items()}
         self.away: dict[str, float] = {}  # neighbour -> since when it has a stand-in
         self.back: dict[str, float] = {}  # neighbour -> link up, interest not heard yet
@@ -61,6 +61,11 @@ class AwayInterest:
         now = time.monotonic()
         for neighbour in list(self.held):  # at start-up every neighbour is away
             self._stand_in(neighbour, now)
+
+    def _foreign(self, key) -> bool:
+        """Not a key of our own durables (a neighbour's stand-in echoes ours back: we
+        never stand in for ourselves, it would hold everything for nobody)."""
+        return not subjects.is_own_durable_queue(key[1], self.node.name)
 
     def _stand_in(self, neighbour: str, now: float) -> None:
         keys = self.held.get(neighbour)
@@ -110,8 +115,8 @@ class AwayInterest:
         """The link's interest changed: remember its durable part; the stand-in goes
         (the link's own interest now covers what it stood for)."""
         routes = self.node.table.members.get(link.member)
-        keys = {k for k in routes.subs if subjects.is_durable_queue(k[1])} \
-            if routes is not None else set()
+        keys = {k for k in routes.subs if subjects.is_durable_queue(k[1])
+                and self._foreign(k)} if routes is not None else set()
         neighbour = link.neighbour
         self.back.pop(neighbour, None)
         self._withdraw(neighbour)
