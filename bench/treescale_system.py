@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from multiprocessing.synchronize import Event as MpEvent
@@ -34,7 +35,7 @@ REQREP_SIZE = 100
 
 
 def _address(hostport: str) -> str:
-    return hostport if hostport.startswith("tcp://") else f"tcp://{hostport}"
+    return hostport if "://" in hostport else f"tcp://{hostport}"
 
 
 class TreeScaleSystem(BaseSystem):
@@ -95,6 +96,23 @@ class TreeScaleSystem(BaseSystem):
                 c.request(subject, body, timeout=REQUEST_TIMEOUT_S)
                 trips.stop(t0)
         result_queue.put(trips.report())
+
+
+class TreeScaleIpc(TreeScaleSystem):
+    """The same node, its clients on its Unix socket (``ipc_path``): how applications
+    next to their node connect in a real deployment."""
+
+    name = "treescale-ipc"
+
+    @contextmanager
+    def server(self) -> Iterator[str]:
+        with tempfile.TemporaryDirectory(prefix="bench-ipc-") as tmp:
+            path = f"{tmp}/node.sock"
+
+            def argv(port: int, workdir: Path) -> list[str]:
+                return _node_argv("bench", None)(port, workdir) + ["--ipc", path]
+            with broker("treescale-ipc", argv):
+                yield f"ipc://{path}"
 
 
 class TreeScaleThreeHops(TreeScaleSystem):
@@ -159,7 +177,7 @@ def _wait_for_interest(pub_node: str, sub_node: str, subject: str) -> None:
                 return
 
 
-SYSTEMS = [TreeScaleSystem(), TreeScaleThreeHops()]
+SYSTEMS = [TreeScaleSystem(), TreeScaleIpc(), TreeScaleThreeHops()]
 
 
 def count_until_done(c: Client, tally: Tally) -> None:

@@ -63,7 +63,7 @@ from treescale.frames import (
     POLLIN,
     POLLOUT,
     monitor_events,
-    recv_frames,
+    recv_views,
     send_frames,
 )
 from treescale.routing import RoutingTable, split_pattern
@@ -455,7 +455,7 @@ class Client(DurableSurface):
         deliver = core.Deliver
         for _ in range(1000):
             try:
-                frames = recv_frames(sock, NOBLOCK)
+                frames = recv_views(sock, NOBLOCK)
             except zmq.Again:
                 return
             try:

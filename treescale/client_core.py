@@ -94,8 +94,12 @@ _EventFields = namedtuple("_EventFields", "name data raw_headers source reply ta
 
 
 class Event(_EventFields):
-    """One delivered event: ``name``, ``data`` (bytes), ``headers``, ``source``,
-    ``reply`` (set on requests) and ``target``.
+    """One delivered event: ``name``, ``data``, ``headers``, ``source``, ``reply`` (set
+    on requests) and ``target``.
+
+    ``data`` is bytes, or for a payload of ``protocol.LARGE_PAYLOAD`` (64 KiB) or more a
+    read-only memoryview of the frame it arrived in: no copy of a large payload is made
+    on its way to the application (``bytes(ev.data)`` makes one where needed).
 
     A named tuple underneath, so that a whole batch of events is built by C code (no
     Python ``__init__`` per event) and field access is a C descriptor.

@@ -94,6 +94,11 @@ class NodeConfig:
     # Listen on a non-loopback address without client auth (a trusted network only).
     insecure: bool = False
     metrics_port: int | None = None
+    # A Unix socket for applications on this machine (ipc://PATH), beside the TCP
+    # port: the same sessions, auth and limits, without the loopback TCP stack. The
+    # file is created with ipc_mode (octal; default: the node's own user only).
+    ipc_path: str | None = None
+    ipc_mode: str = "0600"
     # Docker service: the engine (default $DOCKER_HOST, else the local socket) and how
     # often each running container's stats are published ($sys.docker.NODE.stats).
     docker_host: str | None = None
@@ -326,10 +331,18 @@ def coerce_field(value: Any, key: str, source: str, node: Any) -> Any:
             return None
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
+        if key == "ipc_mode" and not _is_file_mode(value):
+            raise ConfigError(f"{where} must be an octal file mode such as \"0660\", "
+                              f"got {value!r}")
         if key in CHOICES and value not in CHOICES[key]:
             raise ConfigError(f"{where} must be one of {', '.join(CHOICES[key])}, "
                               f"got {value!r}")
     return value
+
+
+def _is_file_mode(text: str) -> bool:
+    return 3 <= len(text) <= 4 and all(c in "01234567" for c in text) and (
+        len(text) == 3 or text[0] == "0")
 
 
 def _positive(value: int | float, key: str, where: str) -> int | float:

@@ -54,6 +54,24 @@ def recv_frames(sock: zmq.Socket, flags: int = 0, copy: bool = True) -> list[Any
     return parts
 
 
+def recv_views(sock: zmq.Socket, flags: int = 0, copied: int = 3) -> list[Any]:
+    """Receive one whole message: its first ``copied`` frames as bytes, the rest as
+    memoryviews of the received frames, without a copy.
+
+    What a client wants from a DELIVER: the header and the batch's columns are small
+    and parsed, large payloads travel in their own frames and are handed on as they
+    are (copying and faulting in 1 MiB per event cost more than the two hops did).
+    """
+    parts = [_recv(sock, flags)]
+    get = sock.getsockopt
+    while get(RCVMORE):
+        if len(parts) < copied:
+            parts.append(_recv(sock, 0))
+        else:
+            parts.append(_recv(sock, 0, False).buffer)
+    return parts
+
+
 def monitor_events(monitor: zmq.Socket) -> list[dict]:
     """Every event waiting on a socket monitor, parsed (``event``, ``value``...)."""
     events = []

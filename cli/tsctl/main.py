@@ -88,6 +88,9 @@ def node() -> None:
               help="Rewrite this node's and its parent's addresses to 127.0.0.1.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535),
               help="Serve Prometheus /metrics on this port (0: pick a free one).")
+@click.option("--ipc", "ipc_path", type=click.Path(dir_okay=False),
+              help="Also serve applications on this machine on a Unix socket at PATH "
+              "(connect with ipc://PATH): faster than loopback TCP, same auth.")
 @click.option("--insecure", is_flag=True,
               help="Listen on a non-loopback address without client auth (a trusted "
               "network only; the config's `insecure = true`).")
@@ -100,7 +103,8 @@ def node_start(name: str | None, port: int | None, host: str | None,
                config_path: str | None, tokens: tuple[str, ...],
                max_payload: int | None, parent: str | None, join: str | None,
                parent_token: str | None, local: bool, metrics_port: int | None,
-               insecure: bool, keys_dir: str | None, parent_key: str | None) -> None:
+               insecure: bool, keys_dir: str | None, parent_key: str | None,
+               ipc_path: str | None) -> None:
     """Start a node in the foreground (SIGTERM or Ctrl-C stops it cleanly).
 
     Secrets come from the config file or the environment, never the command line:
@@ -122,7 +126,7 @@ def node_start(name: str | None, port: int | None, host: str | None,
     for key, value in (("port", port), ("host", host), ("max_payload", max_payload),
                        ("parent", parent), ("parent_token", parent_token),
                        ("metrics_port", metrics_port), ("keys_dir", keys_dir),
-                       ("parent_key", parent_key)):
+                       ("parent_key", parent_key), ("ipc_path", ipc_path)):
         if value is not None:
             setattr(cfg, key, value)
     if tokens:
@@ -133,6 +137,8 @@ def node_start(name: str | None, port: int | None, host: str | None,
     n.install_signal_handlers()
     logging.getLogger("treescale").setLevel(logging.INFO)
     console.print(f"node [bold]{cfg.name}[/] listening on {n.endpoint}")
+    if n.ipc_endpoint:
+        console.print(f"node [bold]{cfg.name}[/] serving local clients on {n.ipc_endpoint}")
     n.run()
     # The node has closed its socket and services in order. A service thread still
     # blocked somewhere (an engine stream, a starting client) must not keep the

@@ -43,7 +43,8 @@ from treescale.brokers.fanout import Fanout
 from treescale.brokers.handshake import Handshake
 from treescale.brokers.hosting import Hosting
 from treescale.brokers.links import LINK_TIMEOUT, Link, Links
-from treescale.brokers.parent import ParentLink, heartbeats
+from treescale.brokers.listener import listen, remove_ipc
+from treescale.brokers.parent import ParentLink
 from treescale.brokers.placement import Placement
 from treescale.brokers.report import report
 from treescale.brokers.requests import Requests
@@ -89,32 +90,8 @@ class Node:
         os.set_blocking(self._wake_r, False)
         # CURVE (keys_dir): before the socket binds, and the ZAP handler before both.
         self.curve = Curve.for_node(self)
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        if self.curve is not None:
-            self.curve.serve(self.sock)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # No ROUTER_HANDOVER: a second connection presenting a live routing id is
-        # ignored by ZeroMQ instead of taking the first one's place. A session is also
-        # bound to its connection's fd (``_handle``): a routing id seen again on another
-        # connection is a new peer that must say hello, never the old session.
-        self.sock.setsockopt(zmq.LINGER, 500)
-        self.sock.setsockopt(zmq.SNDHWM, 100)  # messages are batches: bound memory
-        heartbeats(self.sock, ping=False)  # children's pings time them out
-        self.sock.setsockopt(zmq.RCVHWM, 1000)
-        # A hard cap far above max_payload protects memory; the node itself answers
-        # anything between max_payload and this cap with a readable error.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, 2 * config.max_payload + (1 << 20))
-        # A connection that never finishes ZeroMQ's greeting is libzmq's to close.
-        self.sock.setsockopt(zmq.HANDSHAKE_IVL, int(config.hello_timeout * 1000))
-        # Room for a burst of connections (clients coming back after a restart):
-        # ZeroMQ's default of 100 makes the rest retry their SYN a second later.
-        self.sock.setsockopt(zmq.BACKLOG, 1024)
-        self.endpoint = config.bind_address
-        if config.port == 0:
-            port = self.sock.bind_to_random_port(f"tcp://{config.host}")
-            self.endpoint = f"tcp://{config.host}:{port}"
-        else:
-            self.sock.bind(self.endpoint)
+        # The ROUTER every client and child connects to: TCP, and ipc_path (listener.py).
+        self.sock, self.endpoint, self.ipc_endpoint = listen(self.ctx, config, self.curve)
         self.port = int(self.endpoint.rsplit(":", 1)[1])
         # Sessions end when their connection closes, not only by silence: the
         # ROUTER's monitor reports the file descriptor, SRCFD maps it back.
@@ -228,6 +205,7 @@ class Node:
         self.sock.disable_monitor()
         self.monitor.close(0)
         self.sock.close()
+        remove_ipc(self.ipc_endpoint)
         self.parent.close()
         if self.curve is not None:
             self.curve.close()
