@@ -39,6 +39,7 @@ from treescale.client_io import (
     pack_outbox,
     token_or_env,
 )
+from treescale.frames import as_views
 from treescale.routing import split_pattern
 
 log = logging.getLogger("treescale.client")
@@ -401,7 +402,7 @@ class AsyncClient:
         sock = self._sock
         receive = self.core.receive
         while True:
-            frames = await sock.recv_multipart()
+            frames = as_views(await sock.recv_multipart(copy=False))
             try:
                 actions = receive(frames)
             except P.ProtocolError as exc:

@@ -72,6 +72,11 @@ def recv_views(sock: zmq.Socket, flags: int = 0, copied: int = 3) -> list[Any]:
     return parts
 
 
+def as_views(frames: list, copied: int = 3) -> list[Any]:
+    """``recv_views`` for frames already received with ``copy=False`` (asyncio)."""
+    return [f.bytes if i < copied else f.buffer for i, f in enumerate(frames)]
+
+
 def monitor_events(monitor: zmq.Socket) -> list[dict]:
     """Every event waiting on a socket monitor, parsed (``event``, ``value``...)."""
     events = []

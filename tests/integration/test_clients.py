@@ -260,3 +260,43 @@ def test_a_client_that_only_receives_is_not_dropped_while_events_flow(node_facto
         if got == sent:
             break
     assert got == sent, f"{sent - got} of {sent} events lost"
+
+
+def test_large_payloads_reach_both_clients_uncopied_and_small_ones_as_bytes(node, clients):
+    """Payloads of 64 KiB and more arrive as views of the frame they came in (no copy
+    on the way to the application); smaller ones stay bytes. Both equal what was sent."""
+    big = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    pub = clients(node.address, name="pub")
+    sub = clients(node.address, name="sub")
+    sub.subscribe("blob.*")
+    pub.publish("blob.big", big)
+    pub.publish("blob.small", b"tiny")
+    got = {ev.name: ev.data for ev in _take(sub, 2)}
+    assert isinstance(got["blob.big"], memoryview) and got["blob.big"] == big
+    assert got["blob.small"] == b"tiny" and isinstance(got["blob.small"], bytes)
+
+    async def main() -> dict:
+        async with AsyncClient(node.address, name="asub") as asub:
+            await asub.subscribe("blob.*")
+            pub.publish("blob.big", big)
+            pub.publish("blob.small", b"tiny")
+            seen = {}
+            async for ev in asub.events(timeout=10):
+                seen[ev.name] = ev.data
+                if len(seen) == 2:
+                    return seen
+            return seen
+
+    seen = asyncio.run(main())
+    assert isinstance(seen["blob.big"], memoryview) and seen["blob.big"] == big
+    assert seen["blob.small"] == b"tiny" and isinstance(seen["blob.small"], bytes)
+
+
+def _take(client, n: int) -> list:
+    events = []
+    for ev in client.events(timeout=10):
+        events.append(ev)
+        if len(events) == n:
+            break
+    assert len(events) == n, f"got {len(events)} of {n} events"
+    return events
