@@ -173,10 +173,16 @@ def ratio_table(results: list[Result], systems: dict[str, System]) -> Table | No
                               f"1 node {mine / m.scale:,.1f}", _ratio(m.value(tree), mine),
                               "-")
             best = (max if m.higher_is_better else min)(peers) if peers else None
-            table.add_row(shape, m.label, _num(mine, m.scale, ",.1f"),
-                          f"{best[1]} {best[0] / m.scale:,.1f}" if best else "-",
-                          _ratio(mine, best[0] if best else None),
-                          _ratio(mine, m.value(ceiling)))
+            # the node's other ways in (ipc://, the batch API): beside the same peers
+            variants = [(m.label, mine)] + [
+                (f"{m.label} ({n[len(TREESCALE) + 1:]})", m.value(r))
+                for n, r in rows.items() if n.startswith(TREESCALE + "-")
+                and n != TREESCALE + "-3hop" and m.value(r) is not None]
+            for label, value in variants:
+                table.add_row(shape, label, _num(value, m.scale, ",.1f"),
+                              f"{best[1]} {best[0] / m.scale:,.1f}" if best else "-",
+                              _ratio(value, best[0] if best else None),
+                              _ratio(value, m.value(ceiling)))
     return table
 
 

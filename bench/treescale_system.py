@@ -29,7 +29,7 @@ from bench.harness import (
     broker,
     payload,
 )
-from treescale import Client, __version__
+from treescale import Client, NoResponders, __version__
 
 REQREP_SIZE = 100
 
@@ -78,11 +78,16 @@ class TreeScaleSystem(BaseSystem):
             result_queue.put(tally.report())
 
     @staticmethod
-    def responder(address: str, subject: str, ready_evt: MpEvent, stop_evt: MpEvent) -> None:
+    def responder(address: str, subject: str, ready_evt: MpEvent, stop_evt: MpEvent,
+                  requesters_node: str | None = None) -> None:
+        """Answer until stopped; with ``requesters_node``, ready only once a request
+        from that node is answered (its way through the tree is known)."""
         deadline = Deadline(WORKER_BUDGET_S)
         with Client(_address(address), name="bench-responder") as c:
             # A handler runs on the client's I/O thread: no hand-off per request.
             c.subscribe(subject, handler=lambda ev: c.reply(ev, ev.data))
+            if requesters_node is not None:
+                _wait_for_answer(requesters_node, subject, deadline)
             ready_evt.set()
             while not stop_evt.wait(POLL_S) and not deadline.expired():
                 pass
@@ -122,7 +127,7 @@ class TreeScaleThreeHops(TreeScaleSystem):
     name = "treescale-3hop"
 
     def supports(self, shape: str) -> bool:
-        return shape in ("small", "large", "fanout")
+        return shape in ("small", "large", "fanout", "reqrep")
 
     @contextmanager
     def server(self) -> Iterator[str]:
@@ -134,6 +139,15 @@ class TreeScaleThreeHops(TreeScaleSystem):
     @staticmethod
     def publisher(address: str, subject: str, count: int, size: int) -> None:
         TreeScaleSystem.publisher(address.split("|")[0], subject, count, size)
+
+    @staticmethod
+    def responder(address: str, subject: str, ready_evt: MpEvent, stop_evt: MpEvent) -> None:
+        pub_node, sub_node = address.split("|")
+        TreeScaleSystem.responder(sub_node, subject, ready_evt, stop_evt, pub_node)
+
+    @staticmethod
+    def requester(address: str, subject: str, count: int, result_queue: Any) -> None:
+        TreeScaleSystem.requester(address.split("|")[0], subject, count, result_queue)
 
     @staticmethod
     def subscriber(address: str, subject: str, count: int, ready_evt: MpEvent,
@@ -153,6 +167,19 @@ def _node_argv(name: str, parent: str | None):
                "--port", str(port), "--config", str(config)]
         return cmd + (["--parent", _address(parent)] if parent else [])
     return argv
+
+
+def _wait_for_answer(node: str, subject: str, deadline: Deadline) -> None:
+    """Request ``subject`` from ``node`` until an answer comes (interest crosses the
+    tree after subscribe() returns at the responder's own node)."""
+    with Client(_address(node), name="probe-requester") as c:
+        while not deadline.expired():
+            try:
+                c.request(subject, b"?", timeout=0.5)
+                return
+            except (NoResponders, TimeoutError):
+                continue
+    raise TimeoutError(f"no answer to {subject!r} from {node}")
 
 
 def _wait_for_interest(pub_node: str, sub_node: str, subject: str) -> None:

@@ -8,7 +8,7 @@ routing a REPLY to the client that owns the inbox (here) or toward the node that
 (through its ``$inbox.NODE.>`` interest). The requester's id and permissions are the
 node's word, never the client's, so a reply cannot be steered to someone else's inbox
 and a service knows what the requester's token allows. ``CAP``
-is a capability: an HMAC of the subject under a secret only this node process holds,
+is a capability: a MAC (keyed BLAKE2b) of the subject under a secret only this node process holds,
 so only whoever was handed the request can answer it. This node delivers an event
 named ``$inbox.THIS_NODE.…`` to a client only when ``genuine`` says it carries the
 capability (a local reply here, one from another node in fanout.py); a forged one is
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from treescale.brokers.node import Node
     from treescale.brokers.sessions import Session
 
-CAPABILITY_CHARS = 24  # hex digits of the HMAC kept in a reply subject (96 bits)
+CAPABILITY_CHARS = 24  # hex digits of the MAC in a reply subject (96 bits)
 
 
 class Requests:
@@ -47,8 +47,10 @@ class Requests:
     def reply_subject(self, client_id: str, req_id: int) -> str:
         """The inbox a request of ``client_id`` is answered on, with its capability."""
         name = self.node.name
-        mac = hmac.new(self._key, f"{name}.{client_id}.{req_id}".encode(),
-                       hashlib.sha256).hexdigest()[:CAPABILITY_CHARS]
+        # keyed BLAKE2b is a MAC by design (no HMAC construction needed): a third of
+        # HMAC-SHA256's cost, and it runs twice per request
+        mac = hashlib.blake2b(f"{name}.{client_id}.{req_id}".encode(), key=self._key,
+                              digest_size=CAPABILITY_CHARS // 2).hexdigest()
         return subjects.inbox(name, client_id, req_id, mac)
 
     def genuine(self, subject: str) -> bool:
