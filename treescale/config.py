@@ -7,9 +7,9 @@ file, node and field.
 
 Must not touch: the whole-tree model or databases (treescale.fabric), choosing a node's
 table from a tree file or database (treescale.loader), sockets. It imports no other
-treescale module but the registry of service names (treescale.services.SERVICES) and
-the pure parser of token permissions (treescale.permissions), so everything else can
-build on it.
+treescale module but the registry of service names (treescale.services.SERVICES),
+the pure parser of token permissions (treescale.permissions) and the defaults of link
+liveness (treescale.healing), so everything else can build on it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from treescale.healing import LINK_MISSED_PINGS, LINK_PING_INTERVAL
 from treescale.permissions import parse_tokens
 from treescale.services import SERVICES
 
@@ -55,6 +56,12 @@ class NodeConfig:
     slow_consumer_bytes: int = 64 * 1024 * 1024
     slow_consumer_messages: int = 10_000
     client_timeout: float = 15.0
+    # Silent links (healing.Liveness): as a child, say something to the parent at least
+    # every link_ping_interval seconds (ZeroMQ heartbeats, and a ping of our own), and
+    # drop a parent silent for link_missed_pings intervals; as a parent, drop a child
+    # silent for link_missed_pings of the intervals it announced in its LINK.
+    link_ping_interval: float = LINK_PING_INTERVAL
+    link_missed_pings: int = LINK_MISSED_PINGS
     # Limits: what a peer may cost the node before it is trusted, and what it may
     # hold after. Each refusal is an ERROR whose code is the key's name.
     max_hello_bytes: int = 64 * 1024  # any message from a connection not yet ready
@@ -234,6 +241,9 @@ POSITIVE = frozenset({"max_hello_bytes", "max_sessions", "max_pending_hellos",
                       "hello_timeout", "max_pending_auth", "max_subscriptions",
                       "max_interest", "durable_max_bytes", "durable_max_age",
                       "durable_window", "max_durables"})
+# Numbers with bounds of their own: (lowest, highest).
+# Links: a timeout of at most LINK_TIMEOUT (5 s), the limit on every link session.
+RANGES = {"link_ping_interval": (0.01, 1.0), "link_missed_pings": (1, 5)}
 
 # Keys of the seed's tree format mapped onto NodeConfig fields.
 _ALIASES = {"tree_port": "port", "tree_ip": "host", "childs": None, "children": None}
@@ -348,4 +358,7 @@ def _is_file_mode(text: str) -> bool:
 def _positive(value: int | float, key: str, where: str) -> int | float:
     if key in POSITIVE and not value > 0:
         raise ConfigError(f"{where} must be above zero, got {value!r}")
+    low, high = RANGES.get(key, (value, value))
+    if not low <= value <= high:
+        raise ConfigError(f"{where} must be in {low}..{high}, got {value!r}")
     return value

@@ -1,8 +1,8 @@
 """How a node keeps its place in the tree: the parent link's state machine. Pure.
 
 Owns: the states of a node's link to its parent, the table of transitions between
-them, the rule for who takes over when the root dies, and the candidates a node tries
-when it re-attaches. The node (treescale/brokers/parent.py) feeds it what its sockets
+them, the rule for who takes over when the root dies, the candidates a node tries
+when it re-attaches, and when a silent link is dead (``Liveness``). The node (treescale/brokers/parent.py) feeds it what its sockets
 say and carries out the actions it returns.
 
 Must not touch: sockets, clocks, the routing table. Time comes in as ``now``.
@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 
 ROOT_GRACE = 1.0
 REHOME_ATTEMPT = 2.0
+LINK_PING_INTERVAL = 0.2  # a child says something to its parent at least this often
+LINK_MISSED_PINGS = 3  # this many intervals without a word: the link is dead
 
 # States
 LINKING = "linking"
@@ -111,6 +113,41 @@ TRANSITIONS: dict[tuple[str, str], tuple[str, tuple[str, ...]]] = {
     **_unlinked(ACTING_ROOT),
 }
 TIMED_STATES = frozenset({REHOMING, ROOT_GRACE_STATE})  # states with a deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """When a silent link is dead: after ``missed`` ping intervals without a word.
+
+    The child speaks at least once an ``interval`` (a ping when it has nothing else to
+    say), so a late ping, even two, is not a death on a busy node; ``missed`` in a row
+    are. Both ends keep the rule: the parent on what it reads from the child (checked
+    when a deadline is due, not once a second), the child through ZeroMQ heartbeats on
+    its socket (``heartbeats``), which libzmq's I/O thread sends and answers without
+    waiting for a busy loop."""
+
+    interval: float = LINK_PING_INTERVAL
+    missed: int = LINK_MISSED_PINGS
+
+    @property
+    def timeout(self) -> float:
+        return self.interval * self.missed
+
+    def deadline(self, last_heard: float) -> float:
+        """When a link last heard from at ``last_heard`` is dead, if nothing comes."""
+        return last_heard + self.timeout
+
+    def dead(self, last_heard: float, now: float) -> bool:
+        return now >= self.deadline(last_heard)
+
+    def heartbeats(self) -> tuple[int, int, int]:
+        """ZMQ_HEARTBEAT_IVL, _TIMEOUT and _TTL (ms) for the child's socket: a ping
+        every interval; the parent gone after ``missed`` intervals without a reply; the
+        TTL the pings carry (ZMTP sends it in tenths of a second: rounded up, so the
+        parent's libzmq never drops the child before the rule does)."""
+        ivl = max(1, round(self.interval * 1000))
+        timeout = max(ivl, round(self.timeout * 1000))
+        return ivl, timeout, -(-timeout // 100) * 100
 
 
 def heir(children: list) -> object:

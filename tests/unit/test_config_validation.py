@@ -63,6 +63,24 @@ def test_bad_types(tmp_path):
     ]
 
 
+def test_link_liveness_stays_within_the_five_seconds_of_every_link(tmp_path):
+    """A child's ping interval and the missed pings that end a silent link: bounded so
+    their product never passes LINK_TIMEOUT, the limit on every link session."""
+    p = toml(tmp_path, "t.toml", a=node("h", 80, "b", link_ping_interval=2,
+                                        link_missed_pings=0),
+             b=node("h", 81, link_ping_interval=0.001, link_missed_pings=6))
+    assert problems(p) == [
+        f"{p}: node a: link_ping_interval must be in 0.01..1.0, got 2.0",
+        f"{p}: node a: link_missed_pings must be in 1..5, got 0",
+        f"{p}: node b: link_ping_interval must be in 0.01..1.0, got 0.001",
+        f"{p}: node b: link_missed_pings must be in 1..5, got 6",
+    ]
+    good = toml(tmp_path, "g.toml", a=node("h", 80, link_ping_interval=0.5,
+                                           link_missed_pings=4))
+    cfg = load_fabric([good]).node_config("a")
+    assert (cfg.link_ping_interval, cfg.link_missed_pings) == (0.5, 4)
+
+
 def test_bad_token_permissions_name_the_field_not_the_secret(tmp_path):
     p = tmp_path / "t.json"
     p.write_text(json.dumps({"tree_node": {

@@ -133,3 +133,40 @@ def test_a_redirect_while_linked_is_ignored_and_one_while_linking_is_followed() 
     assert m.redirected("x", "tcp://x", 1.0) == [] and m.state == H.LINKED
     m = machine(H.LINKING)
     assert m.redirected("x", "tcp://x", 1.0) == [H.FOLLOW] and m.target == ("x", "tcp://x")
+
+
+# ----------------------------------------------------------------------- liveness
+
+RULE = H.Liveness(interval=0.2, missed=3)
+
+
+def test_a_link_is_dead_after_its_missed_pings_not_after_a_second_more() -> None:
+    """Silent for three intervals is dead at once: the rule is the configured number
+    of missed pings (the old rule, 5 s checked once a second, said alive here)."""
+    assert RULE.timeout == pytest.approx(0.6)
+    assert RULE.deadline(10.0) == pytest.approx(10.6)
+    assert RULE.dead(10.0, 10.6)
+    assert RULE.dead(10.0, 11.0)
+
+
+def test_a_late_ping_on_a_busy_node_is_not_a_death() -> None:
+    """One ping missed, even two (a loaded child's loop ran late): still alive."""
+    assert not RULE.dead(10.0, 10.2)
+    assert not RULE.dead(10.0, 10.59)
+    assert not H.Liveness(0.2, 1).dead(10.0, 10.19)
+    assert H.Liveness(0.2, 1).dead(10.0, 10.2)
+
+
+@pytest.mark.parametrize(("interval", "missed", "expected"), [
+    (0.2, 3, (200, 600, 600)),
+    (0.25, 3, (250, 750, 800)),  # the TTL travels in tenths of a second: rounded up
+    (0.01, 1, (10, 10, 100)),
+    (1.0, 5, (1000, 5000, 5000)),
+])
+def test_the_childs_zmtp_heartbeats_follow_the_same_rule(interval, missed,
+                                                        expected) -> None:
+    """IVL: a ping every interval; TIMEOUT: the parent gone after the missed pings;
+    TTL: never shorter than that, so the parent's libzmq does not drop sooner."""
+    ivl, timeout, ttl = H.Liveness(interval, missed).heartbeats()
+    assert (ivl, timeout, ttl) == expected
+    assert ttl >= timeout and ttl % 100 == 0

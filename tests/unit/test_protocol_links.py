@@ -46,6 +46,19 @@ def test_link_minimal_and_join_only_when_true() -> None:
         assert link.join is False and link.address == ""
 
 
+def test_link_announces_its_ping_interval_and_an_older_link_none() -> None:
+    """The interval (ms) the child promises to speak at; its parent drops it after
+    missed pings of that interval. Without the field (an older child): None."""
+    assert decode(P.encode_link("n2", ping=200)).ping == 200
+    assert decode(P.encode_link("n2")).ping is None
+    old = [packb([P.LINK, PROTOCOL_VERSION, None, "n2", [], [], "", False])]
+    assert decode(old).ping is None
+    for bad in (9, 1001, -1):
+        expect(P.OutOfRange, P.encode_link("n2", ping=bad), "link ping", "10..1000")
+    expect(FieldError, [packb([P.LINK, PROTOCOL_VERSION, None, "n2", [], [], "", False,
+                               "fast"])], "link ping")
+
+
 def test_link_version_mismatch() -> None:
     expect(P.VersionMismatch, P.encode_link("n2", version=3), "version 3",
            f"speaks {PROTOCOL_VERSION}")
@@ -133,7 +146,7 @@ def test_fuzz_random_link_headers(kind: int, fields: list, rest: list) -> None:
 
 
 VALID_LINK_MESSAGES = [
-    P.encode_link("n2", "t", ["g"], ["t"], "tcp://127.0.0.1:1", True),
+    P.encode_link("n2", "t", ["g"], ["t"], "tcp://127.0.0.1:1", True, ping=200),
     P.encode_linked("n1", [("root", "tcp://a:1")], [("n3", "tcp://b:2")]),
     P.encode_redirect("n4", "tcp://c:3"), P.encode_placement({"open_depth": 1}),
     P.encode_interest(3, [(True, "a.>", None), (False, "b", "q")]),

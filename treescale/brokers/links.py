@@ -4,7 +4,9 @@ Owns: the ``Link`` record of each neighbour (parent or child) — its name and r
 the interest sequence numbers in both directions, whether a snapshot is owed or asked
 for, the depth of its subtree's open slot, its socket's file descriptor and counters —
 and the steps every link goes through when it comes up or goes down (routes, interest,
-placement news, ``$sys.node.up``/``down``). Also how a control message is sent on a link.
+placement news, ``$sys.node.up``/``down``). Also how a control message is sent on a link,
+and dropping a child that went silent (``tick``: ``healing.Liveness`` of the interval
+its LINK announced, checked when its deadline is due).
 
 Must not touch: what interest means (treescale/brokers/exchange.py), where joiners go
 (placement.py), when the parent link heals (parent.py).
@@ -13,6 +15,8 @@ Must not touch: what interest means (treescale/brokers/exchange.py), where joine
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +24,7 @@ import zmq
 
 from treescale import subjects
 from treescale.frames import NOBLOCK, send_frames
+from treescale.healing import Liveness
 
 if TYPE_CHECKING:
     from treescale.brokers.node import Node
@@ -27,7 +32,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("treescale.node")
 
 PARENT = b"\x00parent"  # routing-table member id of the link to our parent
-LINK_TIMEOUT = 5.0  # seconds without a word from a child node before it is dropped
+# Seconds without a word before a child link's session ends, whatever its LINK said;
+# the only limit for a child that announced no ping interval (an older node).
+LINK_TIMEOUT = 5.0
+IDLE_WAIT = 0.25  # the loop's longest sleep (seconds) when nothing is due sooner
 
 
 @dataclass(slots=True)
@@ -42,6 +50,7 @@ class Link:
     snapshot_due: bool = False  # an INTEREST send was dropped: a snapshot is owed
     resyncing: bool = False  # we asked for a snapshot: updates wait for it
     open_depth: int = 0  # a child: how far below it the nearest free slot is
+    liveness: Liveness | None = None  # a child: when its silence is death (its LINK)
     events_in: int = 0
     events_out: int = 0
 
@@ -60,6 +69,7 @@ class Links:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.by_member: dict[bytes, Link] = {}
+        self.check_at = math.inf  # when the next child may have gone silent too long
 
     def __contains__(self, member: object) -> bool:
         return member in self.by_member
@@ -86,9 +96,14 @@ class Links:
         link = self.by_member.get(member)
         return (link.neighbour, link.role) if link else ("?", "child")
 
-    def up(self, member: bytes, neighbour: str, address: str = "") -> Link:
+    def up(self, member: bytes, neighbour: str, address: str = "",
+           ping: int | None = None) -> Link:
+        """Bring a link up; ``ping``: a child's announced interval (ms), if any."""
         node = self.node
         link = Link(member, neighbour, address)
+        if ping is not None:
+            link.liveness = Liveness(ping / 1000, node.config.link_missed_pings)
+            self.check_at = 0.0  # work out its deadline on the next wakeup
         self.by_member[member] = link
         node.table.add_member(member, link=True)
         node.exchange.link_up(link)
@@ -112,6 +127,28 @@ class Links:
         node.placement.tree_changed()
         node.emit(subjects.NODE_DOWN, {"node": link.neighbour, "detected_by": node.name,
                                        "reason": reason, "role": link.role})
+
+    def tick(self, now: float) -> None:
+        """Drop every child silent past its deadline (its missed pings), when the
+        earliest deadline is due: not once a second, which added up to a second."""
+        if now < self.check_at:
+            return
+        self.check_at = math.inf
+        sessions = self.node.sessions
+        for link in self.children():
+            session = sessions.get(link.member)
+            if link.liveness is None or session is None:
+                continue
+            if link.liveness.dead(session.last_seen, now):
+                self.node.drop_session(link.member, "timeout")
+            else:
+                self.check_at = min(self.check_at, link.liveness.deadline(session.last_seen))
+
+    def wait(self) -> int:
+        """How long (ms) the loop may sleep: until a child's deadline or what the
+        parent link has due (a ping, a healing deadline), at most IDLE_WAIT."""
+        due = min(self.check_at, self.node.parent.due_at) - time.monotonic()
+        return max(0, math.ceil(1000 * min(due, IDLE_WAIT)))
 
     def send(self, member: bytes, frames: list) -> bool:
         """Send a control message on a link; False if it had to be dropped."""

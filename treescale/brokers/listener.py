@@ -59,7 +59,7 @@ def listen(ctx: zmq.Context, config: NodeConfig,
     # another connection is a new peer that must say hello, never the old session.
     sock.setsockopt(zmq.LINGER, 500)
     sock.setsockopt(zmq.SNDHWM, 100)  # messages are batches: bound memory
-    heartbeats(sock, ping=False)  # children's pings time them out
+    heartbeats(sock)  # no ZMTP pings: links.tick times out silent children
     sock.setsockopt(zmq.RCVHWM, 1000)
     # A hard cap far above max_payload protects memory; the node itself answers
     # anything between max_payload and this cap with a readable error.

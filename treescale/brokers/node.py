@@ -160,8 +160,8 @@ class Node:
         guard = self._guard  # nothing a peer sends or does may end the loop
         try:
             while not self._stop.is_set():
-                custody = self.custody
-                for sock, _ in poller.poll(1 if fanout.slow or custody.busy else 250):
+                wait = 1 if fanout.slow or self.custody.busy else self.links.wait()
+                for sock, _ in poller.poll(wait):
                     if sock is self.sock:
                         guard(self._drain)
                     elif sock is up:
@@ -176,17 +176,18 @@ class Node:
                         guard(self._drain_wake)
                 if fanout.slow:
                     guard(fanout.retry_parked)
-                if fanout.out:
-                    guard(fanout.flush)
                 now = time.monotonic()
-                guard(self.parent.tick, now)
+                guard(self.parent.tick, now)  # healing deadlines, our pings
+                guard(self.links.tick, now)  # silent children
                 guard(self.connections.tick, now)
                 if now >= next_housekeeping:
                     guard(self._housekeeping, now)
                     next_housekeeping = now + HOUSEKEEPING_INTERVAL
+                if fanout.out:  # after the timers: what they emitted leaves now
+                    guard(fanout.flush)
                 if self.exchange.pending:
                     self.exchange.flush()  # the interest this wakeup changed, per link
-                guard(custody.flush)  # one commit + fsync, then confirms and sends
+                guard(self.custody.flush)  # one commit + fsync, then confirms and sends
         finally:
             self.close()
 
@@ -481,7 +482,6 @@ class Node:
         guard(self.exchange.send_owed_snapshots)
         guard(self.custody.housekeeping, now)
         self.cpu = self._usage.sample()
-        guard(self.parent.ping)
         guard(lambda: self.emit(subjects.NODE_STATS, report(self)))
 
     def _expire_sessions(self, now: float) -> None:

@@ -11,6 +11,7 @@ Must not touch: child links (placement.py admits them), routing (fanout.py).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from typing import TYPE_CHECKING
@@ -31,26 +32,29 @@ log = logging.getLogger("treescale.node")
 DRAIN_LIMIT = 2000
 
 
-def heartbeats(sock: zmq.Socket, ping: bool = True) -> None:
-    """ZMTP heartbeats: the parent link's socket pings every 200 ms and drops a parent
-    silent for 700 ms; its pings tell the parent to drop it after 700 ms without a
-    word (TTL), so a pulled cable is a link-down at both ends within a second, which
-    the socket monitors report. ZeroMQ's I/O thread answers pings without the GIL, so a
-    busy node still does; a root that merely misses one is not replaced
+def heartbeats(sock: zmq.Socket, liveness: healing.Liveness | None = None) -> None:
+    """ZMTP heartbeats, timed by ``liveness`` (healing.Liveness): the parent link's
+    socket pings every interval and drops a parent that has not answered for the
+    missed pings; its pings carry that as their TTL, so the parent's libzmq closes a
+    child silent past it. ZeroMQ's I/O thread sends and answers pings without the
+    GIL, so a busy node still does; a root that merely misses one is not replaced
     (healing.ROOT_GRACE).
 
-    ``ping=False`` (the node's ROUTER): it never pings. libzmq 4.3.5 aborts the
+    ``liveness=None`` (the node's ROUTER): it never pings. libzmq 4.3.5 aborts the
     process when a ping timer fires on a connection whose peer filled its receive
     queue and hung up (``!_io_error``, stream_engine_base.cpp): any peer could do that.
-    Children still get dropped by the TTL of their own pings, or by the node's
-    LINK_TIMEOUT when a data message after their last ping disarmed it (libzmq cancels
-    the TTL on every message; only a ping re-arms it)."""
-    if not ping:
+    The TTL of a child's pings is no guarantee either: libzmq cancels it on every
+    message and only a ping re-arms it, so a cable cut after a data message and before
+    the next ping left the parent no timer at all (it waited LINK_TIMEOUT, 5-6 s). The
+    parent therefore keeps the rule itself (links.Links.tick), on the pings of our own
+    that ``ParentLink.tick`` sends every interval."""
+    if liveness is None:
         sock.setsockopt(zmq.HEARTBEAT_IVL, 0)
         return
-    sock.setsockopt(zmq.HEARTBEAT_IVL, 200)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 700)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, 700)
+    ivl, timeout, ttl = liveness.heartbeats()
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, ttl)
 
 
 class ParentLink:
@@ -62,6 +66,9 @@ class ParentLink:
         self.address = config.parent  # whom the socket dials now
         self.state = healing.ParentLinkState.for_config((node.name, node.endpoint),
                                                          bool(config.parent))
+        self.liveness = healing.Liveness(config.link_ping_interval,
+                                         config.link_missed_pings)
+        self.next_ping = 0.0 if config.parent else math.inf  # see tick
         self.rtt: float | None = None
         self.rtt_ewma: float | None = None
         self._rtt_parent: str | None = None
@@ -80,7 +87,7 @@ class ParentLink:
             self.sock.setsockopt(zmq.LINGER, 500)
             self.sock.setsockopt(zmq.RECONNECT_IVL, 50)
             self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            heartbeats(self.sock)
+            heartbeats(self.sock, self.liveness)
             self.monitor = self.sock.get_monitor_socket(
                 zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
             if node.curve is not None:
@@ -106,9 +113,18 @@ class ParentLink:
                 self._carry_out(self.state.disconnected(now), "disconnected")
 
     def tick(self, now: float) -> None:
-        """A re-homing attempt or a root grace may have run out."""
+        """A re-homing attempt or a root grace may have run out; a ping may be due."""
         if self.state.deadline is not None and now >= self.state.deadline:
             self._carry_out(self.state.due(now), "")
+        if now >= self.next_ping:
+            self.next_ping = now + self.liveness.interval
+            self.ping()
+
+    @property
+    def due_at(self) -> float:
+        """When ``tick`` next has something to do: a ping, or a healing deadline."""
+        deadline = self.state.deadline
+        return self.next_ping if deadline is None else min(deadline, self.next_ping)
 
     def drain(self) -> None:
         """Messages from our parent."""
@@ -222,14 +238,16 @@ class ParentLink:
         config = self.node.config
         # parent_token: the older name of what a child presents
         return P.encode_link(self.node.name, config.parent_token or config.link_token,
-                             config.groups, config.tags, self.node.endpoint, config.join)
+                             config.groups, config.tags, self.node.endpoint, config.join,
+                             ping=round(self.liveness.interval * 1000))
 
     def send(self, frames: list) -> bool:
         return self.node.links.send(PARENT, frames)
 
     def ping(self) -> None:
-        """Once a second while linked: the pong carries the send time back (RTT), and
-        our session at the parent stays alive."""
+        """Every ping interval while linked: our session at the parent stays alive
+        (it drops us after the missed pings our LINK announced), and the pong carries
+        the send time back (RTT)."""
         if self.node.links.parent is not None:
             self.send(P.encode_ping(time.monotonic_ns()))
 

@@ -60,7 +60,7 @@ class Placement:
         session.address = link_msg.address
         # LINKED first: the child must know us before our interest reaches it.
         node.send(rid, P.encode_linked(node.name, self.ancestry(), self.children()))
-        node.links.up(rid, session.name, link_msg.address)
+        node.links.up(rid, session.name, link_msg.address, link_msg.ping)
         self.tell_children(skip=rid)
 
     def _open_child(self) -> tuple[str, str, str | None] | None:

@@ -34,6 +34,7 @@ from treescale.protocol.messages import Decoder, Introduction, decode_batch
 # enough that a node adding one to it still sends a valid number.
 MAX_DEPTH = 65535
 PLACEMENT_KEYS = ("open_depth", "tree_open")
+PING_MS = (10, 1000)  # the ping interval a LINK may announce (config: link_ping_interval)
 
 # ----------------------------------------------------------------------- messages
 
@@ -44,6 +45,7 @@ class Link(Introduction):
 
     address: str = ""  # where the child listens: its siblings may need to reach it
     join: bool = False  # True: place me where the tree stays balanced (auto-join)
+    ping: int | None = None  # ms: the child speaks at least this often (None: older)
 
 
 @dataclass(slots=True)
@@ -98,9 +100,11 @@ class Resync:
 
 def encode_link(name: str, token: str | None = None, groups: Sequence[str] = (),
                 tags: Sequence[str] = (), address: str = "", join: bool = False,
-                version: int = PROTOCOL_VERSION) -> list[bytes]:
+                version: int = PROTOCOL_VERSION, ping: int | None = None) -> list[bytes]:
+    """``ping``: how often (ms) the child promises to speak; its parent drops it after
+    that many missed (healing.Liveness)."""
     return [codec.packb([LINK, version, token, name, list(groups), list(tags), address,
-                   bool(join)])]
+                   bool(join), ping])]
 
 
 def encode_linked(node: str, ancestors: Sequence[tuple[str, str]] = (),
@@ -138,11 +142,12 @@ def encode_forward_header(sources: list) -> bytes:
 
 def _decode_link(header: list, frames: Sequence, max_payload: int) -> Link:
     codec.expect_frames(frames, LINK, 1)
-    version, token, name, groups, tags, address, join = codec.fields(header, 7)
+    version, token, name, groups, tags, address, join, ping = codec.fields(header, 8)
     return Link(codec.check_version(version), codec.text(token, "token", optional=True),
                 codec.text(name, "node name"), codec.texts(groups, "groups"),
                 codec.texts(tags, "tags"),
-                codec.address(address, "link address", optional=True), join is True)
+                codec.address(address, "link address", optional=True), join is True,
+                None if ping is None else codec.bounded(ping, "link ping", *PING_MS))
 
 
 def _decode_linked(header: list, frames: Sequence, max_payload: int) -> Linked:
