@@ -61,8 +61,10 @@ bench: install  ## TreeScale against Redis, NATS, Mosquitto and raw pyzmq, same 
 	$(MAKE) --no-print-directory bench-durable
 
 # Scale on paper from the real routing/interest/tree/healing modules, no sockets:
-# 10^2..10^6 nodes, tree vs full mesh; 10^6's tables extrapolated (about 15 minutes,
-# up to ~4 GiB). SIMULATE_ARGS: --sizes, --full-max, --sample-max, --seed.
+# 10^2..10^6 nodes, tree vs full mesh; 10^6's tables and interest extrapolated (about
+# 20 minutes of one core, most of it 10^5's sampled tables; up to 3 GiB; --full-max 1000
+# adds 10 minutes and 6 GiB). SIMULATE_ARGS: --sizes, --full-max, --sample-max, --seed,
+# --reuse FILE (sizes run one at a time, joined afterwards).
 SIMULATE_JSON ?= bench-simulate.json
 simulate: install  ## tree vs mesh at 10^3..10^6 nodes: tables, interest messages, hops
 	$(PY) -m bench.simulate --json $(SIMULATE_JSON) --plot docs/scale.png $(SIMULATE_ARGS)

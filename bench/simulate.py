@@ -352,6 +352,24 @@ PLOTTED = {  # (section, field): what the table, the plot and the JSON carry
 }
 
 
+LABELS = {
+    "entries_mean": "tree: routing entries/node, mean", "entries_root": "tree: ... root",
+    "entries_leaf": "tree: ... leaf", "bytes_mean": "tree: bytes/node (tables), mean",
+    "sub_new": "tree: INTEREST msgs, SUB new name", "sub_known": "tree: ... SUB known name",
+    "unsub_new": "tree: ... UNSUB last holder", "unsub_known": "tree: ... UNSUB, others hold",
+    "join": "tree: ... join of a node", "leave": "tree: ... leave (death) of a leaf",
+    "hops_mean": "tree: hops/event, mean", "hops_max": "tree: hops/event, max",
+    "links": "tree: links", "rehome_messages": "tree: INTEREST msgs, depth-1 node dies",
+    "rehome_nodes": "tree: nodes changing state, depth-1 dies",
+    "root_death_nodes": "tree: nodes changing state, root dies",
+    "mesh_entries": "mesh: routing entries/node", "mesh_bytes": "mesh: bytes/node (table)",
+}
+MESH_ROWS = {"mesh: INTEREST msgs, SUB (new or known)": "sub_new",
+             "mesh: ... join of a node": "join", "mesh: ... leave/death": "leave",
+             "mesh: nodes changing state, a death": "death_nodes_changed",
+             "mesh: hops/event": "hops_mean", "mesh: links": "links"}
+
+
 def _get(row: dict, path: tuple) -> float | None:
     x = row
     for p in path:
@@ -398,11 +416,15 @@ def render(rows: list[dict], summary: dict) -> None:
         text = f"{v:,.1f}" if isinstance(v, float) and v < 100 else f"{v:,.0f}"
         return text + ("*" if fig["extrapolated"] else "")
     for name in PLOTTED:
-        table.add_row(name, *(cell(summary[name].get(r["nodes"])) for r in rows))
-    for label in ("mesh sub/unsub", "mesh join", "mesh links"):
-        key = {"mesh sub/unsub": "sub_new", "mesh join": "join", "mesh links": "links"}
-        table.add_row(label, *(f"{r['mesh'][key[label]]:,}" for r in rows))
-    Console().print(table)
+        table.add_row(LABELS[name], *(cell(summary[name].get(r["nodes"])) for r in rows))
+    for label, field in MESH_ROWS.items():
+        table.add_row(label, *(cell({"value": r["mesh"][field], "extrapolated": False})
+                               for r in rows))
+    console = Console(width=150)
+    console.print(table)
+    for r in rows:
+        how = "; ".join(f"{k}: {v}" for k, v in r["how"].items())
+        console.print(f"N={r['nodes']:,}: {how}; mesh: {r['mesh'].get('how', 'rule')}")
 
 
 def plot(rows: list[dict], summary: dict, path: str) -> None:
@@ -472,11 +494,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="check the tree against one-by-one joins up to this size")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", help="write every figure here")
+    ap.add_argument("--reuse", action="append", default=[], metavar="JSON",
+                    help="take the sizes an earlier --json file holds from it (run "
+                    "sizes one at a time, then join them: each run stays short)")
     ap.add_argument("--plot", help="write the log-log plot here (PNG)")
     args = ap.parse_args(argv)
+    earlier = {}
+    for path in args.reuse:
+        with open(path) as fh:
+            earlier.update({r["nodes"]: r for r in json.load(fh)["rows"]})
     rows = []
     for n in sorted(int(s) for s in args.sizes.split(",")):
-        rows.append(run_size(n, args))
+        rows.append(earlier.get(n) or run_size(n, args))
         print(f"N={n}: {rows[-1]['wall_s']:.1f} s", file=sys.stderr, flush=True)
     summary = summarise(rows)
     render(rows, summary)
