@@ -1,5 +1,9 @@
 """Scale on paper, from the real code: `python -m bench.simulate [--sizes ...] [--json F]
-[--plot docs/scale.png]`.
+[--plot docs/scale.png] [--reuse EARLIER.json ...]`.
+
+What a node holds and what each operation costs at 10^2..10^6 nodes, tree vs full
+mesh, from the modules the nodes run rather than from a model of them. Sizes can be
+run one at a time (``--sizes 100000 --json b.json``) and joined (``--reuse b.json``).
 
 Drives the real sans-I/O modules with no sockets: ``treescale.tree`` (the tree the
 auto-join rule builds, routes, ``Tree.without`` for a death), ``treescale.healing``
