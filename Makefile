@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed-from-pyproject
 # `make bench` keeps every run's numbers here (BENCHMARKS.md's tables come from it).
 BENCH_JSON ?= bench-results.json
 
-.PHONY: install demo test unit integration bench bench-quick bench-durable fuzz chaos lint clean
+.PHONY: install demo test unit integration bench bench-quick bench-durable simulate fuzz chaos lint clean
 
 CHECK_VERSION := import sys; sys.version_info >= (3, 11) or sys.exit("$(PYTHON) is Python %s: \
 TreeScale needs 3.11 or newer (make PYTHON=/path/to/python3.11 ...)" % sys.version.split()[0])
@@ -57,7 +57,17 @@ bench: install  ## TreeScale against Redis, NATS, Mosquitto and raw pyzmq, same 
 	$(PY) -m bench.tree_scale --nodes 100
 	$(PY) -m bench.curve           # CURVE on vs off, same run
 	$(PY) -m bench.subscribe_scale  # µs per SUB at 1k/10k/100k, heartbeats meanwhile
+	$(MAKE) --no-print-directory simulate
 	$(MAKE) --no-print-directory bench-durable
+
+# Scale on paper from the real routing/interest/tree/healing modules, no sockets:
+# 10^2..10^6 nodes, tree vs full mesh; 10^6's tables and interest extrapolated (about
+# 20 minutes of one core, most of it 10^5's sampled tables; up to 3 GiB; --full-max 1000
+# adds 10 minutes and 6 GiB). SIMULATE_ARGS: --sizes, --full-max, --sample-max, --seed,
+# --reuse FILE (sizes run one at a time, joined afterwards).
+SIMULATE_JSON ?= bench-simulate.json
+simulate: install  ## tree vs mesh at 10^3..10^6 nodes: tables, interest messages, hops
+	$(PY) -m bench.simulate --json $(SIMULATE_JSON) --plot docs/scale.png $(SIMULATE_ARGS)
 
 # Durable delivery against NATS JetStream (file store), same run; its own JSON file.
 # BENCH_DURABLE_ARGS: --quick, --repeat N, --shapes, --sync default,always,group,none.
