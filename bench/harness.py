@@ -234,6 +234,16 @@ class Tally:
         self.bytes += nbytes
         return self.received < self.count and now < self.deadline
 
+    def add_many(self, count: int, nbytes: int) -> bool:
+        """Record ``count`` messages of ``nbytes`` in all at once (a subscriber that
+        receives batches); return False once the subscriber should stop."""
+        now = self.last = _now()
+        if self.first is None:
+            self.first = now
+        self.received += count
+        self.bytes += nbytes
+        return self.received < self.count and now < self.deadline
+
     @property
     def done(self) -> bool:
         now = _now()

@@ -151,7 +151,7 @@ def _ratio(mine: float | None, other: float | None) -> str:
 
 def ratio_table(results: list[Result], systems: dict[str, System]) -> Table | None:
     """treescale / best non-ceiling peer and treescale / ceiling (raw zmq), per metric."""
-    if not any(r.system == TREESCALE for r in results):
+    if not any(r.system.startswith(TREESCALE) for r in results):
         return None
     table = Table(title="TreeScale ratios (treescale / peer; for latency lower is better)",
                   title_justify="left")
@@ -177,6 +177,12 @@ def ratio_table(results: list[Result], systems: dict[str, System]) -> Table | No
                           f"{best[1]} {best[0] / m.scale:,.1f}" if best else "-",
                           _ratio(mine, best[0] if best else None),
                           _ratio(mine, m.value(ceiling)))
+            batch = m.value(rows.get(TREESCALE + "-batch"))
+            if batch:  # the batch API (publish_many, batches()) against the same peers
+                table.add_row(shape, m.label + " batch API", _num(batch, m.scale, ",.1f"),
+                              f"{best[1]} {best[0] / m.scale:,.1f}" if best else "-",
+                              _ratio(batch, best[0] if best else None),
+                              _ratio(batch, m.value(ceiling)))
     return table
 
 
