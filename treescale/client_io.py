@@ -187,9 +187,10 @@ def pack_many(core: ClientCore, names: str | Iterable[str], payloads: Iterable,
     if not n:
         return
     sizes = array("I", map(len, datas))
-    if max(sizes) >= P.LARGE_PAYLOAD:
-        core.check_size(datas[sizes.index(max(sizes))])
-    if n <= BATCH_EVENTS and sum(sizes) <= BATCH_BYTES:
+    top = max(sizes)
+    if top >= P.LARGE_PAYLOAD:
+        core.check_size(datas[sizes.index(top)])
+    if n <= BATCH_EVENTS and (n * top <= BATCH_BYTES or sum(sizes) <= BATCH_BYTES):
         cuts = [0, n]
     else:
         cuts = _cut_points(sizes)
@@ -198,7 +199,9 @@ def pack_many(core: ClientCore, names: str | Iterable[str], payloads: Iterable,
         part = datas if whole else datas[a:b]
         extras = None if extra is None else dict(zip(range(b - a), repeat(extra)))
         if one is not None:
-            meta, body, large = P.encode_named(one, part, extras, sizes[a:b])
+            meta, body, large = P.encode_named(one, part, extras,
+                                               sizes if whole else sizes[a:b],
+                                               top if whole else None)
         else:
             meta, body, large = P.encode_columns(names[a:b], part, extras, sizes[a:b])
         yield [P.PUB_HEADER, meta, body, *map(_zero_copy, large)], b - a

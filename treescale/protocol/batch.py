@@ -118,22 +118,24 @@ def encode_columns(names_col: Sequence[str], datas: Sequence, extras: dict | Non
 
 
 def encode_named(name: str, datas: Sequence, extras: dict | None = None,
-                 sizes: array | None = None) -> tuple[bytes, bytes, list]:
+                 sizes: array | None = None,
+                 top: int | None = None) -> tuple[bytes, bytes, list]:
     """``encode_columns`` for a batch whose events all have one name: no name column
-    to look at, so a sender of many events under one name does no per-event work."""
+    to look at, so a sender of many events under one name does no per-event work
+    beyond the sizes and the join (``top``: ``max(sizes)`` if the caller has it)."""
     if sizes is None:
         sizes = array("I", map(len, datas))
     if not datas:
         return _pack([[], None, b"", [], None]), b"", []
-    return _encode([name], None, datas, extras, sizes)
+    return _encode([name], None, datas, extras, sizes, top)
 
 
 def _encode(names: list, index: bytes | None, datas: Sequence, extras: dict | None,
-            sizes: array) -> tuple[bytes, bytes, list]:
+            sizes: array, top: int | None = None) -> tuple[bytes, bytes, list]:
     """meta, body and large frames once the name columns are known."""
     large_idx: list = []
     large: list = []
-    if max(sizes) >= LARGE_PAYLOAD:
+    if (max(sizes) if top is None else top) >= LARGE_PAYLOAD:
         small = []
         for i, d in enumerate(datas):
             if sizes[i] >= LARGE_PAYLOAD:
