@@ -41,7 +41,8 @@ class BatchSurface:
         """Queue many events at once: ``names`` one name for all or one per payload.
         They are encoded here, straight into PUB batches (no per-event Python work),
         and leave in call order with everything else; blocks like ``publish`` while
-        MAX_QUEUED events wait. Returns how many were queued."""
+        MAX_QUEUED events wait. Returns how many were queued. Ordinary events only:
+        durable ones go one by one through ``publish(durable=True)``."""
         box, count = self._outbox, 0
         for message, n in pack_many(self.core, names, payloads, target, mode, headers):
             box.add_encoded(message, n)
