@@ -24,8 +24,6 @@ from typing import Any
 from treescale import protocol as P
 from treescale.client_core import Deliver, Event, events_of
 
-_NO_LIMIT = 1 << 62  # the node checked max_payload before delivering
-
 
 class EventBatch:
     """One delivery: ``len(batch)`` events in order, as columns.
@@ -48,9 +46,10 @@ class EventBatch:
 
     @classmethod
     def of_frames(cls, frames: list) -> EventBatch:
-        """The view of a DELIVER message as received (header, meta, body, large...)."""
+        """The view of a DELIVER message as received (header, meta, body, large...),
+        checked but for max_payload (its node checked that)."""
         return cls(P.decode_header(frames[0]),
-                   P.decode_events(frames[1], frames[2], frames[3:], _NO_LIMIT))
+                   P.decode_events(frames[1], frames[2], frames[3:], None))
 
     @classmethod
     def of_events(cls, events: Sequence[Event]) -> EventBatch:

@@ -165,15 +165,15 @@ class DurableDelivery(Event):
 
 
 _make_event = partial(tuple.__new__, Event)
-_NO_LIMIT = 1 << 62
+_NO_LIMIT = None  # decode_events: no max_payload check (the node made it)
 
 
-def decode_batch(frames: list, max_payload: int = _NO_LIMIT) -> list[Event]:
+def decode_batch(frames: list, max_payload: int | None = _NO_LIMIT) -> list[Event]:
     """A DELIVER message -> Events, in order (built in C where it can be)."""
     return list(iter_batch(frames, max_payload))
 
 
-def iter_batch(frames: list, max_payload: int = _NO_LIMIT) -> Iterator[Event]:
+def iter_batch(frames: list, max_payload: int | None = _NO_LIMIT) -> Iterator[Event]:
     """The Events of a DELIVER message, created lazily as they are consumed."""
     view = P.decode_events(frames[1], frames[2], frames[3:], max_payload)
     return events_of(P.decode_header(frames[0]), view)

@@ -260,13 +260,14 @@ def _uniform(size: int, n: int) -> struct.Struct:
 
 
 def decode_events(meta_frame: Any, body: Any, large: Sequence,
-                  max_payload: int) -> BatchView:
+                  max_payload: int | None) -> BatchView:
     """Check a batch's meta against its frames (all C-level checks) and view it.
 
     Validates what a node must trust before forwarding: the columns' shapes and types,
     that the sizes add up to the body and the large frames, and that no payload is
-    above ``max_payload`` (PayloadTooLarge, ``ref`` = that event's name). Where a
-    payload travels (body or own frame) is whatever ``large`` says, whatever its size.
+    above ``max_payload`` (PayloadTooLarge, ``ref`` = that event's name; None: no
+    limit, a client reading what its node checked). Where a payload travels (body or
+    own frame) is whatever ``large`` says, whatever its size.
     """
     meta = unpack(meta_frame, "meta")
     if not isinstance(meta, list) or len(meta) < 5:
@@ -293,7 +294,7 @@ def decode_events(meta_frame: Any, body: Any, large: Sequence,
         idx = from_le("H", index)
         if n and max(idx) >= len(names):
             raise FieldError("meta index points past the names list")
-    if n and max(sizes) > max_payload:
+    if n and max_payload is not None and max(sizes) > max_payload:
         big = max(range(n), key=sizes.__getitem__)
         name = names[idx[big] if idx is not None else 0]
         raise PayloadTooLarge(
