@@ -80,6 +80,29 @@ def test_events_and_batches_drain_one_inbox_in_order(node, clients):
     assert got == datas
 
 
+def test_handlers_still_get_events_and_batches_the_rest(node, clients):
+    sub = clients(node.address)
+    handled: list = []
+    all_handled = threading.Event()
+
+    def handler(ev) -> None:
+        handled.append((ev.name, bytes(ev.data)))
+        if len(handled) == 2:
+            all_handled.set()
+
+    sub.subscribe("h.>", handler=handler)
+    sub.subscribe("i.>")
+    pub = clients(node.address, name="p")
+    pub.publish_many(["h.1", "i.1", "h.2", "i.2"], [b"a", b"b", b"c", b"d"])
+    pub.flush()
+    assert all_handled.wait(5)
+    assert handled == [("h.1", b"a"), ("h.2", b"c")]
+    (batch,) = take_batches(sub, 2)
+    assert [(batch.name(i), bytes(p)) for i, p in enumerate(batch.payloads)] == [
+        ("i.1", b"b"), ("i.2", b"d")]
+    assert batch.sources == [("p", 2)]
+
+
 def test_publish_many_target_narrows_delivery(node, clients):
     web = clients(node.address, name="web", groups=["web"])
     plain = clients(node.address, name="plain")
