@@ -170,3 +170,17 @@ def test_async_client_both_ends(node):
             assert evs == [b"x", b"y"]
 
     asyncio.run(main())
+
+
+def test_durable_deliveries_come_out_of_batches_with_their_acks(node, clients):
+    sub = clients(node.address, name="billing")
+    sub.subscribe("orders.>", durable="billing", start="new")
+    pub = clients(node.address, name="shop")
+    ids = [pub.publish("orders.created", b"%d" % i, durable=True) for i in range(3)]
+    pub.flush(10)
+    events = [ev for batch in take_batches(sub, 3) for ev in batch]
+    assert [(e.id, bytes(e.data), e.durable) for e in events] == [
+        (ids[0], b"0", "billing"), (ids[1], b"1", "billing"), (ids[2], b"2", "billing")]
+    for e in events:
+        e.ack()
+    wait_until(lambda: sub.durable_info("billing")["unacked"] == 0, 10, "acks applied")
