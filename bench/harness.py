@@ -17,7 +17,8 @@ subclass :class:`BaseSystem`, set ``name``, implement ``server()`` (usually via
 :class:`Tally`, set ``ready_evt`` only once the subscription is live end to end, then
 use :func:`receive_loop` (blocking receive) or :func:`wait_done` (callback receive) and
 put ``tally.report()`` on ``result_queue``.  Publishers iterate :func:`batches`;
-requesters iterate :class:`RoundTrips`.  A system named ``treescale`` gets ratio rows.
+requesters iterate :class:`RoundTrips`.  A system named ``treescale`` gets ratio rows
+(``treescale-3hop`` and ``treescale-batch`` a row each beside it).
 
 Loss policy: every peer is configured to *buffer* rather than drop (Redis
 ``client-output-buffer-limit pubsub 0 0 0``, mosquitto ``max_queued_messages 0``,

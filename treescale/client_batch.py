@@ -55,7 +55,6 @@ class EventBatch:
     def of_events(cls, events: Sequence[Event]) -> EventBatch:
         """The same view over events already built (the client looked inside)."""
         batch = cls([], None)
-        batch._view = None
         batch._events = tuple(events)
         return batch
 
