@@ -172,6 +172,8 @@ def pack_many(core: ClientCore, names: str | Iterable[str], payloads: Iterable,
     (payload types, the node's max_payload, target and mode), then encoded straight
     into batches cut like the outbox's: per event only C loops (sizes, the body's join).
     """
+    if isinstance(payloads, (str, *PAYLOADS)):
+        raise TypeError("payloads: a list of payloads, not one payload")
     datas = payloads if payloads.__class__ is list else list(payloads)
     if set(map(type, datas)) - {bytes}:
         datas = list(map(core.payload, datas))  # str encoded, other types refused

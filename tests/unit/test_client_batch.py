@@ -168,6 +168,8 @@ def test_pack_many_checks_what_publish_checks():
         packed("n", [b"ok", 42])
     with pytest.raises(TypeError):
         packed(["n", 7], [b"a", b"b"])
+    with pytest.raises(TypeError, match="not one payload"):
+        packed("n", b"one payload")
     with pytest.raises(ValueError, match="2 names for 3 payloads"):
         packed(["a", "b"], [b"1", b"2", b"3"])
     with pytest.raises(TargetError):
