@@ -17,7 +17,8 @@ subclass :class:`BaseSystem`, set ``name``, implement ``server()`` (usually via
 :class:`Tally`, set ``ready_evt`` only once the subscription is live end to end, then
 use :func:`receive_loop` (blocking receive) or :func:`wait_done` (callback receive) and
 put ``tally.report()`` on ``result_queue``.  Publishers iterate :func:`batches`;
-requesters iterate :class:`RoundTrips`.  A system named ``treescale`` gets ratio rows.
+requesters iterate :class:`RoundTrips`.  A system named ``treescale`` gets ratio rows
+(``treescale-3hop`` and ``treescale-batch`` a row each beside it).
 
 Loss policy: every peer is configured to *buffer* rather than drop (Redis
 ``client-output-buffer-limit pubsub 0 0 0``, mosquitto ``max_queued_messages 0``,
@@ -231,6 +232,16 @@ class Tally:
         if self.first is None:
             self.first = now
         self.received += 1
+        self.bytes += nbytes
+        return self.received < self.count and now < self.deadline
+
+    def add_many(self, count: int, nbytes: int) -> bool:
+        """Record ``count`` messages of ``nbytes`` in all at once (a subscriber that
+        receives batches); return False once the subscriber should stop."""
+        now = self.last = _now()
+        if self.first is None:
+            self.first = now
+        self.received += count
         self.bytes += nbytes
         return self.received < self.count and now < self.deadline
 

@@ -151,7 +151,7 @@ def _ratio(mine: float | None, other: float | None) -> str:
 
 def ratio_table(results: list[Result], systems: dict[str, System]) -> Table | None:
     """treescale / best non-ceiling peer and treescale / ceiling (raw zmq), per metric."""
-    if not any(r.system == TREESCALE for r in results):
+    if not any(r.system.startswith(TREESCALE) for r in results):
         return None
     table = Table(title="TreeScale ratios (treescale / peer; for latency lower is better)",
                   title_justify="left")

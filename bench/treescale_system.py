@@ -4,6 +4,8 @@ Subscribers use the ordinary per-event API (``Client.events()``, one ``Event`` o
 message), exactly what an application would write; the count goes through the same
 ``Tally.add`` per message as every peer. The responder is a subscription handler, the
 way a service answers requests (like a nats-py subscription callback).
+``treescale-batch`` is the same node driven by the batch API (``publish_many``,
+``batches()``), which counts a delivery at a time.
 """
 
 from __future__ import annotations
@@ -204,7 +206,38 @@ def _wait_for_interest(pub_node: str, sub_node: str, subject: str) -> None:
                 return
 
 
-SYSTEMS = [TreeScaleSystem(), TreeScaleIpc(), TreeScaleThreeHops()]
+class TreeScaleBatches(TreeScaleSystem):
+    """One node, driven by the batch API: the publisher hands each chunk of the
+    harness's ``batches`` (at most MAX_BATCH events) to ``publish_many``; the
+    subscriber takes each delivery from ``batches()`` and counts it with its payloads
+    built (``batch.payloads``), what an application reading them would pay."""
+
+    name = "treescale-batch"
+
+    def supports(self, shape: str) -> bool:
+        return shape in ("small", "large", "fanout")
+
+    @staticmethod
+    def publisher(address: str, subject: str, count: int, size: int) -> None:
+        body = payload(size)
+        with Client(_address(address), name="bench-pub") as c:
+            publish_many = c.publish_many
+            for n in batches(count, size):
+                publish_many(subject, [body] * n)
+            c.flush(WORKER_BUDGET_S)
+
+    @staticmethod
+    def subscriber(address: str, subject: str, count: int, ready_evt: MpEvent,
+                   result_queue: Any, timeout: float) -> None:
+        tally = Tally(count, timeout)
+        with Client(_address(address), name="bench-sub") as c:
+            c.subscribe(subject)
+            ready_evt.set()
+            count_batches_until_done(c, tally)
+            result_queue.put(tally.report())
+
+
+SYSTEMS = [TreeScaleSystem(), TreeScaleIpc(), TreeScaleThreeHops(), TreeScaleBatches()]
 
 
 def count_until_done(c: Client, tally: Tally) -> None:
@@ -213,4 +246,14 @@ def count_until_done(c: Client, tally: Tally) -> None:
     while not tally.done:
         for ev in c.events(timeout=POLL_S):
             if not add(len(ev.data)):
+                return
+
+
+def count_batches_until_done(c: Client, tally: Tally) -> None:
+    """``count_until_done`` a delivery at a time (``batches()``), payloads built."""
+    add_many = tally.add_many
+    while not tally.done:
+        for batch in c.batches(timeout=POLL_S):
+            payloads = batch.payloads
+            if not add_many(len(payloads), sum(map(len, payloads))):
                 return

@@ -24,6 +24,7 @@ from zmq.utils.monitor import parse_monitor_message
 from treescale import client_core as core
 from treescale import protocol as P
 from treescale import subjects
+from treescale.client_batch import EventBatch, batch_of
 from treescale.client_core import AuthError, ClientCore, Event, NodeError
 from treescale.client_durable import MAX_UNCONFIRMED, replay_args, subscribe_args
 from treescale.client_io import (
@@ -36,6 +37,7 @@ from treescale.client_io import (
     ClientCurve,
     Outbox,
     configure_socket,
+    pack_many,
     pack_outbox,
     token_or_env,
 )
@@ -142,6 +144,18 @@ class AsyncClient:
             self._poke()
         return None
 
+    async def publish_many(self, names: str | Iterable[str], payloads: Iterable,
+                           target: str | None = None, mode: str | int = "all",
+                           headers: dict | None = None) -> int:
+        """As ``Client.publish_many``: the batches are encoded here and sent at once
+        (awaiting the socket's room, which is the back-pressure). Returns the count."""
+        count = 0
+        for message, n in pack_many(self.core, names, payloads, target, mode, headers):
+            self._outbox.add_encoded(message, n)
+            count += n
+            await self._flush_queue()
+        return count
+
     async def subscribe(self, pattern: str, queue: str | None = None, *,
                         durable: str | None = None, timeout: float | None = None,
                         **durable_choices: Any) -> dict | None:
@@ -197,6 +211,21 @@ class AsyncClient:
             if batch is None:
                 return
             self._current = batch.iter_events()
+
+    async def batches(self, timeout: float | None = None) -> AsyncIterator[EventBatch]:
+        """As ``Client.batches``: one ``EventBatch`` per delivery, from the inbox
+        ``events()`` drains too (what it left of its current delivery first)."""
+        rest = tuple(self._current)
+        if rest:
+            yield EventBatch.of_events(rest)
+        while True:
+            try:
+                item = await asyncio.wait_for(self._inbox.get(), timeout)
+            except TimeoutError:
+                return
+            if item is None:
+                return
+            yield batch_of(item)
 
     async def request(self, name: str, data: Any = b"", timeout: float = 5.0,
                       target: str | None = None, mode: str | int = "one",

@@ -32,6 +32,7 @@ from treescale import client_core as core
 from treescale import protocol as P
 from treescale import subjects
 from treescale.aio import AsyncClient
+from treescale.client_batch_api import BatchSurface
 from treescale.client_core import (
     AuthError,
     ClientCore,
@@ -76,7 +77,7 @@ log = logging.getLogger("treescale.client")
 _INBOX = "events()"  # member of a client's local subscription table: the events() queue
 
 
-class Client(DurableSurface):
+class Client(DurableSurface, BatchSurface):
     """A blocking client; a background thread owns the socket.
 
     >>> with Client("tcp://127.0.0.1:8888", name="app") as c:

@@ -169,21 +169,22 @@ class DurableDelivery(Event):
 
 
 _make_event = partial(tuple.__new__, Event)
-_NO_LIMIT = 1 << 62
+_NO_LIMIT = None  # decode_events: no max_payload check (the node made it)
 
 
-def decode_batch(frames: list, max_payload: int = _NO_LIMIT) -> list[Event]:
+def decode_batch(frames: list, max_payload: int | None = _NO_LIMIT) -> list[Event]:
     """A DELIVER message -> Events, in order (built in C where it can be)."""
     return list(iter_batch(frames, max_payload))
 
 
-def iter_batch(frames: list, max_payload: int = _NO_LIMIT) -> Iterator[Event]:
+def iter_batch(frames: list, max_payload: int | None = _NO_LIMIT) -> Iterator[Event]:
     """The Events of a DELIVER message, created lazily as they are consumed."""
     view = P.decode_events(frames[1], frames[2], frames[3:], max_payload)
-    return _events_of(P.decode_header(frames[0]), view)
+    return events_of(P.decode_header(frames[0]), view)
 
 
-def _events_of(header: list, view: P.BatchView) -> Iterator[Event]:
+def events_of(header: list, view: P.BatchView) -> Iterator[Event]:
+    """The Events of a decoded DELIVER (its header's source runs, its batch)."""
     sources = header[1] if len(header) > 1 else []
     n = view.n
     if len(sources) == 1:
@@ -436,11 +437,18 @@ class ClientCore:
             data = self.payload(data)
         if len(data) >= P.LARGE_PAYLOAD:
             self.check_size(data)
+        extra = self.extra(target, mode, headers)
+        return (name if extra is None else Extended(name, extra)), data
+
+    def extra(self, target: str | None, mode: str | int,
+              headers: dict | None) -> tuple | None:
+        """The (target, mode, reply, headers) an event carries on the wire (checked),
+        None when it sets none of them (the common case costs nothing)."""
         if target is None and headers is None and mode == "all":
-            return name, data
+            return None
         if target is not None:
             parse_target(target)
-        return Extended(name, (target, wire_mode(mode), None, headers)), data
+        return (target, wire_mode(mode), None, headers)
 
     def request(self, name: str, data: Any, target: str | None, mode: str | int,
                 headers: dict | None, replies: int | None) -> tuple[int, list]:
@@ -575,7 +583,7 @@ class ClientCore:
             return [Deliver(frames)]
         actions: list = []
         rest = []
-        for ev in _events_of(header, view):
+        for ev in events_of(header, view):
             if not ev.name.startswith(prefix):
                 rest.append(ev)
                 continue

@@ -5,7 +5,8 @@ its token comes from when none is given (``$TREESCALE_TOKEN``), the ``Outbox`` (
 application
 handed over and the socket has not sent yet, in call order) and ``pack_outbox``
 (turning it into PUB batches and control messages, large payloads as zero-copy
-frames).
+frames), and ``pack_many``: the PUB batches of ``publish_many``, encoded straight from
+the caller's columns.
 
 Must not touch: what the node's messages mean (treescale.client_core decides that),
 or the thread / event loop of one client (treescale.client, treescale.aio).
@@ -17,9 +18,9 @@ import os
 import threading
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, repeat
 from typing import Any
 
 import zmq
@@ -40,6 +41,7 @@ KEY_REFUSED = ("the node refused this client's CURVE key (revoked, or not author
 # What a payload may be: the core's types plus a received frame, passed on as is.
 PAYLOADS: tuple[type, ...] = (*PAYLOAD_TYPES, zmq.Frame)
 COMMAND = object()  # outbox name slot of a control message (its frames in the data slot)
+ENCODED = object()  # outbox name slot of a PUB batch publish_many encoded already
 BYE = P.encode_bye()[0]
 
 
@@ -110,25 +112,35 @@ class Outbox:
     ``publish`` may run on any thread; ``take`` swaps the columns out under the lock.
     """
 
-    __slots__ = ("lock", "names", "datas")
+    __slots__ = ("lock", "names", "datas", "encoded")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.names: list = []
         self.datas: list = []
+        self.encoded = 0  # events inside ENCODED batches: they count for MAX_QUEUED
 
     def __len__(self) -> int:
-        return len(self.names)
+        """Events (and control messages) waiting: what back-pressure bounds."""
+        return len(self.names) + self.encoded
 
     def add(self, name: Any, data: Any) -> None:
         with self.lock:
             self.names.append(name)
             self.datas.append(data)
 
+    def add_encoded(self, message: list, count: int) -> None:
+        """A PUB batch of ``count`` events, encoded already (``pack_many``)."""
+        with self.lock:
+            self.names.append(ENCODED)
+            self.datas.append(message)
+            self.encoded += count
+
     def take(self) -> tuple[list, list]:
         with self.lock:
             names, datas = self.names, self.datas
             self.names, self.datas = [], []
+            self.encoded = 0
         return names, datas
 
     def has_events(self) -> bool:
@@ -143,13 +155,58 @@ def pack_outbox(names: list, datas: list) -> Iterator[list]:
         return
     start = 0
     for i, name in enumerate(names):
-        if name is COMMAND:
+        if name is COMMAND or name is ENCODED:
             if i > start:
                 yield from _pack_mixed(names[start:i], datas[start:i])
             yield datas[i]
             start = i + 1
     if start < len(names):
         yield from _pack_mixed(names[start:], datas[start:])
+
+
+def pack_many(core: ClientCore, names: str | Iterable[str], payloads: Iterable,
+              target: str | None = None, mode: str | int = "all",
+              headers: dict | None = None) -> Iterator[tuple[list, int]]:
+    """(PUB message, its event count) for events given as columns: one name for every
+    payload (or one name per payload) and the payloads. Checked as ``publish`` checks
+    (payload types, the node's max_payload, target and mode), then encoded straight
+    into batches cut like the outbox's: per event only C loops (sizes, the body's join).
+    """
+    if isinstance(payloads, (str, *PAYLOADS)):
+        raise TypeError("payloads: a list of payloads, not one payload")
+    datas = payloads if payloads.__class__ is list else list(payloads)
+    if set(map(type, datas)) - {bytes}:
+        datas = list(map(core.payload, datas))  # str encoded, other types refused
+    n = len(datas)
+    one = names if isinstance(names, str) else None
+    if one is None:
+        names = names if names.__class__ is list else list(names)
+        if len(names) != n:
+            raise ValueError(f"{len(names)} names for {n} payloads")
+        if set(map(type, names)) - {str}:
+            raise TypeError("event names must be strings")
+    extra = core.extra(target, mode, headers)
+    if not n:
+        return
+    sizes = array("I", map(len, datas))
+    top = max(sizes)
+    if top >= P.LARGE_PAYLOAD:
+        core.check_size(datas[sizes.index(top)])
+    if n <= BATCH_EVENTS and (n * top <= BATCH_BYTES or sum(sizes) <= BATCH_BYTES):
+        cuts = [0, n]
+    else:
+        cuts = _cut_points(sizes)
+    whole = len(cuts) == 2
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        part = datas if whole else datas[a:b]
+        extras = None if extra is None else dict(zip(range(b - a), repeat(extra)))
+        if one is not None:
+            meta, body, large = P.encode_named(one, part, extras,
+                                               sizes if whole else sizes[a:b],
+                                               top if whole else None)
+        else:
+            meta, body, large = P.encode_columns(names[a:b], part, extras, sizes[a:b])
+        yield [P.PUB_HEADER, meta, body, *map(_zero_copy, large)], b - a
 
 
 def _pack_mixed(names: list, datas: list) -> Iterator[list]:

@@ -38,6 +38,7 @@ from treescale.protocol.batch import (
     decode_events,
     encode_columns,
     encode_events,
+    encode_named,
     encode_single,
     split_by_names,
 )
@@ -191,7 +192,8 @@ __all__ = [
     "BadAddress", "TooManyNames", "packb", "loads", "as_buffer", "decode_header",
     # batch
     "LARGE_PAYLOAD", "MAX_NAMES", "MODE_ALL", "MODE_ONE", "MODES", "NO_EXTRA",
-    "BatchView", "encode_events", "encode_columns", "encode_single", "decode_events",
+    "BatchView", "encode_events", "encode_columns", "encode_named", "encode_single",
+    "decode_events",
     "split_by_names",
     # messages
     "Introduction", "Hello", "Ready", "SubscriptionChange", "Subscribe", "Unsubscribe",
