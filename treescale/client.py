@@ -353,12 +353,7 @@ class Client(DurableSurface, BatchSurface):
         self._closing = True
         self._wake()
         self._thread.join(2.0)
-        self._inbox.put(None)
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._inbox.put(None)  # the wake pipe is the I/O thread's to close, when it ends
 
     def _io_loop(self) -> None:
         sock = self._ctx.socket(zmq.DEALER)
@@ -437,6 +432,8 @@ class Client(DurableSurface, BatchSurface):
                 slot[1] = ConnectionError("client closed")
                 slot[0].set()
             self._durable_closed()
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
 
     def _on_monitor(self, monitor: zmq.Socket, sock: zmq.Socket) -> None:
         for info in monitor_events(monitor):
