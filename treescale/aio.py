@@ -19,7 +19,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
+from treescale.frames import parse_monitor_message
 
 from treescale import client_core as core
 from treescale import protocol as P

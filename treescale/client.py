@@ -7,8 +7,8 @@ What the node's messages mean is decided by ``ClientCore.receive``
 Requests go over per-thread sessions (treescale.client_direct).
 
 Must not touch: the meaning of messages or error codes (client_core), the outbox
-packing (client_io). ``AsyncClient`` lives in treescale.aio; it and the core's
-names are re-exported here, so ``from treescale.client import …`` keeps working.
+packing (client_io). ``AsyncClient`` lives in treescale.aio (loaded on first use);
+it and the core's names are re-exported here, so ``from treescale.client import …`` keeps working.
 
 Publishes are batched without the caller asking: ``publish`` appends to a queue and
 the socket side sends whatever has accumulated as one PUB batch the moment it gets to
@@ -31,7 +31,6 @@ import zmq
 from treescale import client_core as core
 from treescale import protocol as P
 from treescale import subjects
-from treescale.aio import AsyncClient
 from treescale.client_core import (
     AuthError,
     ClientCore,
@@ -72,6 +71,16 @@ __all__ = ["AsyncClient", "AuthError", "Client", "DeliveryError", "DirectLink", 
            "NodeError", "NoResponders", "ReplyStream"]
 
 log = logging.getLogger("treescale.client")
+
+
+def __getattr__(name: str) -> Any:
+    """``AsyncClient`` on first use: asyncio costs a process that never uses it (a node,
+    its services) megabytes of memory and milliseconds of start."""
+    if name == "AsyncClient":
+        from treescale.aio import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _INBOX = "events()"  # member of a client's local subscription table: the events() queue
 

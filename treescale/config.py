@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from treescale.permissions import parse_tokens
 from treescale.services import SERVICES
@@ -250,6 +249,8 @@ def read_file(path: str | Path) -> dict:
         elif p.suffix == ".json":
             data = json.loads(text)
         elif p.suffix in (".yaml", ".yml"):
+            import yaml  # only for YAML files: a node read from TOML or JSON never loads it
+
             data = yaml.safe_load(text) or {}
         else:
             raise ConfigError(f"{p}: unknown config format {p.suffix!r} "

@@ -1,0 +1,106 @@
+"""tsctl node: run a node in the foreground (what `tsctl up` and systemd units start).
+
+Owns: the `node` group and `node start`'s options. It imports no more than parsing
+and the node need (click, treescale's config and broker; no rich, no other command),
+because every node process runs it: what it loads, a node carries in memory.
+
+Must not touch: what a node does (treescale.brokers.node), how config is read
+(treescale.loader).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from treescale.loader import load_node_config
+from tsctl.failures import friendly
+
+# --------------------------------------------------------------------------- node
+
+
+@click.group()
+def node() -> None:
+    """Run a node on this machine."""
+
+
+@node.command("start")
+@click.option("--name", help="Node name (required unless the config names it).")
+@click.option("--port", type=int, help="TCP port for clients and child nodes.")
+@click.option("--host", help="Address to listen on [default: 127.0.0.1].")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Node or tree config (TOML, JSON or YAML).")
+@click.option("--token", "tokens", multiple=True,
+              help="Accept this client token (repeatable; visible in `ps`: prefer tokens "
+              "in the config file, or $TREESCALE_ADMIN_TOKEN); default: no auth.")
+@click.option("--max-payload", type=int, help="Largest payload in bytes.")
+@click.option("--parent", help="Link under the node at this address (tcp://HOST:PORT); "
+              "if it is full it redirects us below it.")
+@click.option("--join", help="Join the tree through any node at this address: the tree "
+              "places us where it stays shallow and balanced.")
+@click.option("--parent-token", envvar="TREESCALE_PARENT_TOKEN",
+              help="The link token the parent expects (or $TREESCALE_PARENT_TOKEN; "
+              "link_token in the config, or $TREESCALE_LINK_TOKEN, keeps it out of ps).")
+@click.option("--local", is_flag=True,
+              help="Rewrite this node's and its parent's addresses to 127.0.0.1.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Serve Prometheus /metrics on this port (0: pick a free one).")
+@click.option("--insecure", is_flag=True,
+              help="Listen on a non-loopback address without client auth (a trusted "
+              "network only; the config's `insecure = true`).")
+@click.option("--keys-dir", type=click.Path(file_okay=False),
+              help="CURVE: the node's keys (tsctl keys gen); links and clients encrypted.")
+@click.option("--parent-key", help="CURVE: the parent's public key (z85, or its name in "
+              "the keys dir's authorized/).")
+@friendly
+def node_start(name: str | None, port: int | None, host: str | None,
+               config_path: str | None, tokens: tuple[str, ...],
+               max_payload: int | None, parent: str | None, join: str | None,
+               parent_token: str | None, local: bool, metrics_port: int | None,
+               insecure: bool, keys_dir: str | None, parent_key: str | None) -> None:
+    """Start a node in the foreground (SIGTERM or Ctrl-C stops it cleanly).
+
+    Secrets come from the config file or the environment, never the command line:
+    $TREESCALE_LINK_TOKEN (the link token, unless the config sets one),
+    $TREESCALE_ADMIN_TOKEN (a client token with every permission) and
+    $TREESCALE_PARENT_TOKEN; the node removes them from its environment."""
+    from treescale.brokers.node import Node
+    from treescale.config import secrets_from_env
+
+    cfg = load_node_config(config_path, name)
+    if insecure:
+        cfg.insecure = True
+    if join:
+        cfg.parent, cfg.join = join, True
+    if local:
+        cfg.host = "127.0.0.1"
+        if cfg.parent:
+            cfg.parent = "tcp://127.0.0.1:" + cfg.parent.rsplit(":", 1)[1]
+    for key, value in (("port", port), ("host", host), ("max_payload", max_payload),
+                       ("parent", parent), ("parent_token", parent_token),
+                       ("metrics_port", metrics_port), ("keys_dir", keys_dir),
+                       ("parent_key", parent_key)):
+        if value is not None:
+            setattr(cfg, key, value)
+    if tokens:
+        cfg.tokens = list(tokens)
+    secrets_from_env(cfg, os.environ)
+    os.environ.pop("TREESCALE_PARENT_TOKEN", None)  # --parent-token has read it
+    n = Node(cfg)
+    n.install_signal_handlers()
+    logging.getLogger("treescale").setLevel(logging.INFO)
+    click.echo(f"node {cfg.name} listening on {n.endpoint}", err=True)
+    n.run()
+    # The node has closed its socket and services in order. A service thread still
+    # blocked somewhere (an engine stream, a starting client) must not keep the
+    # process alive: a supervisor's SIGTERM means exit now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+COMMANDS = [node]
