@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -66,6 +66,9 @@ from treescale.frames import (
     send_frames,
 )
 from treescale.routing import RoutingTable, split_pattern
+
+if TYPE_CHECKING:
+    from treescale.aio import AsyncClient
 
 __all__ = ["AsyncClient", "AuthError", "Client", "DeliveryError", "DirectLink", "Event",
            "NodeError", "NoResponders", "ReplyStream"]

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-
 from treescale.permissions import parse_tokens
 from treescale.services import SERVICES
 

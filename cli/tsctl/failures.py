@@ -33,10 +33,10 @@ def friendly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as exc:
+            from rich.console import Console
             from rich.markup import escape
 
-            from tsctl.common import console
-
+            console = Console(stderr=True, highlight=False)  # as tsctl.common's
             console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
             sys.exit(1)
         except KeyboardInterrupt:

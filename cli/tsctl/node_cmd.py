@@ -67,6 +67,7 @@ def node_start(name: str | None, port: int | None, host: str | None,
     $TREESCALE_LINK_TOKEN (the link token, unless the config sets one),
     $TREESCALE_ADMIN_TOKEN (a client token with every permission) and
     $TREESCALE_PARENT_TOKEN; the node removes them from its environment."""
+    from treescale.brokers.hosting import limit_malloc_arenas
     from treescale.brokers.node import Node
     from treescale.config import secrets_from_env
 
@@ -89,6 +90,7 @@ def node_start(name: str | None, port: int | None, host: str | None,
         cfg.tokens = list(tokens)
     secrets_from_env(cfg, os.environ)
     os.environ.pop("TREESCALE_PARENT_TOKEN", None)  # --parent-token has read it
+    limit_malloc_arenas()  # before the node's first thread
     n = Node(cfg)
     n.install_signal_handlers()
     logging.getLogger("treescale").setLevel(logging.INFO)

@@ -7,8 +7,9 @@ import importlib
 import subprocess
 import sys
 
-from tests.conftest import ROOT
 from tsctl.main import COMMAND_MODULES
+
+from tests.conftest import ROOT
 
 
 def test_the_command_map_names_every_command_of_every_module_and_nothing_else():
