@@ -128,6 +128,13 @@ class NodeConfig:
     def bind_address(self) -> str:
         return f"tcp://{self.host}:{self.port}"
 
+    def to_loopback(self) -> None:
+        """This node and its parent on 127.0.0.1, same ports (a whole tree on one
+        machine: `tsctl node start --local`, `tsctl up`)."""
+        self.host = "127.0.0.1"
+        if self.parent:
+            self.parent = "tcp://127.0.0.1:" + self.parent.rsplit(":", 1)[1]
+
     def auth_settings(self) -> dict:
         return {k: getattr(self, k) for k in ("tokens", "auth_command", "auth_url",
                                               "auth_timeout") if getattr(self, k) is not None}

@@ -10,9 +10,7 @@ Must not touch: what a node does (treescale.brokers.node), how config is read
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 
 import click
 
@@ -67,8 +65,7 @@ def node_start(name: str | None, port: int | None, host: str | None,
     $TREESCALE_LINK_TOKEN (the link token, unless the config sets one),
     $TREESCALE_ADMIN_TOKEN (a client token with every permission) and
     $TREESCALE_PARENT_TOKEN; the node removes them from its environment."""
-    from treescale.brokers.hosting import limit_malloc_arenas
-    from treescale.brokers.node import Node
+    from treescale.brokers.node import serve
     from treescale.config import secrets_from_env
 
     cfg = load_node_config(config_path, name)
@@ -77,9 +74,7 @@ def node_start(name: str | None, port: int | None, host: str | None,
     if join:
         cfg.parent, cfg.join = join, True
     if local:
-        cfg.host = "127.0.0.1"
-        if cfg.parent:
-            cfg.parent = "tcp://127.0.0.1:" + cfg.parent.rsplit(":", 1)[1]
+        cfg.to_loopback()
     for key, value in (("port", port), ("host", host), ("max_payload", max_payload),
                        ("parent", parent), ("parent_token", parent_token),
                        ("metrics_port", metrics_port), ("keys_dir", keys_dir),
@@ -90,19 +85,8 @@ def node_start(name: str | None, port: int | None, host: str | None,
         cfg.tokens = list(tokens)
     secrets_from_env(cfg, os.environ)
     os.environ.pop("TREESCALE_PARENT_TOKEN", None)  # --parent-token has read it
-    limit_malloc_arenas()  # before the node's first thread
-    n = Node(cfg)
-    n.install_signal_handlers()
-    logging.getLogger("treescale").setLevel(logging.INFO)
-    click.echo(f"node {cfg.name} listening on {n.endpoint}", err=True)
-    n.run()
-    # The node has closed its socket and services in order. A service thread still
-    # blocked somewhere (an engine stream, a starting client) must not keep the
-    # process alive: a supervisor's SIGTERM means exit now.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    serve(cfg, lambda n: click.echo(f"node {cfg.name} listening on {n.endpoint}",
+                                    err=True))
 
 
 COMMANDS = [node]
