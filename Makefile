@@ -55,6 +55,7 @@ bench: install  ## TreeScale against Redis, NATS, Mosquitto and raw pyzmq, same 
 	$(PY) -m bench.tree_failover
 	$(PY) -m bench.silent_link     # root: two network namespaces
 	$(PY) -m bench.tree_scale --nodes 100
+	$(PY) -m bench.node_memory     # one node's RSS: default services, services = []
 	$(PY) -m bench.curve           # CURVE on vs off, same run
 	$(PY) -m bench.subscribe_scale  # µs per SUB at 1k/10k/100k, heartbeats meanwhile
 	$(MAKE) --no-print-directory simulate

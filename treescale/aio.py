@@ -19,7 +19,6 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
 
 from treescale import client_core as core
 from treescale import protocol as P
@@ -41,7 +40,7 @@ from treescale.client_io import (
     pack_outbox,
     token_or_env,
 )
-from treescale.frames import as_views
+from treescale.frames import as_views, parse_monitor_message
 from treescale.routing import split_pattern
 
 log = logging.getLogger("treescale.client")

@@ -21,9 +21,6 @@ import os
 import shlex
 import signal
 import subprocess
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -298,12 +295,17 @@ class CommandAuth(AuthHook):
         return f"CommandAuth({self.argv!r}, timeout={self.timeout})"
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Refuse redirects: urllib would re-issue our POST as a GET, and a 200 login page at the
-    redirect target would then look like an allow."""
+def _no_redirect_opener() -> Any:
+    """An opener that refuses redirects: urllib would re-issue our POST as a GET, and a
+    200 login page at the redirect target would then look like an allow. urllib (and
+    with it ssl) is loaded here, by a node that has an auth_url, not by every node."""
+    import urllib.request
 
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    return urllib.request.build_opener(NoRedirect())
 
 
 class HttpAuth(AuthHook):
@@ -312,14 +314,19 @@ class HttpAuth(AuthHook):
     blocking = True
 
     def __init__(self, url: str, timeout: float = 5.0) -> None:
+        import urllib.parse
+
         parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"auth_url must be an http:// or https:// URL, got {url!r}")
         self.url = url
         self.timeout = _positive_timeout(timeout)
-        self._opener = urllib.request.build_opener(_NoRedirect())
+        self._opener = _no_redirect_opener()
 
     def _decide(self, token: str | None, who: ClientIdentity) -> Decision:
+        import urllib.error
+        import urllib.request
+
         request = urllib.request.Request(
             self.url,
             data=json.dumps(_payload(token, who)).encode(),

@@ -7,8 +7,8 @@ What the node's messages mean is decided by ``ClientCore.receive``
 Requests go over per-thread sessions (treescale.client_direct).
 
 Must not touch: the meaning of messages or error codes (client_core), the outbox
-packing (client_io). ``AsyncClient`` lives in treescale.aio; it and the core's
-names are re-exported here, so ``from treescale.client import …`` keeps working.
+packing (client_io). ``AsyncClient`` lives in treescale.aio (loaded on first use);
+it and the core's names are re-exported here, so ``from treescale.client import …`` keeps working.
 
 Publishes are batched without the caller asking: ``publish`` appends to a queue and
 the socket side sends whatever has accumulated as one PUB batch the moment it gets to
@@ -24,14 +24,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from treescale import client_core as core
 from treescale import protocol as P
 from treescale import subjects
-from treescale.aio import AsyncClient
 from treescale.client_batch_api import BatchSurface
 from treescale.client_core import (
     AuthError,
@@ -69,10 +68,23 @@ from treescale.frames import (
 )
 from treescale.routing import RoutingTable, split_pattern
 
+if TYPE_CHECKING:
+    from treescale.aio import AsyncClient
+
 __all__ = ["AsyncClient", "AuthError", "Client", "DeliveryError", "DirectLink", "Event",
            "NodeError", "NoResponders", "ReplyStream"]
 
 log = logging.getLogger("treescale.client")
+
+
+def __getattr__(name: str) -> Any:
+    """``AsyncClient`` on first use: asyncio costs a process that never uses it (a node,
+    its services) megabytes of memory and milliseconds of start."""
+    if name == "AsyncClient":
+        from treescale.aio import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _INBOX = "events()"  # member of a client's local subscription table: the events() queue
 

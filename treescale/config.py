@@ -21,8 +21,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from treescale.healing import LINK_MISSED_PINGS, LINK_PING_INTERVAL
 from treescale.permissions import parse_tokens
 from treescale.services import SERVICES
@@ -141,6 +139,13 @@ class NodeConfig:
     @property
     def bind_address(self) -> str:
         return f"tcp://{self.host}:{self.port}"
+
+    def to_loopback(self) -> None:
+        """This node and its parent on 127.0.0.1, same ports (a whole tree on one
+        machine: `tsctl node start --local`, `tsctl up`)."""
+        self.host = "127.0.0.1"
+        if self.parent:
+            self.parent = "tcp://127.0.0.1:" + self.parent.rsplit(":", 1)[1]
 
     def auth_settings(self) -> dict:
         return {k: getattr(self, k) for k in ("tokens", "auth_command", "auth_url",
@@ -265,6 +270,8 @@ def read_file(path: str | Path) -> dict:
         elif p.suffix == ".json":
             data = json.loads(text)
         elif p.suffix in (".yaml", ".yml"):
+            import yaml  # only for YAML files: a node read from TOML or JSON never loads it
+
             data = yaml.safe_load(text) or {}
         else:
             raise ConfigError(f"{p}: unknown config format {p.suffix!r} "

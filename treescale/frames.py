@@ -8,11 +8,11 @@ ints. Semantics are pyzmq's: ``zmq.Frame`` objects are sent without copying.
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import zmq
 from zmq.backend import Socket as _BackendSocket
-from zmq.utils.monitor import parse_monitor_message
 
 # The Cython methods themselves: the sugar layer's wrappers cost as much as the call.
 _send = _BackendSocket.send
@@ -75,6 +75,16 @@ def recv_views(sock: zmq.Socket, flags: int = 0, copied: int = 3) -> list[Any]:
 def as_views(frames: list, copied: int = 3) -> list[Any]:
     """``recv_views`` for frames already received with ``copy=False`` (asyncio)."""
     return [f.bytes if i < copied else f.buffer for i, f in enumerate(frames)]
+
+
+def parse_monitor_message(msg: list[bytes]) -> dict:
+    """One socket-monitor event (``event``, ``value``, ``endpoint``), as pyzmq's
+    ``zmq.utils.monitor`` parses it. Not imported from there: that module imports
+    ``zmq.asyncio`` and with it asyncio, megabytes a node has no other use for."""
+    if len(msg) != 2 or len(msg[0]) != 6:
+        raise RuntimeError(f"Invalid event message format: {msg}")
+    event, value = struct.unpack("=hi", msg[0])
+    return {"event": zmq.Event(event), "value": zmq.Event(value), "endpoint": msg[1]}
 
 
 def monitor_events(monitor: zmq.Socket) -> list[dict]:

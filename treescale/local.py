@@ -116,8 +116,9 @@ def _admin_token(state: Path, given: str | None) -> str:
 def up(config: str | Path, state: Path = DEFAULT_STATE, local: bool = True,
        timeout: float = 30.0, on_started: Callable[[LocalNode], object] | None = None,
        admin_token: str | None = None) -> list[LocalNode]:
-    """Start every node of the tree in ``config`` (parents first); wait until each
-    answers. ``local`` rewrites every address to 127.0.0.1. Every node accepts
+    """Start every node of the tree in ``config`` (parents first, forked by one
+    treescale.launcher process: each its own process, session, log and database);
+    wait until each answers. ``local`` rewrites every address to 127.0.0.1. Every node accepts
     ``admin_token`` (default: see ``_admin_token``) with every permission."""
     tree = load_tree(config)
     if state.exists() and any(_alive(n.pid) for n in read_state(state)):
@@ -129,24 +130,27 @@ def up(config: str | Path, state: Path = DEFAULT_STATE, local: bool = True,
     logs = state.parent / "logs"
     logs.mkdir(exist_ok=True)
     nodes: list[LocalNode] = []
+    cmd = [sys.executable, "-m", "treescale.launcher", str(config), str(state.parent)]
+    if local:
+        cmd.append("--local")
+    launcher_log = logs / "launcher.log"
     try:
-        for name in tree.names:
-            spec = tree.spec(name)
-            host = "127.0.0.1" if local else spec.host
-            log = logs / f"{name}.log"
-            cmd = [sys.executable, "-m", "tsctl.main", "node", "start", "--config",
-                   str(config), "--name", name]
-            if local:
-                cmd.append("--local")
-            # Each local node its own database beside its log (one machine, many nodes).
-            env = {**os.environ, **secrets_env,
-                   "TREE_DB_PATH": str(state.parent / "db" / f"{name}.db")}
-            with open(log, "ab") as out:
-                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+        with open(launcher_log, "ab") as err:
+            launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err,
                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                        env=env)
-            nodes.append(LocalNode(name, f"tcp://{host}:{spec.port}", proc.pid, str(log)))
-            write_state(state, nodes)
+                                        env={**os.environ, **secrets_env})
+        with launcher.stdout:
+            for line in launcher.stdout:  # one per node, as soon as it is forked
+                forked = json.loads(line)
+                spec = tree.spec(forked["name"])
+                host = "127.0.0.1" if local else spec.host
+                nodes.append(LocalNode(forked["name"], f"tcp://{host}:{spec.port}",
+                                       forked["pid"], forked["log"]))
+                write_state(state, nodes)
+        if len(nodes) < len(tree.names):
+            raise RuntimeError(f"the launcher started {len(nodes)} of "
+                               f"{len(tree.names)} nodes; see {launcher_log}:\n"
+                               + _tail(str(launcher_log)))
         deadline = time.monotonic() + timeout
         for node in nodes:
             while not answers_ping(node.address):

@@ -15,15 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
-import zmq
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from treescale import Client, DeliveryError, NodeError
+from treescale import Client
 from treescale.config import ConfigError
-from treescale.routing import PatternError, TargetError
-from treescale.tree import TreeError
+from tsctl.failures import USER_ERRORS as USER_ERRORS  # re-exported: commands import them here
+from tsctl.failures import friendly as friendly
 from tsctl.tables import BOXED, Cell, Column, Frame, Layout, draw, fit, note
 
 if TYPE_CHECKING:
@@ -32,26 +31,6 @@ if TYPE_CHECKING:
 DEFAULT_ADDRESS = "tcp://127.0.0.1:8888"
 console = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
-
-USER_ERRORS = (ConfigError, NodeError, PatternError, TargetError, TimeoutError,
-               ValueError, OSError, zmq.ZMQError, RuntimeError, TreeError, DeliveryError)
-
-
-def friendly(fn: Callable) -> Callable:
-    """Turn user-facing failures into one readable line and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            sys.exit(130)
-
-    return wrapper
-
 
 _address_option = click.option(
     "-a", "--address", default=lambda: os.environ.get("TREESCALE_ADDRESS", DEFAULT_ADDRESS),

@@ -1,39 +1,41 @@
 """tsctl: the TreeScale command line. Thin: parse, call the library, render.
 
-Owns: the command tree (its groups and the node/up/down/status commands). Must not
-touch: what a command does beyond calling the library (treescale.*), subject
-spellings (treescale.subjects).
+Owns: the command tree, its root group and completion. Each command lives in a module
+of its own (``COMMAND_MODULES``), imported when the command runs (or help lists them):
+`tsctl node start`, which every node process runs, then loads only tsctl.node_cmd, not
+rich nor the other commands. Must not touch: what a command does (its own module).
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 import logging
-import os
-import sys
-from pathlib import Path
 
 import click
 
-from treescale import subjects
-from treescale.loader import load_node_config, load_tree
-from treescale.local import DEFAULT_STATE, token_file
-from tsctl.common import (
-    address_of_node,
-    address_option,
-    connect,
-    console,
-    event_dict,
-    friendly,
-    one_target,
-    out,
-    print_table,
-    render_data,
-    timeout_option,
-    token_option,
-    wide_option,
-)
-from tsctl.tables import KEY, Column
+# Each top-level command and the tsctl module whose COMMANDS holds it.
+COMMAND_MODULES: dict[str, str] = {
+    "node": "node_cmd",
+    "up": "bus_cmd", "down": "bus_cmd", "status": "bus_cmd", "api": "bus_cmd",
+    "pub": "bus_cmd", "sub": "bus_cmd", "request": "bus_cmd", "demo": "bus_cmd",
+    "event": "event_cmd", "config": "config_cmd", "lb": "lb_cmd", "monitor": "monitor",
+    "docker": "docker_cmd", "build": "build_cmd", "teardown": "build_cmd",
+    "doctor": "doctor_cmd", "keys": "keys_cmd", "durable": "durable_cmd",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use (click's documented pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            module = importlib.import_module(f"tsctl.{COMMAND_MODULES[cmd_name]}")
+            for command in module.COMMANDS:
+                self.add_command(command)
+        return super().get_command(ctx, cmd_name)
 
 
 def version_message() -> str:
@@ -49,7 +51,7 @@ def version_message() -> str:
             f"libzmq {zmq.zmq_version()}, Python {platform.python_version()})")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="treescale", message=version_message())
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
@@ -57,388 +59,6 @@ def cli(verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-# --------------------------------------------------------------------------- node
-
-
-@cli.group()
-def node() -> None:
-    """Run a node on this machine."""
-
-
-@node.command("start")
-@click.option("--name", help="Node name (required unless the config names it).")
-@click.option("--port", type=int, help="TCP port for clients and child nodes.")
-@click.option("--host", help="Address to listen on [default: 127.0.0.1].")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Node or tree config (TOML, JSON or YAML).")
-@click.option("--token", "tokens", multiple=True,
-              help="Accept this client token (repeatable; visible in `ps`: prefer tokens "
-              "in the config file, or $TREESCALE_ADMIN_TOKEN); default: no auth.")
-@click.option("--max-payload", type=int, help="Largest payload in bytes.")
-@click.option("--parent", help="Link under the node at this address (tcp://HOST:PORT); "
-              "if it is full it redirects us below it.")
-@click.option("--join", help="Join the tree through any node at this address: the tree "
-              "places us where it stays shallow and balanced.")
-@click.option("--parent-token", envvar="TREESCALE_PARENT_TOKEN",
-              help="The link token the parent expects (or $TREESCALE_PARENT_TOKEN; "
-              "link_token in the config, or $TREESCALE_LINK_TOKEN, keeps it out of ps).")
-@click.option("--local", is_flag=True,
-              help="Rewrite this node's and its parent's addresses to 127.0.0.1.")
-@click.option("--metrics-port", type=click.IntRange(0, 65535),
-              help="Serve Prometheus /metrics on this port (0: pick a free one).")
-@click.option("--ipc", "ipc_path", type=click.Path(dir_okay=False),
-              help="Also serve applications on this machine on a Unix socket at PATH "
-              "(connect with ipc://PATH): faster than loopback TCP, same auth.")
-@click.option("--insecure", is_flag=True,
-              help="Listen on a non-loopback address without client auth (a trusted "
-              "network only; the config's `insecure = true`).")
-@click.option("--keys-dir", type=click.Path(file_okay=False),
-              help="CURVE: the node's keys (tsctl keys gen); links and clients encrypted.")
-@click.option("--parent-key", help="CURVE: the parent's public key (z85, or its name in "
-              "the keys dir's authorized/).")
-@friendly
-def node_start(name: str | None, port: int | None, host: str | None,
-               config_path: str | None, tokens: tuple[str, ...],
-               max_payload: int | None, parent: str | None, join: str | None,
-               parent_token: str | None, local: bool, metrics_port: int | None,
-               insecure: bool, keys_dir: str | None, parent_key: str | None,
-               ipc_path: str | None) -> None:
-    """Start a node in the foreground (SIGTERM or Ctrl-C stops it cleanly).
-
-    Secrets come from the config file or the environment, never the command line:
-    $TREESCALE_LINK_TOKEN (the link token, unless the config sets one),
-    $TREESCALE_ADMIN_TOKEN (a client token with every permission) and
-    $TREESCALE_PARENT_TOKEN; the node removes them from its environment."""
-    from treescale.brokers.node import Node
-    from treescale.config import secrets_from_env
-
-    cfg = load_node_config(config_path, name)
-    if insecure:
-        cfg.insecure = True
-    if join:
-        cfg.parent, cfg.join = join, True
-    if local:
-        cfg.host = "127.0.0.1"
-        if cfg.parent:
-            cfg.parent = "tcp://127.0.0.1:" + cfg.parent.rsplit(":", 1)[1]
-    for key, value in (("port", port), ("host", host), ("max_payload", max_payload),
-                       ("parent", parent), ("parent_token", parent_token),
-                       ("metrics_port", metrics_port), ("keys_dir", keys_dir),
-                       ("parent_key", parent_key), ("ipc_path", ipc_path)):
-        if value is not None:
-            setattr(cfg, key, value)
-    if tokens:
-        cfg.tokens = list(tokens)
-    secrets_from_env(cfg, os.environ)
-    os.environ.pop("TREESCALE_PARENT_TOKEN", None)  # --parent-token has read it
-    n = Node(cfg)
-    n.install_signal_handlers()
-    logging.getLogger("treescale").setLevel(logging.INFO)
-    console.print(f"node [bold]{cfg.name}[/] listening on {n.endpoint}")
-    if n.ipc_endpoint:
-        console.print(f"node [bold]{cfg.name}[/] serving local clients on {n.ipc_endpoint}")
-    n.run()
-    # The node has closed its socket and services in order. A service thread still
-    # blocked somewhere (an engine stream, a starting client) must not keep the
-    # process alive: a supervisor's SIGTERM means exit now.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-# -------------------------------------------------------------------- local tree
-
-state_option = click.option(
-    "--state", type=click.Path(dir_okay=False, path_type=Path),
-    default=lambda: str(DEFAULT_STATE), show_default="$TREESCALE_STATE or "
-    "~/.treescale/up.json", help="Where `up` records the processes it started.")
-
-
-@cli.command("up")
-@click.argument("config", default="configs/tree.toml",
-                type=click.Path(exists=True, dir_okay=False))
-@click.option("--keep-addresses", is_flag=True,
-              help="Use the hosts in the file instead of 127.0.0.1.")
-@state_option
-@click.option("--json", "as_json", is_flag=True,
-              help="Print the started nodes (name, address, pid, log) as JSON.")
-@friendly
-def up_cmd(config: str, keep_addresses: bool, state: Path, as_json: bool) -> None:
-    """Start every node of a tree file as local processes (root first). They accept
-    one admin token: $TREESCALE_TOKEN if set, else the one kept beside the state file
-    (made the first time)."""
-    from dataclasses import asdict
-
-    from rich.progress import Progress
-
-    from treescale.local import up
-
-    tree = load_tree(config)
-    with Progress(console=console, transient=True, disable=as_json) as progress:
-        task = progress.add_task("starting nodes", total=len(tree.names))
-        nodes = up(config, state, local=not keep_addresses,
-                   on_started=lambda n: progress.advance(task))
-    if as_json:
-        print(json.dumps([asdict(n) for n in nodes], indent=1))
-        return
-    for n in nodes:
-        console.print(f"[green]up[/] {n.name:<10} {n.address:<24} pid {n.pid}")
-    console.print(f"{len(nodes)} node(s) running; `tsctl status -a {nodes[0].address}` "
-                  "shows the tree, `tsctl down` stops it")
-    console.print(f"the tree's admin token is in {token_file(state)}: export "
-                  f"TREESCALE_TOKEN=$(cat {token_file(state)}) or pass --token-file",
-                  soft_wrap=True)
-
-
-@cli.command("down")
-@state_option
-@click.option("--json", "as_json", is_flag=True, help="Print the stopped nodes as JSON.")
-@friendly
-def down_cmd(state: Path, as_json: bool) -> None:
-    """Stop the nodes that `tsctl up` started."""
-    from treescale.local import down
-
-    names = down(state)
-    if as_json:
-        print(json.dumps({"stopped": names}))
-        return
-    console.print(f"stopped {len(names)} node(s)" + (f": {', '.join(names)}" if names
-                                                     else " (none was running)"))
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the nodes as JSON.")
-@click.option("--wait", type=float, default=2.5, show_default=True,
-              help="Seconds to listen for the nodes' self-reports.")
-@wide_option
-@address_option
-@token_option
-@timeout_option
-@friendly
-def status(as_json: bool, wait: float, wide: bool, address: str, token: str | None,
-           timeout: float) -> None:
-    """List every node of the tree: parent, children, address, uptime, traffic."""
-    import time
-
-    seen: dict = {}
-    with connect(address, token, timeout) as c:
-        c.subscribe(subjects.NODE_STATS)
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            ev = c.next_event(max(0.0, deadline - time.monotonic()))
-            if ev is not None:
-                report = ev.json()
-                seen[report["node"]] = report
-    nodes = sorted(seen.values(), key=lambda r: (r.get("depth", 0), r["node"]))
-    if as_json:
-        print(json.dumps(nodes, indent=1))
-        return
-    rows = [[r["node"], r.get("parent") or "—", " ".join(r.get("children", [])),
-             r["address"].removeprefix("tcp://"), " ".join(r.get("groups", [])),
-             " ".join(r.get("tags", [])), f"{r['uptime']:.0f}", str(r["clients"]),
-             f"{r['events_in']:,}", f"{r['events_out']:,}"] for r in nodes]
-    print_table(STATUS_COLUMNS, rows, wide=wide,
-                title=f"{len(nodes)} node(s) seen from {address}")
-
-
-# What `tsctl status` shows, most useful first when the terminal is narrow.
-STATUS_COLUMNS = [
-    Column("node", KEY), Column("parent", priority=9), Column("children", priority=4),
-    Column("address", priority=8), Column("groups", priority=3), Column("tags", priority=2),
-    Column("up s", priority=7, justify="right"), Column("clients", priority=5, justify="right"),
-    Column("in", priority=6, justify="right"), Column("out", priority=6, justify="right")]
-
-
-# --------------------------------------------------------------------- api exec
-
-
-@cli.group()
-def api() -> None:
-    """Drive the services of nodes anywhere in the tree."""
-
-
-@api.command("exec")
-@click.option("-c", "--command", "command", required=True, help="Shell command to run.")
-@click.option("-n", "--node", "via", help="Node to connect to, by name (from --config).")
-@click.option("-t", "--target", "target", help="Node to run the command on.")
-@click.option("--group", help="Run on every node of this group (one result each).")
-@click.option("--tag", help="Run on every node with this tag (one result each).")
-@click.option("--config", "config_path", default="configs/tree.toml", show_default=True,
-              type=click.Path(dir_okay=False), help="Tree file that names the nodes.")
-@click.option("--exec-timeout", type=float, default=60.0, show_default=True,
-              help="Seconds the command may run.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON result per node.")
-@address_option
-@token_option
-@timeout_option
-@friendly
-def api_exec(command: str, via: str | None, target: str | None, group: str | None,
-             tag: str | None, config_path: str, exec_timeout: float, as_json: bool,
-             address: str, token: str | None, timeout: float) -> None:
-    """Run COMMAND on a node (or a group/tag of nodes) through the tree; output streams
-    back and tsctl exits with the command's exit code."""
-    from tsctl.execute import run_exec
-
-    one_target(target, group, tag)  # exactly one of them, or a usage error
-    if via is not None:
-        address = address_of_node(via, config_path)
-    code = run_exec(address, token, timeout, command, exec_timeout, target, group, tag,
-                    as_json)
-    sys.exit(code)
-
-
-# ---------------------------------------------------------------------- pub / sub
-
-
-@cli.command()
-@click.argument("name")
-@click.argument("data", required=False, default="")
-@click.option("--target", "-t", help="node:NAME, group:G, tag:T or channel:C.")
-@click.option("--mode", type=click.Choice(["all", "one"]), default="all", show_default=True)
-@click.option("--count", "-n", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Publish the event this many times.")
-@click.option("--stdin", "from_stdin", is_flag=True, help="Read the payload from stdin.")
-@click.option("--durable", "durable", is_flag=True,
-              help="Durable: the node stores it for durable subscriptions; wait for its "
-              "confirm.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print what was published (name, count, bytes, node) as JSON.")
-@address_option
-@token_option
-@timeout_option
-@friendly
-def pub(name: str, data: str, target: str | None, mode: str, count: int, from_stdin: bool,
-        durable: bool, as_json: bool, address: str, token: str | None,
-        timeout: float) -> None:
-    """Publish an event NAME with payload DATA."""
-    payload = sys.stdin.buffer.read() if from_stdin else data.encode()
-    ids = []
-    with connect(address, token, timeout) as c:
-        for _ in range(count):
-            if durable:
-                ids.append(c.publish(name, payload, target=target, mode=mode,
-                                     durable=True))
-            else:
-                c.publish(name, payload, target=target, mode=mode)
-        c.flush(timeout)  # with --durable: DeliveryError unless each was confirmed
-        if c.errors:
-            raise c.errors[0]
-        node_name = c.node
-    if as_json:
-        print(json.dumps({"name": name, "count": count, "bytes": len(payload),
-                          "target": target, "mode": mode, "node": node_name,
-                          **({"durable": True, "ids": ids} if durable else {})}))
-        return
-    what = "durable event(s), confirmed by node " + node_name if durable else "event(s)"
-    console.print(f"published {count} {what} to {name}")
-
-
-@cli.command()
-@click.argument("pattern")
-@click.option("--queue", "-q", help="Queue name: share `one` events with its members.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--count", "-n", type=click.IntRange(min=1), help="Exit after N events.")
-@click.option("--wait", type=float, default=None,
-              help="Exit after this many seconds without an event.")
-@click.option("--name", help="Client name shown to the node.")
-@click.option("--group", "groups", multiple=True, help="Join this group (repeatable).")
-@click.option("--tag", "tags", multiple=True, help="Carry this tag (repeatable).")
-@click.option("--channel", "channels", multiple=True, help="Join this channel (repeatable).")
-@click.option("--durable", "durable", metavar="NAME",
-              help="A durable subscription: the node keeps its events while we are away.")
-@click.option("--start", type=click.Choice(["new", "all"]), default="new",
-              show_default=True, help="--durable: where a new durable starts.")
-@click.option("--seq", type=click.IntRange(min=0), help="--durable: start at this seq.")
-@click.option("--time", "at", type=float,
-              help="--durable: start at this time (epoch seconds).")
-@click.option("--ack", "ack", is_flag=True,
-              help="--durable: ack each event once printed (else it comes again).")
-@address_option
-@token_option
-@timeout_option
-@friendly
-def sub(pattern: str, queue: str | None, as_json: bool, count: int | None,
-        wait: float | None, name: str | None, groups: tuple, tags: tuple, channels: tuple,
-        durable: str | None, start: str, seq: int | None, at: float | None, ack: bool,
-        address: str, token: str | None, timeout: float) -> None:
-    """Print events matching PATTERN (`*` one token, `>` the rest)."""
-    from tsctl.durable_cmd import durable_fields, event_line
-
-    if durable is None and (ack or seq is not None or at is not None or start != "new"):
-        raise click.UsageError("--start, --seq, --time and --ack need --durable NAME")
-    with connect(address, token, timeout, name=name, groups=groups, tags=tags,
-                 channels=channels) as c:
-        if durable is None:
-            c.subscribe(pattern, queue)
-            what = pattern
-        else:
-            c.subscribe(pattern, queue, timeout, durable=durable, start=start, seq=seq,
-                        time=at)
-            what = f"{pattern} (durable {durable})"
-        # stderr, so scripts reading JSON from stdout can also wait for this line
-        console.print(f"subscribed to {what} on node {c.node}")
-        seen = 0
-        for ev in c.events(timeout=wait):
-            if as_json:
-                extra = durable_fields(ev) if ev.durable is not None else {}
-                print(json.dumps({**event_dict(ev), **extra}), flush=True)
-            else:
-                mark = event_line(ev) if ev.durable is not None else ""
-                out.print(f"{mark}[cyan]{ev.name}[/] [dim]from {ev.source}[/] "
-                          f"{render_data(ev.data)}", soft_wrap=True)
-            if ack:
-                ev.ack()
-            seen += 1
-            if count and seen >= count:
-                break
-
-
-@cli.command()
-@click.argument("name")
-@click.argument("data", required=False, default="")
-@click.option("--target", "-t", help="node:NAME, group:G, tag:T or channel:C.")
-@click.option("--json", "as_json", is_flag=True, help="Print the reply as JSON.")
-@address_option
-@token_option
-@timeout_option
-@friendly
-def request(name: str, data: str, target: str | None, as_json: bool, address: str,
-            token: str | None, timeout: float) -> None:
-    """Send a request NAME and print the reply."""
-    with connect(address, token, timeout) as c:
-        ev = c.request(name, data.encode(), timeout=timeout, target=target)
-    if as_json:
-        print(json.dumps(event_dict(ev)))
-    else:
-        sys.stdout.buffer.write(bytes(ev.data))
-        if not bytes(ev.data).endswith(b"\n"):
-            sys.stdout.write("\n")
-
-
-@cli.command()
-@click.option("--duration", type=float, default=None,
-              help="Stop after this many seconds [default: run until Ctrl-C].")
-@click.option("--rate", type=click.IntRange(min=10), default=2000, show_default=True,
-              help="Sensor events per second to publish.")
-@friendly
-def demo(duration: float | None, rate: int) -> None:
-    """Run a node with publishers and subscribers on loopback, shown live."""
-    from tsctl.demo import run_demo
-
-    run_demo(duration, rate)
-
-
-# Command groups that live in modules of their own (each defines a click group/command).
-COMMAND_MODULES: list[str] = ["event_cmd", "config_cmd", "lb_cmd", "monitor", "docker_cmd",
-                              "build_cmd", "doctor_cmd", "keys_cmd", "durable_cmd"]
-
-for _module in COMMAND_MODULES:
-    _mod = __import__(f"tsctl.{_module}", fromlist=["COMMANDS"])
-    for _command in _mod.COMMANDS:
-        cli.add_command(_command)
 
 
 # --------------------------------------------------------------------- completion

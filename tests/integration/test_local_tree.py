@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ROOT, free_port, ping, wait_until
 from treescale import Client
 from treescale.local import down
 
@@ -82,3 +83,34 @@ def test_up_status_down(tree):
     assert r.returncode == 0 and b"stopped 7 node(s)" in r.stderr
     r = tsctl("status", "-a", leaf, "--timeout", "0.5")
     assert r.returncode == 1 and b"no answer" in r.stderr
+
+
+def test_each_node_up_starts_is_a_process_of_its_own(tree, tmp_path):
+    """The launcher forks the nodes from one interpreter; each is still its own process
+    (own session, log, database), and a kill -9 stops that node alone."""
+    ports, tsctl = tree
+    state = tmp_path / "state" / "up.json"
+    nodes = {n["name"]: n for n in json.loads(state.read_text())}
+    assert set(nodes) == set(SHAPE) and len({n["pid"] for n in nodes.values()}) == 7
+    for name, n in nodes.items():
+        assert os.getsid(n["pid"]) == n["pid"], name  # its own session
+        assert f"node {name} listening on" in open(n["log"]).read()
+        assert list((tmp_path / "state" / "db").glob(f"{name}.db*")), name  # its own
+    victim = nodes["tree3"]["pid"]
+    os.kill(victim, signal.SIGKILL)
+
+    def gone() -> bool:
+        try:
+            os.kill(victim, 0)
+        except ProcessLookupError:
+            return True  # reaped by the launcher, its parent
+        return False
+
+    wait_until(gone, 10, "the killed node's process to go")
+    for name in set(SHAPE) - {"tree3"}:
+        assert ping(f"tcp://127.0.0.1:{ports[name]}"), name
+    r = tsctl("down")
+    assert r.returncode == 0 and b"stopped 7 node(s)" in r.stderr
+    for n in nodes.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(n["pid"], 0)

@@ -20,9 +20,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tsctl.bus_cmd import STATUS_COLUMNS
 from tsctl.event_cmd import LS_COLUMNS as EVENT_COLUMNS
 from tsctl.lb_cmd import LS_COLUMNS as LB_COLUMNS
-from tsctl.main import STATUS_COLUMNS
 from tsctl.monitor import COLUMNS as MONITOR_COLUMNS
 
 from tests import dockerkit

@@ -24,9 +24,11 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 import zmq
 
@@ -41,7 +43,7 @@ from treescale.brokers.custody import Custody
 from treescale.brokers.exchange import InterestExchange
 from treescale.brokers.fanout import Fanout
 from treescale.brokers.handshake import Handshake
-from treescale.brokers.hosting import Hosting
+from treescale.brokers.hosting import Hosting, limit_malloc_arenas
 from treescale.brokers.links import LINK_TIMEOUT, Link, Links
 from treescale.brokers.listener import listen, remove_ipc
 from treescale.brokers.parent import ParentLink
@@ -491,3 +493,23 @@ class Node:
             limit = LINK_TIMEOUT if session.is_link else self.config.client_timeout
             if now - session.last_seen > limit:
                 self.drop_session(rid, "timeout")
+
+
+def serve(cfg: NodeConfig, announce: Callable[[Node], object] | None = None) -> NoReturn:
+    """Run a node as the whole process (`tsctl node start`, a node `tsctl up` forks):
+    SIGTERM or SIGINT stops it cleanly, then the process exits 0. ``announce`` is
+    called once the node is bound (its endpoint known)."""
+    limit_malloc_arenas()  # before the node's first thread
+    n = Node(cfg)
+    n.install_signal_handlers()
+    logging.getLogger("treescale").setLevel(logging.INFO)
+    if announce is not None:
+        announce(n)
+    n.run()
+    # The node has closed its socket and services in order. A service thread still
+    # blocked somewhere (an engine stream, a starting client) must not keep the
+    # process alive: a supervisor's SIGTERM means exit now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -29,9 +29,11 @@ spellings (treescale.subjects), other nodes' engines.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -242,12 +244,30 @@ class Engine:
         return ServiceError(f"Docker engine unreachable at {self.url} (node {self.node}): "
                             f"{_reason(exc)}")
 
+    def sdk(self) -> Any:
+        """The Docker SDK (the ``docker`` package, its ``errors`` and ``utils``), loaded
+        only once an engine may be there: a local socket that does not exist is
+        unreachable without it, so a node without Docker never pays its ~20 MB. The SDK
+        loads paramiko (and cryptography) for ssh:// engines only: for any other engine
+        it is kept out (the SDK treats it as not installed)."""
+        if self.url.startswith("unix://"):
+            path = self.url[len("unix://"):]
+            if not os.path.exists(path):
+                raise self.unreachable(FileNotFoundError(
+                    errno.ENOENT, os.strerror(errno.ENOENT), path))
+        if not self.url.startswith("ssh://"):
+            sys.modules.setdefault("paramiko", None)  # import paramiko -> ImportError
+        import docker
+        import docker.errors
+        import docker.utils
+
+        return docker
+
     def client(self) -> Any:
         """The shared docker.DockerClient (short calls), connecting if needed."""
         with self._lock:
             if self._client is None:
-                import docker
-
+                docker = self.sdk()
                 try:
                     client = docker.from_env(environment=self._env(), timeout=OP_TIMEOUT,
                                              max_pool_size=32)
@@ -260,12 +280,10 @@ class Engine:
 
     def stream_api(self) -> Any:
         """A fresh low-level client without read timeout, for one long stream."""
-        import docker
-        from docker.utils import kwargs_from_env
-
         self.client()
+        docker = self.sdk()
         return docker.APIClient(version=self._version, timeout=None,
-                                **kwargs_from_env(environment=self._env()))
+                                **docker.utils.kwargs_from_env(environment=self._env()))
 
     def lost(self) -> None:
         """Forget the connection (the engine went away); the next call reconnects."""
@@ -357,29 +375,38 @@ class DockerService:
         """Engine failures -> one clear error line for the caller."""
 
         def handler(args: dict, emit: Emit) -> Any:
-            import docker.errors
-            import requests.exceptions
-
             try:
                 return fn(args, emit)
             except ServiceError:
                 raise
-            except (requests.exceptions.ConnectionError, ConnectionError) as exc:
-                self.engine.lost()
-                raise self.engine.unreachable(exc) from None
-            except docker.errors.APIError as exc:
-                raise ServiceError(f"docker on node {self.node}: "
-                                   f"{_explain(exc)}") from None
-            except docker.errors.DockerException as exc:
-                raise ServiceError(f"docker on node {self.node}: {exc}") from None
+            except Exception as exc:
+                error = self._engine_error(exc)
+                if error is None:
+                    raise
+                raise error from None
 
         return handler
 
-    def _container(self, ref: Any) -> Any:
+    def _engine_error(self, exc: Exception) -> ServiceError | None:
+        """What the caller is told of an engine failure (None: not one)."""
+        if not isinstance(exc, ConnectionError) and "docker.errors" not in sys.modules:
+            return None  # the SDK never loaded: this is none of its errors
         import docker.errors
+        import requests.exceptions
 
+        if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError):
+            self.engine.lost()
+            return self.engine.unreachable(exc)
+        if isinstance(exc, docker.errors.APIError):
+            return ServiceError(f"docker on node {self.node}: {_explain(exc)}")
+        if isinstance(exc, docker.errors.DockerException):
+            return ServiceError(f"docker on node {self.node}: {exc}")
+        return None
+
+    def _container(self, ref: Any) -> Any:
         if not isinstance(ref, str) or not ref:
             raise ServiceError("name the container (its name or id)")
+        docker = self.engine.sdk()
         try:
             return self.engine.client().containers.get(ref)
         except docker.errors.NotFound:
@@ -408,8 +435,6 @@ class DockerService:
         return [summary(r) for r in rows]
 
     def run(self, args: dict, emit: Emit) -> list[dict]:
-        import docker.errors
-
         image = args.get("image")
         if not isinstance(image, str) or not image:
             raise ServiceError("run needs an image")
@@ -439,6 +464,7 @@ class DockerService:
             options["nano_cpus"] = int(number(args, "cpus", 0) * 1e9)
         if args.get("memory") is not None:
             options["mem_limit"] = args["memory"]
+        docker = self.engine.sdk()
         client = self.engine.client()
         started: list[dict] = []
         for i in range(count):
@@ -586,13 +612,11 @@ class DockerService:
 
     def pull(self, args: dict, emit: Emit) -> dict:
         """Pull an image, emitting the engine's ``progress`` lines as they come."""
-        import docker.errors
-        from docker.utils import parse_repository_tag
-
         image = args.get("image")
         if not isinstance(image, str) or not image:
             raise ServiceError("pull needs an image (REPO[:TAG])")
-        repo, tag = parse_repository_tag(image)
+        docker = self.engine.sdk()
+        repo, tag = docker.utils.parse_repository_tag(image)
         client = self.engine.client()
         last = None
         try:
@@ -612,11 +636,10 @@ class DockerService:
                 "status": (last or {}).get("status")}
 
     def rmi(self, args: dict, emit: Emit) -> dict:
-        import docker.errors
-
         image = args.get("image")
         if not isinstance(image, str) or not image:
             raise ServiceError("rmi needs an image")
+        docker = self.engine.sdk()
         try:
             self.engine.client().images.remove(image, force=bool(args.get("force")))
         except docker.errors.ImageNotFound:
