@@ -100,13 +100,6 @@ class ZmtpDealer:
             self.sock.close()
             raise
 
-    @classmethod
-    def past_handshake(cls, sock: socket.socket, max_message: int) -> ZmtpDealer:
-        """A dealer over ``sock``, whose greeting and READY are already exchanged."""
-        dealer = cls.__new__(cls)
-        dealer.sock, dealer.max_message, dealer._buf = sock, max_message, bytearray()
-        return dealer
-
     def send(self, frames: list, deadline: float) -> None:
         self.sock.settimeout(max(0.001, deadline - time.monotonic()))
         try:
