@@ -25,7 +25,6 @@ from treescale import protocol as P
 from treescale.client_core import ClientCore, Event, NodeError
 from treescale.client_io import HEARTBEAT, ClientCurve, configure_socket
 from treescale.frames import NOBLOCK, recv_frames, send_frames
-from treescale.zmtp import ZmtpWire, native_wire_allowed
 
 log = logging.getLogger("treescale.client")
 
@@ -47,11 +46,11 @@ class DirectLink:
         # service keeps its marker (on a node with auth it has no token to show).
         service = {k: v for k, v in parent.options.items() if k == "service"}
         self.core = parent.sibling({**service, "direct": True})
-        # Without CURVE the thread speaks ZMTP on a socket of its own (zmtp.py): no
-        # libzmq I/O thread to wake per message. With keys, libzmq does the crypto.
-        self.wire: Any = (ZmqWire(ctx, address, self.core, curve)
-                          if curve is not None or not native_wire_allowed(address)
-                          else ZmtpWire(address, self.core.routing_id))
+        self.sock = ctx.socket(zmq.DEALER)
+        configure_socket(self.sock, self.core, curve)
+        self.sock.connect(address)
+        self.poller = zmq.Poller()  # kept: Socket.poll() builds a new one per call
+        self.poller.register(self.sock, zmq.POLLIN)
         self.owner = threading.get_ident()
         self.report = report
         self.last_heard = 0.0  # when the node last said anything on this session
@@ -96,7 +95,7 @@ class DirectLink:
         self._boxes.pop(req_id, None)
 
     def close(self) -> None:
-        self.wire.close()
+        self.sock.close(linger=0)
 
     # ----------------------------------------------------------------- plumbing
 
@@ -119,14 +118,14 @@ class DirectLink:
         the deadline came first. Pings while it waits, so that the node keeps the
         session of a thread that waits long (a command that runs for minutes)."""
         while True:
-            now = time.monotonic()
-            if now >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            frames = self.wire.recv(min(deadline, now + HEARTBEAT))
-            if frames is not None:
+            if self.poller.poll(int(min(left, HEARTBEAT) * 1000) + 1):
                 break
             if self.core.ready:
-                self.wire.send_now(P.encode_ping(0))
+                self._send_now(P.encode_ping(0))
+        frames = recv_frames(self.sock)
         self.last_heard = time.monotonic()
         try:
             actions = self.core.receive(frames)
@@ -152,34 +151,13 @@ class DirectLink:
         # Ready, Pong: the core noted them. Deliver: a direct session subscribes to
         # nothing, so only replies arrive, and the core took those.
 
-    def _send(self, frames: list, deadline: float) -> None:
-        self.wire.send(frames, deadline)
-
-
-class ZmqWire:
-    """A request session's messages over a libzmq DEALER (what CURVE needs)."""
-
-    def __init__(self, ctx: zmq.Context, address: str, core: ClientCore,
-                 curve: ClientCurve | None) -> None:
-        self.sock = ctx.socket(zmq.DEALER)
-        configure_socket(self.sock, core, curve)
-        self.sock.connect(address)
-        self.poller = zmq.Poller()  # kept: Socket.poll() builds a new one per call
-        self.poller.register(self.sock, zmq.POLLIN)
-
-    def recv(self, until: float) -> list | None:
-        """The next message, or None if none came before ``until``."""
-        if self.poller.poll(max(0, int((until - time.monotonic()) * 1000)) + 1):
-            return recv_frames(self.sock)
-        return None
-
-    def send_now(self, frames: list) -> None:
+    def _send_now(self, frames: list) -> None:
         try:
             send_frames(self.sock, frames, NOBLOCK)
         except zmq.Again:
             pass  # a heartbeat can wait for the next one
 
-    def send(self, frames: list, deadline: float) -> None:
+    def _send(self, frames: list, deadline: float) -> None:
         try:
             send_frames(self.sock, frames, NOBLOCK)
             return
@@ -190,9 +168,6 @@ class ZmqWire:
             send_frames(self.sock, frames)
         except zmq.Again:
             raise TimeoutError("no connection to the node") from None
-
-    def close(self) -> None:
-        self.sock.close(linger=0)
 
 
 class ReplyStream:
