@@ -71,12 +71,15 @@ class TreeScaleSystem(BaseSystem):
 
     @staticmethod
     def subscriber(address: str, subject: str, count: int, ready_evt: MpEvent,
-                   result_queue: Any, timeout: float) -> None:
+                   result_queue: Any, timeout: float,
+                   counter: Any = None) -> None:
+        """Subscribe, then count with ``counter(client, tally)`` (per event unless
+        another counter is given)."""
         tally = Tally(count, timeout)
         with Client(_address(address), name="bench-sub") as c:
             c.subscribe(subject)  # returns once the node routes to us
             ready_evt.set()
-            count_until_done(c, tally)
+            (counter or count_until_done)(c, tally)
             result_queue.put(tally.report())
 
     @staticmethod
@@ -229,12 +232,8 @@ class TreeScaleBatches(TreeScaleSystem):
     @staticmethod
     def subscriber(address: str, subject: str, count: int, ready_evt: MpEvent,
                    result_queue: Any, timeout: float) -> None:
-        tally = Tally(count, timeout)
-        with Client(_address(address), name="bench-sub") as c:
-            c.subscribe(subject)
-            ready_evt.set()
-            count_batches_until_done(c, tally)
-            result_queue.put(tally.report())
+        TreeScaleSystem.subscriber(address, subject, count, ready_evt, result_queue,
+                                   timeout, count_batches_until_done)
 
 
 SYSTEMS = [TreeScaleSystem(), TreeScaleIpc(), TreeScaleThreeHops(), TreeScaleBatches()]

@@ -248,13 +248,17 @@ class Client(DurableSurface, BatchSurface):
             # An iterator over the rest of the current batch: a consumer that stops
             # early leaves the remaining events there for the next call.
             yield from self._current
-            try:
-                item = self._inbox.get(timeout=timeout)
-            except queue.Empty:
-                return
+            item = self._next_delivery(timeout)
             if item is None:
                 return
             self._current = item.iter_events()
+
+    def _next_delivery(self, timeout: float | None) -> Any:
+        """The next inbox item (a delivery), or None: timed out, or the client closed."""
+        try:
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
     def next_event(self, timeout: float | None = None) -> Event | None:
         for ev in self.events(timeout):

@@ -3,7 +3,7 @@
 
 Owns: ``BatchSurface``, a mixin of ``Client`` (treescale.client), split out so that the
 class stays within the size the architecture test allows. It relies on ``Client``'s
-``core``, ``_outbox``, ``_inbox``, ``_current``, ``_wait_for_room``, ``_wake``,
+``core``, ``_outbox``, ``_next_delivery``, ``_current``, ``_wait_for_room``, ``_wake``,
 ``_sleeping`` and ``_woken``, the same hand-offs ``publish`` and ``events()`` use.
 
 Must not touch: the socket (the I/O thread's), the wire layout (the batches are
@@ -17,8 +17,8 @@ delivery comes out of ``batches()`` first, so order is kept.
 
 from __future__ import annotations
 
-import queue
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from treescale.client_batch import EventBatch, batch_of
 from treescale.client_core import ClientCore
@@ -30,7 +30,7 @@ class BatchSurface:
 
     core: ClientCore
     _outbox: Outbox
-    _inbox: queue.SimpleQueue
+    _next_delivery: Callable[[float | None], Any]
     _current: Iterator
     _sleeping: bool
     _woken: bool
@@ -60,11 +60,5 @@ class BatchSurface:
         rest = tuple(self._current)
         if rest:
             yield EventBatch.of_events(rest)
-        while True:
-            try:
-                item = self._inbox.get(timeout=timeout)
-            except queue.Empty:
-                return
-            if item is None:
-                return
+        while (item := self._next_delivery(timeout)) is not None:
             yield batch_of(item)
