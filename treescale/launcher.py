@@ -46,6 +46,15 @@ def db_path(state_dir: Path, name: str) -> Path:
     return state_dir / "db" / f"{name}.db"
 
 
+def socket_path(state_dir: Path, name: str) -> str | None:
+    """Where node ``name`` serves local applications (``ipc_path``): a socket in the
+    tree's state directory, or None where that path is too long for a Unix socket."""
+    from treescale.brokers.listener import MAX_IPC_PATH
+
+    path = state_dir.absolute() / "sockets" / f"{name}.sock"
+    return str(path) if len(os.fsencode(path)) <= MAX_IPC_PATH else None
+
+
 def _run_child(cfg: NodeConfig, state_dir: Path, secrets: dict) -> NoReturn:
     """In the forked child: become the node's own process, then serve it."""
     from treescale.brokers.node import serve
@@ -87,6 +96,8 @@ def main(argv: list[str]) -> None:
     for cfg in configs:
         if local:
             cfg.to_loopback()
+        if cfg.ipc_path is None:  # applications on this machine: the faster way in
+            cfg.ipc_path = socket_path(state_dir, cfg.name)
     # What every node imports, imported here once: the children share these pages.
     import treescale.brokers.node  # noqa: F401
     import treescale.client  # noqa: F401  (the services' client)
@@ -94,13 +105,13 @@ def main(argv: list[str]) -> None:
     for name in {s for cfg in configs for s in (cfg.services or SERVICES)
                  if getattr(cfg, service_flag(s))}:
         __import__(SERVICES[name].partition(":")[0])
-    for sub in ("logs", "db"):
+    for sub in ("logs", "db", "sockets"):
         (state_dir / sub).mkdir(parents=True, exist_ok=True)
     for cfg in configs:
         pid = os.fork()
         if pid == 0:
             _run_child(cfg, state_dir, secrets)
-        print(json.dumps({"name": cfg.name, "pid": pid,
+        print(json.dumps({"name": cfg.name, "pid": pid, "ipc": cfg.ipc_path,
                           "log": str(log_path(state_dir, cfg.name))}), flush=True)
     sys.stdout.close()
     os.close(1)

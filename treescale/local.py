@@ -43,6 +43,7 @@ class LocalNode:
     address: str
     pid: int
     log: str
+    ipc: str | None = None  # ipc:// address for applications on this machine
 
 
 _handed_out: set[int] = set()
@@ -144,8 +145,10 @@ def up(config: str | Path, state: Path = DEFAULT_STATE, local: bool = True,
                 forked = json.loads(line)
                 spec = tree.spec(forked["name"])
                 host = "127.0.0.1" if local else spec.host
+                ipc = forked.get("ipc")
                 nodes.append(LocalNode(forked["name"], f"tcp://{host}:{spec.port}",
-                                       forked["pid"], forked["log"]))
+                                       forked["pid"], forked["log"],
+                                       f"ipc://{ipc}" if ipc else None))
                 write_state(state, nodes)
         if len(nodes) < len(tree.names):
             raise RuntimeError(f"the launcher started {len(nodes)} of "

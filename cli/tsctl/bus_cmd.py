@@ -69,7 +69,8 @@ def up_cmd(config: str, keep_addresses: bool, state: Path, as_json: bool) -> Non
         print(json.dumps([asdict(n) for n in nodes], indent=1))
         return
     for n in nodes:
-        console.print(f"[green]up[/] {n.name:<10} {n.address:<24} pid {n.pid}")
+        local = f"  local {n.ipc}" if n.ipc else ""
+        console.print(f"[green]up[/] {n.name:<10} {n.address:<24} pid {n.pid}{local}")
     console.print(f"{len(nodes)} node(s) running; `tsctl status -a {nodes[0].address}` "
                   "shows the tree, `tsctl down` stops it")
     console.print(f"the tree's admin token is in {token_file(state)}: export "

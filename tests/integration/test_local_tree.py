@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, free_port, ping, wait_until
-from treescale import Client
+from treescale import AuthError, Client
 from treescale.local import down
 
 SHAPE = {"tree1": ["tree2", "tree4"], "tree2": ["tree3"], "tree3": [],
@@ -114,3 +114,23 @@ def test_each_node_up_starts_is_a_process_of_its_own(tree, tmp_path):
     for n in nodes.values():
         with pytest.raises(ProcessLookupError):
             os.kill(n["pid"], 0)
+
+
+def test_up_serves_local_applications_on_each_nodes_unix_socket(tree, tmp_path):
+    """Every node `up` starts also listens on a socket in the state directory (pytest's
+    short tmp paths fit the 107-byte limit), recorded in the state file and shown; a
+    client on it is an ordinary client of that node, auth included."""
+    ports, tsctl = tree
+    state = tmp_path / "state" / "up.json"
+    nodes = {n["name"]: n for n in json.loads(state.read_text())}
+    for name, n in nodes.items():
+        assert n["ipc"] == f"ipc://{tmp_path / 'state' / 'sockets' / name}.sock", name
+    with pytest.raises(AuthError):
+        Client(nodes["tree3"]["ipc"], token="wrong", timeout=5)
+    with Client(nodes["tree3"]["ipc"], name="local") as local, \
+            Client(f"tcp://127.0.0.1:{ports['tree3']}", name="remote") as remote:
+        assert local.node == "tree3"
+        remote.subscribe("local.>")
+        local.publish("local.hello", b"over ipc")
+        ev = remote.next_event(5)
+        assert ev is not None and (ev.data, ev.source) == (b"over ipc", "local")
