@@ -31,6 +31,7 @@ from treescale.client_io import (
     BYE,
     HEARTBEAT,
     KEY_REFUSED,
+    MAX_QUEUED,
     MONITOR_EVENTS,
     PAYLOADS,
     ClientCurve,
@@ -139,6 +140,7 @@ class AsyncClient:
         self._outbox.add(*self.core.outbox_entry(name, data, target, mode, headers))
         if len(self._outbox) >= BATCH_EVENTS:
             await self._flush_queue()
+            await self._wait_for_room()
         else:
             self._poke()
         return None
@@ -153,7 +155,17 @@ class AsyncClient:
             self._outbox.add_encoded(message, n)
             count += n
             await self._flush_queue()
+            await self._wait_for_room()
         return count
+
+    async def _wait_for_room(self) -> None:
+        """While the node is away nothing leaves: past MAX_QUEUED queued events,
+        wait for it (back-pressure, like ``Client.publish``), never grow without bound."""
+        while len(self._outbox) > MAX_QUEUED and not self._closed:
+            if self.core.ready:
+                await self._flush_queue()
+            else:
+                await self._is_ready.wait()
 
     async def subscribe(self, pattern: str, queue: str | None = None, *,
                         durable: str | None = None, timeout: float | None = None,

@@ -184,3 +184,35 @@ def test_durable_deliveries_come_out_of_batches_with_their_acks(node, clients):
     for e in events:
         e.ack()
     wait_until(lambda: sub.durable_info("billing")["unacked"] == 0, 10, "acks applied")
+
+
+def test_async_publishing_waits_past_max_queued_while_the_node_is_away(node):
+    """AsyncClient is held to the same bound as Client: with its node gone, the call
+    that takes the queue past MAX_QUEUED waits (for the node), and everything queued
+    goes once the node is back."""
+    async def main() -> None:
+        async with AsyncClient(node.address, name="held") as pub:
+            node.kill()
+            deadline = asyncio.get_running_loop().time() + 10
+            while pub.core.ready:
+                assert asyncio.get_running_loop().time() < deadline, "node still seen"
+                await asyncio.sleep(0.02)
+            chunk = 1000
+            # up to the bound (each batch counts its events and its own slot): all return
+            for _ in range(MAX_QUEUED // chunk - 1):
+                await pub.publish_many("held", [b"e"] * chunk)
+            over = asyncio.ensure_future(pub.publish_many("held", [b"e"] * chunk))
+            single = asyncio.ensure_future(_publish_one_by_one(pub, BATCH_EVENTS))
+            done, _ = await asyncio.wait({over, single}, timeout=0.5)
+            assert not done, "publishing past MAX_QUEUED did not wait"
+            assert len(pub._outbox) <= MAX_QUEUED + BATCH_EVENTS + chunk
+            node.start()
+            await asyncio.wait_for(asyncio.gather(over, single), 30)
+            await pub.flush(timeout=30)
+
+    asyncio.run(main())
+
+
+async def _publish_one_by_one(client, n: int) -> None:
+    for _ in range(n):
+        await client.publish("held", b"e")
