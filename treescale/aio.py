@@ -215,13 +215,17 @@ class AsyncClient:
             # The rest of the current batch stays there if the consumer stops early.
             for ev in self._current:
                 yield ev
-            try:
-                batch = await asyncio.wait_for(self._inbox.get(), timeout)
-            except TimeoutError:
-                return
+            batch = await self._next_delivery(timeout)
             if batch is None:
                 return
             self._current = batch.iter_events()
+
+    async def _next_delivery(self, timeout: float | None) -> Any:
+        """The next inbox item (a delivery), or None: timed out, or the client closed."""
+        try:
+            return await asyncio.wait_for(self._inbox.get(), timeout)
+        except TimeoutError:
+            return None
 
     async def batches(self, timeout: float | None = None) -> AsyncIterator[EventBatch]:
         """As ``Client.batches``: one ``EventBatch`` per delivery, from the inbox
@@ -229,13 +233,7 @@ class AsyncClient:
         rest = tuple(self._current)
         if rest:
             yield EventBatch.of_events(rest)
-        while True:
-            try:
-                item = await asyncio.wait_for(self._inbox.get(), timeout)
-            except TimeoutError:
-                return
-            if item is None:
-                return
+        while (item := await self._next_delivery(timeout)) is not None:
             yield batch_of(item)
 
     async def request(self, name: str, data: Any = b"", timeout: float = 5.0,

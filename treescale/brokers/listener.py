@@ -41,11 +41,6 @@ MAX_IPC_PATH = 107
 IPC_SCHEME = "ipc://"
 
 
-def ipc_endpoint(path: str) -> str:
-    """The address a client passes to ``Client`` for a node's ``ipc_path``."""
-    return IPC_SCHEME + str(Path(path).absolute())
-
-
 def listen(ctx: zmq.Context, config: NodeConfig,
            curve: Curve | None) -> tuple[zmq.Socket, str, str | None]:
     """The node's ROUTER, set up and bound: (socket, TCP endpoint, ipc endpoint)."""
