@@ -104,6 +104,18 @@ class NodeConfig:
     # file is created with ipc_mode (octal; default: the node's own user only).
     ipc_path: str | None = None
     ipc_mode: str = "0600"
+    # The WebSocket gateway (treescale.web): browsers and Node.js programs as sessions
+    # of this node, and the dashboard over HTTP, on websocket_port (0: a free one;
+    # None: off), on websocket_host (default: host). wss:// with the TLS pair.
+    # Browser pages from other origins than the dashboard's need websocket_origins
+    # ("https://app.example.com", or "*"); a message is at most websocket_max_message.
+    websocket_port: int | None = None
+    websocket_host: str | None = None
+    websocket_tls_cert: str | None = None
+    websocket_tls_key: str | None = None
+    websocket_origins: tuple[str, ...] = ()
+    websocket_max_message: int = DEFAULT_MAX_PAYLOAD + (1 << 20)
+    websocket_ping_interval: float = 20.0
     # Docker service: the engine (default $DOCKER_HOST, else the local socket) and how
     # often each running container's stats are published ($sys.docker.NODE.stats).
     docker_host: str | None = None
@@ -172,6 +184,16 @@ class NodeConfig:
         """Why this node must not listen where it is configured to (None: it may): a
         non-loopback address without client auth would let anyone who reaches the port
         in, unless the config says ``insecure``."""
+        if self.websocket_port is not None and not self.insecure:
+            host = self.websocket_host or self.host
+            tls = bool(self.websocket_tls_cert and self.websocket_tls_key)
+            if not is_loopback(host) and not (tls and self.has_auth):
+                return (f"node {self.name}: refusing a WebSocket listener on {host} "
+                        f"without {'client auth' if tls else 'TLS and client auth'} "
+                        "(browsers on other machines need wss:// and a token): set "
+                        "websocket_tls_cert, websocket_tls_key and tokens (or "
+                        "auth_command, auth_url), or start it with --insecure on a "
+                        "trusted network")
         if self.has_auth or self.insecure or is_loopback(self.host):
             return None
         return (f"node {self.name}: refusing to listen on {self.host} without client "
@@ -184,7 +206,8 @@ AUTH_METHODS = ("tokens", "auth_command", "auth_url")
 # What only a token with "*" may change by a config push: client auth, the link
 # credential, and the switches of the services that run commands or change the machine.
 PRIVILEGED_FIELDS = (*AUTH_METHODS, "auth_timeout", "link_token", "parent_token",
-                     "keys_dir", "insecure",
+                     "keys_dir", "insecure", "websocket_host", "websocket_origins",
+                     "websocket_tls_cert", "websocket_tls_key",
                      *(f"{name}_enabled" for name in SERVICES))
 # Secrets a node database holds; shown only to a token with "*".
 SECRET_FIELDS = ("tokens", "link_token", "parent_token")
@@ -245,10 +268,12 @@ def with_token(tokens: Any, token: str, permissions: list[str]) -> dict:
 POSITIVE = frozenset({"max_hello_bytes", "max_sessions", "max_pending_hellos",
                       "hello_timeout", "max_pending_auth", "max_subscriptions",
                       "max_interest", "durable_max_bytes", "durable_max_age",
-                      "durable_window", "max_durables"})
+                      "durable_window", "max_durables", "websocket_max_message",
+                      "websocket_ping_interval"})
 # Numbers with bounds of their own: (lowest, highest).
 # Links: a timeout of at most LINK_TIMEOUT (5 s), the limit on every link session.
-RANGES = {"link_ping_interval": (0.01, 1.0), "link_missed_pings": (1, 5)}
+RANGES = {"link_ping_interval": (0.01, 1.0), "link_missed_pings": (1, 5),
+          "websocket_port": (0, 65535)}
 
 # Keys of the seed's tree format mapped onto NodeConfig fields.
 _ALIASES = {"tree_port": "port", "tree_ip": "host", "childs": None, "children": None}

@@ -55,6 +55,14 @@ def socket_path(state_dir: Path, name: str) -> str | None:
     return str(path) if len(os.fsencode(path)) <= MAX_IPC_PATH else None
 
 
+def websocket_url(cfg: NodeConfig) -> str | None:
+    """Where node ``cfg`` serves browsers and its dashboard (None: no fixed port)."""
+    if not cfg.websocket_port:
+        return None
+    scheme = "wss" if cfg.websocket_tls_cert else "ws"
+    return f"{scheme}://{cfg.websocket_host or cfg.host}:{cfg.websocket_port}/"
+
+
 def _run_child(cfg: NodeConfig, state_dir: Path, secrets: dict) -> NoReturn:
     """In the forked child: become the node's own process, then serve it."""
     from treescale.brokers.node import serve
@@ -112,6 +120,7 @@ def main(argv: list[str]) -> None:
         if pid == 0:
             _run_child(cfg, state_dir, secrets)
         print(json.dumps({"name": cfg.name, "pid": pid, "ipc": cfg.ipc_path,
+                          "websocket": websocket_url(cfg),
                           "log": str(log_path(state_dir, cfg.name))}), flush=True)
     sys.stdout.close()
     os.close(1)

@@ -44,6 +44,7 @@ class LocalNode:
     pid: int
     log: str
     ipc: str | None = None  # ipc:// address for applications on this machine
+    websocket: str | None = None  # ws:// (or wss://) URL: browsers, the dashboard
 
 
 _handed_out: set[int] = set()
@@ -148,7 +149,8 @@ def up(config: str | Path, state: Path = DEFAULT_STATE, local: bool = True,
                 ipc = forked.get("ipc")
                 nodes.append(LocalNode(forked["name"], f"tcp://{host}:{spec.port}",
                                        forked["pid"], forked["log"],
-                                       f"ipc://{ipc}" if ipc else None))
+                                       f"ipc://{ipc}" if ipc else None,
+                                       forked.get("websocket")))
                 write_state(state, nodes)
         if len(nodes) < len(tree.names):
             raise RuntimeError(f"the launcher started {len(nodes)} of "

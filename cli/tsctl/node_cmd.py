@@ -50,6 +50,10 @@ def node() -> None:
 @click.option("--ipc", "ipc_path", type=click.Path(dir_okay=False),
               help="Also serve applications on this machine on a Unix socket at PATH "
               "(connect with ipc://PATH): faster than loopback TCP, same auth.")
+@click.option("--ws-port", type=click.IntRange(0, 65535),
+              help="Serve WebSocket sessions (browsers, Node.js) and the dashboard on "
+              "this port (0: a free one); wss:// with websocket_tls_cert/_key.")
+@click.option("--ws-host", help="Address of the WebSocket port [default: --host].")
 @click.option("--insecure", is_flag=True,
               help="Listen on a non-loopback address without client auth (a trusted "
               "network only; the config's `insecure = true`).")
@@ -63,7 +67,7 @@ def node_start(name: str | None, port: int | None, host: str | None,
                max_payload: int | None, parent: str | None, join: str | None,
                parent_token: str | None, local: bool, metrics_port: int | None,
                insecure: bool, keys_dir: str | None, parent_key: str | None,
-               ipc_path: str | None) -> None:
+               ipc_path: str | None, ws_port: int | None, ws_host: str | None) -> None:
     """Start a node in the foreground (SIGTERM or Ctrl-C stops it cleanly).
 
     Secrets come from the config file or the environment, never the command line:
@@ -83,7 +87,8 @@ def node_start(name: str | None, port: int | None, host: str | None,
     for key, value in (("port", port), ("host", host), ("max_payload", max_payload),
                        ("parent", parent), ("parent_token", parent_token),
                        ("metrics_port", metrics_port), ("keys_dir", keys_dir),
-                       ("parent_key", parent_key), ("ipc_path", ipc_path)):
+                       ("parent_key", parent_key), ("ipc_path", ipc_path),
+                       ("websocket_port", ws_port), ("websocket_host", ws_host)):
         if value is not None:
             setattr(cfg, key, value)
     if tokens:
@@ -98,6 +103,7 @@ def announce(n: Any) -> None:
     click.echo(f"node {n.name} listening on {n.endpoint}", err=True)
     if n.ipc_endpoint:
         click.echo(f"node {n.name} serving local clients on {n.ipc_endpoint}", err=True)
+
 
 
 COMMANDS = [node]

@@ -1,4 +1,5 @@
-"""What runs beside a node's loop: its machine services and its /metrics endpoint.
+"""What runs beside a node's loop: its machine services, its /metrics endpoint and its
+WebSocket gateway (treescale.web).
 
 Owns: starting the services the config turns on (each needs its ``<name>_enabled``
 flag and client auth on the node; one log line says why one is off) as clients of the
@@ -62,8 +63,45 @@ class Hosting:
         self.services: list = []
         self.context = None
         self.metrics_server = None
+        self.gateway = None
         self._lock = threading.Lock()
         self._closed = False
+
+    def start_listeners(self) -> None:
+        """The node's other ports, before it announces itself: /metrics and the
+        WebSocket gateway, each when the config asks for it. Raises OSError (a port
+        taken) or ConfigError (an unreadable TLS file)."""
+        if self.node.config.metrics_port is not None:
+            self.start_metrics()
+        if self.node.config.websocket_port is not None:
+            self.start_gateway()
+
+    def start_gateway(self) -> None:
+        """Serve WebSocket sessions and the dashboard (treescale.web), each session
+        a client of this node on its Unix socket when it has one, else on loopback."""
+        from treescale.services import node_client_keys
+        from treescale.web.gateway import Gateway, GatewaySettings
+
+        node = self.node
+        address = node.ipc_endpoint or self.local_address
+        settings = GatewaySettings.from_config(node.config, address,
+                                               node_client_keys(node.config))
+        gateway = Gateway(settings, node.name)
+        try:
+            gateway.start()
+        except OSError as exc:
+            raise OSError(f"websocket port {settings.port} on {settings.host}: "
+                          f"{exc.strerror or exc}") from None
+        self.gateway = gateway
+
+    @property
+    def websocket_port(self) -> int | None:
+        return self.gateway.port if self.gateway else None
+
+    @property
+    def local_address(self) -> str:
+        """The node's TCP endpoint as a process on its machine reaches it."""
+        return self.node.endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
 
     def start_metrics(self) -> None:
         """Serve /metrics on the node's host (port 0: a free one, logged and reported
@@ -88,8 +126,7 @@ class Hosting:
         from treescale.services import SERVICES, ServiceContext, load_factory
 
         node = self.node
-        address = node.endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:")
-        self.context = ServiceContext(address, node.name, node.config,
+        self.context = ServiceContext(self.local_address, node.name, node.config,
                                       node.handshake.service_secret)
         for name in SERVICES:
             if node.stopping:
@@ -115,6 +152,9 @@ class Hosting:
         release_free_memory()
 
     def close(self) -> None:
+        if self.gateway is not None:
+            self.gateway.close()
+            self.gateway = None
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None

@@ -148,12 +148,11 @@ class Node:
             poller.register(up, zmq.POLLIN)
             poller.register(self.parent.monitor, zmq.POLLIN)
         next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
-        if self.config.metrics_port is not None:
-            try:
-                self.hosting.start_metrics()
-            except OSError:
-                self.close()
-                raise
+        try:
+            self.hosting.start_listeners()  # /metrics, the WebSocket gateway
+        except (OSError, ConfigError):
+            self.close()
+            raise
         log.info("node %s listening on %s", self.name, self.endpoint)
         if on_ready:
             on_ready(self)

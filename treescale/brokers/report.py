@@ -40,6 +40,7 @@ def report(node: Node) -> dict:
             "rtt_ewma": node.parent.rtt_ewma if linked else None,
             "cpu_percent": node.cpu[0], "rss_bytes": node.cpu[1],
             "metrics_port": node.hosting.metrics_port,
+            "websocket_port": node.hosting.websocket_port,
             **node.stats,
             "durable": node.custody.report(),
             "bytes_in": sum(row[1] for row in classes.values()),

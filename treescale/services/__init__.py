@@ -32,6 +32,18 @@ SERVICES: dict[str, str] = {
 }
 
 
+def node_client_keys(config: NodeConfig) -> dict:
+    """How a process beside the node reaches it (its services, its WebSocket
+    gateway): CURVE with the node's own keypair when it has keys (a key it trusts,
+    whatever ``client_keys`` says), else plainly (whatever $TREESCALE_SERVER_KEY says)."""
+    if not config.keys_dir:
+        return {"server_key": ""}
+    from treescale.keys import load_own
+
+    own = load_own(config.keys_dir)
+    return {"server_key": own.public, "keypair": own}
+
+
 @dataclass
 class ServiceContext:
     """What a service gets from its node."""
@@ -48,15 +60,7 @@ class ServiceContext:
         return {"service": self.secret}
 
     def client_keys(self) -> dict:
-        """CURVE: a node with keys is reached with its own keypair (a key it trusts,
-        whatever ``client_keys`` says); a node without, plainly (whatever
-        $TREESCALE_SERVER_KEY says)."""
-        if not self.config.keys_dir:
-            return {"server_key": ""}
-        from treescale.keys import load_own
-
-        own = load_own(self.config.keys_dir)
-        return {"server_key": own.public, "keypair": own}
+        return node_client_keys(self.config)
 
     @property
     def client(self) -> Any:
