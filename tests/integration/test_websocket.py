@@ -13,7 +13,6 @@ import pytest
 
 from tests.conftest import ADMIN, secure
 from tests.wskit import WsPeer, events, unpack
-from treescale import Client
 from treescale.local import free_port
 
 
