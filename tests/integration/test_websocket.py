@@ -132,3 +132,45 @@ def test_tsctl_node_start_ws_port_reports_the_port(node_factory, clients):
     assert ev is not None and ev.json()["websocket_port"] == port
     with WsPeer(f"ws://127.0.0.1:{port}/") as ws:
         assert ws.hello("ws", ADMIN)[0] == 2
+
+
+def test_a_gateway_in_a_process_of_its_own_relays_to_its_node(node_factory, clients,
+                                                              tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, wait_until
+
+    n = node_factory("n1", secure())
+    port = free_port()
+    refused = subprocess.run(
+        [sys.executable, "-m", "tsctl.main", "node", "gateway", "--node", n.address,
+         "--ws-port", str(port), "--ws-host", "0.0.0.0"], cwd=ROOT, capture_output=True,
+        text=True, timeout=60)
+    assert refused.returncode == 1 and refused.stderr.startswith(
+        "error: refusing a WebSocket listener on 0.0.0.0 without TLS"), refused.stderr
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "tsctl.main", "node", "gateway", "--node", n.address,
+         "--ws-port", str(port)], cwd=ROOT, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: _answers(f"ws://127.0.0.1:{port}/"), 20, "the gateway")
+        py = clients(n.address, name="py")
+        py.subscribe("orders.>")
+        with WsPeer(f"ws://127.0.0.1:{port}/") as ws:
+            assert ws.hello("far", "wrong")[1] == "bad_token"  # the node decides
+        with WsPeer(f"ws://127.0.0.1:{port}/") as ws:
+            assert ws.hello("far", ADMIN)[0] == 2
+            ws.publish("orders.created", b"7")
+            ev = py.next_event(5)
+            assert ev is not None and (ev.data, ev.source) == (b"7", "far")
+    finally:
+        gateway.terminate()
+        gateway.wait(10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        WsPeer(url, open_timeout=1).close()
+        return True
+    except OSError:
+        return False
