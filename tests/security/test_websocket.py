@@ -301,3 +301,35 @@ def test_a_curve_node_lets_a_browser_in_by_its_token(node_factory, tmp_path):
     t.start()
     t.join(20)
     assert refused, "a ZeroMQ client with an unauthorized key got a session"
+
+
+def test_a_peer_that_stops_answering_pings_is_closed_and_a_live_one_is_not(node_factory):
+    """Keep-alive: the gateway pings every websocket_ping_interval; a peer that never
+    answers (a raw socket that did the handshake and then went silent, as a
+    half-dead network leaves one) is closed; a real client, whose library answers
+    the pings, keeps its session over the same time."""
+    import base64
+    import socket
+
+    _, port = ws_node(node_factory, websocket_ping_interval=0.3)
+    live = WsPeer(f"ws://127.0.0.1:{port}/")
+    try:
+        assert live.hello("live", ADMIN)[0] == 2
+        dead = socket.create_connection(("127.0.0.1", port), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        dead.sendall((f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                      "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: treescale.v1"
+                      "\r\n\r\n").encode())
+        received = b""
+        started = time.monotonic()
+        while chunk := dead.recv(4096):  # pings (and a close) until the gateway hangs up
+            received += chunk
+        waited = time.monotonic() - started
+        dead.close()
+        assert received.startswith(b"HTTP/1.1 101")
+        assert b"\x89" in received  # a ping frame (FIN + opcode 9) was sent to it
+        assert waited < 8, waited
+        live.barrier()  # the live session outlived the dead one's deadline
+    finally:
+        live.close()
