@@ -30,6 +30,7 @@ from treescale.brokers.durables import Durables, is_durable_member
 from treescale.brokers.probes import ProbeWaves
 from treescale.delivery import Owed
 from treescale.durable_store import DurableStore
+from treescale.routing import NO_ROUTE, Route
 
 if TYPE_CHECKING:
     from treescale.brokers.links import Link
@@ -50,6 +51,20 @@ def link_target(neighbour: str) -> str:
     return "L:" + neighbour
 
 
+def durable_keys(route: Route) -> dict:
+    """member -> the durables (their real keys, ``$durable:NODE:NAME``) the route
+    reaches through it: an event handed to a neighbour is marked ``L:NEIGHBOUR KEY``
+    for each, so a copy arriving after a durable moved behind that neighbour goes
+    there again (it went there for other durables only, and went no further)."""
+    keys: dict = {}
+    for queue, members in route.groups:
+        if subjects.is_durable_queue(queue):
+            key = subjects.real_queue(queue)
+            for mid in members:
+                keys.setdefault(mid, set()).add(key)
+    return {mid: sorted(k) for mid, k in keys.items()}
+
+
 @dataclass(slots=True)
 class Stored:
     """A stored durable event, without its payload (on disk)."""
@@ -60,7 +75,9 @@ class Stored:
     time: float
     publisher: str
     size: int
-    handed: set = field(default_factory=set)  # targets it was owed to, ever
+    # targets it was owed to, ever; for a neighbour also ``L:NAME KEY``: each
+    # durable it went there for (``durable_keys``)
+    handed: set = field(default_factory=set)
 
     def row(self) -> list:
         return [self.id, self.name, self.headers, self.time, self.publisher, self.size,
@@ -102,6 +119,7 @@ class Custody:
         self.confirms: dict[bytes, tuple[list, list]] = {}  # session -> ok, refused
         self.facks: dict[bytes, list] = {}  # link member -> seqs to acknowledge
         self.to_pump: set[str] = set()
+        self._keyed: tuple = (None, {})  # the last route and its durable_keys
         self.probes = ProbeWaves(node)
         self.stats = {"stored": 0, "duplicates": 0, "refused": 0, "trimmed": 0,
                       "forwarded": 0, "resent": 0}
@@ -213,23 +231,31 @@ class Custody:
 
     def _route(self, seq: int, origin: Link | None, again: str | None = None) -> None:
         """Owe ``seq`` to every neighbour and local durable whose interest matches and
-        that it was never owed to (nor came from).
+        that it was never owed to (nor came from), and again to a neighbour it went to
+        before that the route now names for a durable it did not go there for (the
+        durable moved behind it: that neighbour never passed it that way).
 
         ``again``: the tree changed while neighbour ``again`` was away with ``seq``
         owed: every other neighbour the route names now gets it, even one that sent or
         had it before (it drops the copy by id, then routes it by its own table, which
         may now lead somewhere it never went)."""
         rec = self.events[seq]
+        handed = rec.handed
         changed = False
-        if origin is not None and link_target(origin.neighbour) not in rec.handed:
-            rec.handed.add(link_target(origin.neighbour))
+        came_from = link_target(origin.neighbour) if origin is not None else None
+        if came_from is not None and came_from not in handed:
+            handed.add(came_from)
             changed = True
         try:
-            dests = self.node.table.lookup(rec.name).everyone
+            route = self.node.table.lookup(rec.name)
         except Exception:  # a name the table refuses is routed nowhere
-            dests = ()
+            route = NO_ROUTE
+        if route is not self._keyed[0]:  # routes are the table's cached values
+            self._keyed = (route, durable_keys(route))
+        keys = self._keyed[1]
         links = self.node.links
-        for dest in dests:
+        for dest in route.everyone:
+            marks: list[str] = []
             if is_durable_member(dest):
                 target = "D:" + dest[1]
             elif is_away_member(dest):
@@ -239,13 +265,24 @@ class Custody:
                 if link is None:
                     continue  # a client: plain delivery, once (``_deliver_plain``)
                 target = link_target(link.neighbour)
-            if target in rec.handed:
-                if again is None or target[0] == "D" or target == again:
+            if target[0] == "L":
+                marks = [f"{target} {key}" for key in keys.get(dest, ())]
+            fresh = [m for m in marks if m not in handed]
+            if target == came_from:  # it has it: its side is its own to route
+                handed.update(fresh)
+                changed = changed or bool(fresh)
+                continue
+            if target in handed:
+                if target[0] == "D" or target == again or (again is None
+                                                           and not fresh):
                     continue
                 owed = self.owed.get(target[2:])
                 if owed is not None and seq in owed.seqs:
+                    handed.update(fresh)  # on its way there already
+                    changed = changed or bool(fresh)
                     continue
-            rec.handed.add(target)
+            handed.add(target)
+            handed.update(marks)
             changed = True
             self.owe(target, seq)
         if changed:
@@ -473,7 +510,8 @@ class Custody:
             self.release(target, seq)
             rec = self.events.get(seq)
             if rec is not None:  # never acknowledged: it may be owed to it again
-                rec.handed.discard(target)
+                rec.handed.difference_update([h for h in rec.handed if h == target
+                                              or h.startswith(target + " ")])
                 self.store.update_event(seq, rec.row())
         del self.owed[neighbour]
         self.away.pop(neighbour, None)
