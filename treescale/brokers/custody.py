@@ -3,8 +3,9 @@ local durable owed them has acknowledged them, resent after a reconnect.
 
 Owns: a client's DPUB (store, route, confirm after the commit's fsync), a neighbour's
 DFORWARD (store or de-duplicate by id, route, DFACK after the fsync) and DFACK (release),
-what each event was handed to already (an event is owed to a neighbour or a durable
-once, however often and from wherever it arrives again), the per-link credit window
+what each event was handed to already (an event is owed to a local durable once, and
+to a neighbour once for each set of durables the route reaches through it: ``Marks``,
+however often and from wherever it arrives again), the per-link credit window
 (``durable_window`` events in flight; the rest wait in storage), re-routing what a
 neighbour that went away was owed when the tree found another way, the quota
 (``durable_max_bytes``: refused with ``storage_full``, never dropped), trimming events
@@ -17,6 +18,7 @@ Must not touch: durable subscriptions' delivery (durables.py), what interest mea
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -45,6 +47,9 @@ REROUTE_AFTER = 2.0  # seconds a neighbour is away before what it was owed is re
 RESEND_AFTER = 5.0  # seconds a forward may go unacknowledged on a live link
 REROUTE_EVERY = 5.0  # seconds between two re-routes of one absent neighbour's events
 REROUTE_BUDGET = 50_000  # events re-routed per housekeeping pass, at most (about)
+# durable key sets known by digest (``keyset_digest``); one forgotten (or from before a
+# restart) counts as none: an event marked with it may cross that link once more
+KEYSETS_KEPT = 10_000
 
 
 def link_target(neighbour: str) -> str:
@@ -53,16 +58,64 @@ def link_target(neighbour: str) -> str:
 
 def durable_keys(route: Route) -> dict:
     """member -> the durables (their real keys, ``$durable:NODE:NAME``) the route
-    reaches through it: an event handed to a neighbour is marked ``L:NEIGHBOUR KEY``
-    for each, so a copy arriving after a durable moved behind that neighbour goes
-    there again (it went there for other durables only, and went no further)."""
+    reaches through it, as a frozenset."""
     keys: dict = {}
     for queue, members in route.groups:
         if subjects.is_durable_queue(queue):
             key = subjects.real_queue(queue)
             for mid in members:
                 keys.setdefault(mid, set()).add(key)
-    return {mid: sorted(k) for mid, k in keys.items()}
+    return {mid: frozenset(k) for mid, k in keys.items()}
+
+
+def keyset_digest(keys: frozenset) -> str:
+    """A short name for a set of durable keys, the same in every process: an event
+    handed to a neighbour is marked ``L:NEIGHBOUR #DIGEST`` of the durables it went
+    there for, so that a copy arriving after another durable moved behind that
+    neighbour goes there again (it went there for other durables only, and went no
+    further), at the cost of one short mark per neighbour, however many durables."""
+    return hashlib.blake2b("\n".join(sorted(keys)).encode(), digest_size=8).hexdigest()
+
+
+class Marks:
+    """The durable key sets an event's marks (``L:NEIGHBOUR #DIGEST``) stand for.
+
+    A node that handed an event to a neighbour for some durables must hand a copy there
+    again when another durable has moved behind that neighbour (the neighbour never
+    passed it that way); a plain ``L:NEIGHBOUR`` could not tell. Kept in memory: a
+    digest not known (forgotten, or from before a restart) stands for no durable, so
+    such an event may cross that link once more (dropped there by id)."""
+
+    def __init__(self) -> None:
+        self.keysets: dict[str, frozenset] = {}  # digest -> durable keys
+        self._last: tuple = (None, {})  # the last route: member -> (keys, digest)
+
+    def of(self, route: Route) -> dict:
+        """member -> (the durable keys the route reaches through it, their digest)."""
+        if route is self._last[0]:  # routes are the table's cached values
+            return self._last[1]
+        out = {}
+        for mid, keys in durable_keys(route).items():
+            digest = keyset_digest(keys)
+            if digest not in self.keysets:
+                if len(self.keysets) >= KEYSETS_KEPT:
+                    self.keysets.clear()
+                self.keysets[digest] = keys
+            out[mid] = (keys, digest)
+        self._last = (route, out)
+        return out
+
+    def fresh(self, handed: set, target: str, mark: str, keys: frozenset) -> bool:
+        """Whether the route reaches a durable through ``target`` that the event never
+        went there for (as far as its marks are known)."""
+        if mark in handed:
+            return False
+        went: frozenset = frozenset()
+        prefix = target + " #"
+        for h in handed:
+            if h.startswith(prefix):
+                went |= self.keysets.get(h[len(prefix):], frozenset())
+        return not keys <= went
 
 
 @dataclass(slots=True)
@@ -75,8 +128,8 @@ class Stored:
     time: float
     publisher: str
     size: int
-    # targets it was owed to, ever; for a neighbour also ``L:NAME KEY``: each
-    # durable it went there for (``durable_keys``)
+    # targets it was owed to, ever; for a neighbour also ``L:NAME #DIGEST``: the
+    # durables it went there for (``keyset_digest``)
     handed: set = field(default_factory=set)
 
     def row(self) -> list:
@@ -119,7 +172,7 @@ class Custody:
         self.confirms: dict[bytes, tuple[list, list]] = {}  # session -> ok, refused
         self.facks: dict[bytes, list] = {}  # link member -> seqs to acknowledge
         self.to_pump: set[str] = set()
-        self._keyed: tuple = (None, {})  # the last route and its durable_keys
+        self.marks = Marks()
         self.probes = ProbeWaves(node)
         self.stats = {"stored": 0, "duplicates": 0, "refused": 0, "trimmed": 0,
                       "forwarded": 0, "resent": 0}
@@ -250,12 +303,9 @@ class Custody:
             route = self.node.table.lookup(rec.name)
         except Exception:  # a name the table refuses is routed nowhere
             route = NO_ROUTE
-        if route is not self._keyed[0]:  # routes are the table's cached values
-            self._keyed = (route, durable_keys(route))
-        keys = self._keyed[1]
+        digests = self.marks.of(route)
         links = self.node.links
         for dest in route.everyone:
-            marks: list[str] = []
             if is_durable_member(dest):
                 target = "D:" + dest[1]
             elif is_away_member(dest):
@@ -265,24 +315,29 @@ class Custody:
                 if link is None:
                     continue  # a client: plain delivery, once (``_deliver_plain``)
                 target = link_target(link.neighbour)
-            if target[0] == "L":
-                marks = [f"{target} {key}" for key in keys.get(dest, ())]
-            fresh = [m for m in marks if m not in handed]
-            if target == came_from:  # it has it: its side is its own to route
-                handed.update(fresh)
-                changed = changed or bool(fresh)
-                continue
-            if target in handed:
+            mark = None
+            if target[0] == "L" and dest in digests:
+                mark = f"{target} #{digests[dest][1]}"
+            if target == came_from or target in handed:
+                fresh = mark is not None and self.marks.fresh(handed, target, mark,
+                                                              digests[dest][0])
+                if target == came_from:  # it has it: its side is its own to route
+                    if fresh:
+                        handed.add(mark)
+                        changed = True
+                    continue
                 if target[0] == "D" or target == again or (again is None
                                                            and not fresh):
                     continue
                 owed = self.owed.get(target[2:])
                 if owed is not None and seq in owed.seqs:
-                    handed.update(fresh)  # on its way there already
-                    changed = changed or bool(fresh)
+                    if fresh:  # on its way there already
+                        handed.add(mark)
+                        changed = True
                     continue
             handed.add(target)
-            handed.update(marks)
+            if mark is not None:
+                handed.add(mark)
             changed = True
             self.owe(target, seq)
         if changed:
