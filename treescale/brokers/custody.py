@@ -3,8 +3,9 @@ local durable owed them has acknowledged them, resent after a reconnect.
 
 Owns: a client's DPUB (store, route, confirm after the commit's fsync), a neighbour's
 DFORWARD (store or de-duplicate by id, route, DFACK after the fsync) and DFACK (release),
-what each event was handed to already (an event is owed to a neighbour or a durable
-once, however often and from wherever it arrives again), the per-link credit window
+what each event was handed to already (an event is owed to a local durable once, and
+to a neighbour once for each set of durables the route reaches through it: ``Marks``,
+however often and from wherever it arrives again), the per-link credit window
 (``durable_window`` events in flight; the rest wait in storage), re-routing what a
 neighbour that went away was owed when the tree found another way, the quota
 (``durable_max_bytes``: refused with ``storage_full``, never dropped), trimming events
@@ -17,6 +18,7 @@ Must not touch: durable subscriptions' delivery (durables.py), what interest mea
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from treescale.brokers.durables import Durables, is_durable_member
 from treescale.brokers.probes import ProbeWaves
 from treescale.delivery import Owed
 from treescale.durable_store import DurableStore
+from treescale.routing import NO_ROUTE, Route
 
 if TYPE_CHECKING:
     from treescale.brokers.links import Link
@@ -44,10 +47,75 @@ REROUTE_AFTER = 2.0  # seconds a neighbour is away before what it was owed is re
 RESEND_AFTER = 5.0  # seconds a forward may go unacknowledged on a live link
 REROUTE_EVERY = 5.0  # seconds between two re-routes of one absent neighbour's events
 REROUTE_BUDGET = 50_000  # events re-routed per housekeeping pass, at most (about)
+# durable key sets known by digest (``keyset_digest``); one forgotten (or from before a
+# restart) counts as none: an event marked with it may cross that link once more
+KEYSETS_KEPT = 10_000
 
 
 def link_target(neighbour: str) -> str:
     return "L:" + neighbour
+
+
+def durable_keys(route: Route) -> dict:
+    """member -> the durables (their real keys, ``$durable:NODE:NAME``) the route
+    reaches through it, as a frozenset."""
+    keys: dict = {}
+    for queue, members in route.groups:
+        if subjects.is_durable_queue(queue):
+            key = subjects.real_queue(queue)
+            for mid in members:
+                keys.setdefault(mid, set()).add(key)
+    return {mid: frozenset(k) for mid, k in keys.items()}
+
+
+def keyset_digest(keys: frozenset) -> str:
+    """A short name for a set of durable keys, the same in every process: an event
+    handed to a neighbour is marked ``L:NEIGHBOUR #DIGEST`` of the durables it went
+    there for, so that a copy arriving after another durable moved behind that
+    neighbour goes there again (it went there for other durables only, and went no
+    further), at the cost of one short mark per neighbour, however many durables."""
+    return hashlib.blake2b("\n".join(sorted(keys)).encode(), digest_size=8).hexdigest()
+
+
+class Marks:
+    """The durable key sets an event's marks (``L:NEIGHBOUR #DIGEST``) stand for.
+
+    A node that handed an event to a neighbour for some durables must hand a copy there
+    again when another durable has moved behind that neighbour (the neighbour never
+    passed it that way); a plain ``L:NEIGHBOUR`` could not tell. Kept in memory: a
+    digest not known (forgotten, or from before a restart) stands for no durable, so
+    such an event may cross that link once more (dropped there by id)."""
+
+    def __init__(self) -> None:
+        self.keysets: dict[str, frozenset] = {}  # digest -> durable keys
+        self._last: tuple = (None, {})  # the last route: member -> (keys, digest)
+
+    def of(self, route: Route) -> dict:
+        """member -> (the durable keys the route reaches through it, their digest)."""
+        if route is self._last[0]:  # routes are the table's cached values
+            return self._last[1]
+        out = {}
+        for mid, keys in durable_keys(route).items():
+            digest = keyset_digest(keys)
+            if digest not in self.keysets:
+                if len(self.keysets) >= KEYSETS_KEPT:
+                    self.keysets.clear()
+                self.keysets[digest] = keys
+            out[mid] = (keys, digest)
+        self._last = (route, out)
+        return out
+
+    def fresh(self, handed: set, target: str, mark: str, keys: frozenset) -> bool:
+        """Whether the route reaches a durable through ``target`` that the event never
+        went there for (as far as its marks are known)."""
+        if mark in handed:
+            return False
+        went: frozenset = frozenset()
+        prefix = target + " #"
+        for h in handed:
+            if h.startswith(prefix):
+                went |= self.keysets.get(h[len(prefix):], frozenset())
+        return not keys <= went
 
 
 @dataclass(slots=True)
@@ -60,7 +128,9 @@ class Stored:
     time: float
     publisher: str
     size: int
-    handed: set = field(default_factory=set)  # targets it was owed to, ever
+    # targets it was owed to, ever; for a neighbour also ``L:NAME #DIGEST``: the
+    # durables it went there for (``keyset_digest``)
+    handed: set = field(default_factory=set)
 
     def row(self) -> list:
         return [self.id, self.name, self.headers, self.time, self.publisher, self.size,
@@ -102,6 +172,7 @@ class Custody:
         self.confirms: dict[bytes, tuple[list, list]] = {}  # session -> ok, refused
         self.facks: dict[bytes, list] = {}  # link member -> seqs to acknowledge
         self.to_pump: set[str] = set()
+        self.marks = Marks()
         self.probes = ProbeWaves(node)
         self.stats = {"stored": 0, "duplicates": 0, "refused": 0, "trimmed": 0,
                       "forwarded": 0, "resent": 0}
@@ -213,23 +284,28 @@ class Custody:
 
     def _route(self, seq: int, origin: Link | None, again: str | None = None) -> None:
         """Owe ``seq`` to every neighbour and local durable whose interest matches and
-        that it was never owed to (nor came from).
+        that it was never owed to (nor came from), and again to a neighbour it went to
+        before that the route now names for a durable it did not go there for (the
+        durable moved behind it: that neighbour never passed it that way).
 
         ``again``: the tree changed while neighbour ``again`` was away with ``seq``
         owed: every other neighbour the route names now gets it, even one that sent or
         had it before (it drops the copy by id, then routes it by its own table, which
         may now lead somewhere it never went)."""
         rec = self.events[seq]
+        handed = rec.handed
         changed = False
-        if origin is not None and link_target(origin.neighbour) not in rec.handed:
-            rec.handed.add(link_target(origin.neighbour))
+        came_from = link_target(origin.neighbour) if origin is not None else None
+        if came_from is not None and came_from not in handed:
+            handed.add(came_from)
             changed = True
         try:
-            dests = self.node.table.lookup(rec.name).everyone
+            route = self.node.table.lookup(rec.name)
         except Exception:  # a name the table refuses is routed nowhere
-            dests = ()
+            route = NO_ROUTE
+        digests = self.marks.of(route)
         links = self.node.links
-        for dest in dests:
+        for dest in route.everyone:
             if is_durable_member(dest):
                 target = "D:" + dest[1]
             elif is_away_member(dest):
@@ -239,13 +315,29 @@ class Custody:
                 if link is None:
                     continue  # a client: plain delivery, once (``_deliver_plain``)
                 target = link_target(link.neighbour)
-            if target in rec.handed:
-                if again is None or target[0] == "D" or target == again:
+            mark = None
+            if target[0] == "L" and dest in digests:
+                mark = f"{target} #{digests[dest][1]}"
+            if target == came_from or target in handed:
+                fresh = mark is not None and self.marks.fresh(handed, target, mark,
+                                                              digests[dest][0])
+                if target == came_from:  # it has it: its side is its own to route
+                    if fresh:
+                        handed.add(mark)
+                        changed = True
+                    continue
+                if target[0] == "D" or target == again or (again is None
+                                                           and not fresh):
                     continue
                 owed = self.owed.get(target[2:])
                 if owed is not None and seq in owed.seqs:
+                    if fresh:  # on its way there already
+                        handed.add(mark)
+                        changed = True
                     continue
-            rec.handed.add(target)
+            handed.add(target)
+            if mark is not None:
+                handed.add(mark)
             changed = True
             self.owe(target, seq)
         if changed:
@@ -473,7 +565,8 @@ class Custody:
             self.release(target, seq)
             rec = self.events.get(seq)
             if rec is not None:  # never acknowledged: it may be owed to it again
-                rec.handed.discard(target)
+                rec.handed.difference_update([h for h in rec.handed if h == target
+                                              or h.startswith(target + " ")])
                 self.store.update_event(seq, rec.row())
         del self.owed[neighbour]
         self.away.pop(neighbour, None)
