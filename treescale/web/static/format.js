@@ -80,3 +80,9 @@ export function flatten(value, prefix = "") {
   }
   return rows;
 }
+
+/** HH:MM:SS of `date` (local time, 24 h). */
+export function clock(date = new Date()) {
+  return [date.getHours(), date.getMinutes(), date.getSeconds()]
+    .map((n) => String(n).padStart(2, "0")).join(":");
+}
