@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed-from-pyproject
 # `make bench` keeps every run's numbers here (BENCHMARKS.md's tables come from it).
 BENCH_JSON ?= bench-results.json
 
-.PHONY: install demo test unit integration bench bench-quick bench-durable simulate fuzz chaos lint clean
+.PHONY: install js-install test-js demo test unit integration bench bench-quick bench-durable simulate fuzz chaos lint clean
 
 CHECK_VERSION := import sys; sys.version_info >= (3, 11) or sys.exit("$(PYTHON) is Python %s: \
 TreeScale needs 3.11 or newer (make PYTHON=/path/to/python3.11 ...)" % sys.version.split()[0])
@@ -34,8 +34,25 @@ install: $(STAMP)
 demo: install  ## a node, publishers and subscribers on loopback, live (Ctrl-C stops)
 	$(PY) -m tsctl.main demo $(DEMO_ARGS)
 
-test: install  ## the whole suite: unit, integration (real node processes)
+test: install js-install  ## the whole suite: unit, integration (real node processes), JavaScript, browser
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-js
+
+# The JavaScript client (clients/js) and the dashboard: node --test against real node
+# processes, and Debian's chromium driven by puppeteer-core. npm installs from the lock
+# file once per change of it (the stamp lives in node_modules).
+JS       := clients/js
+JS_STAMP := $(JS)/node_modules/.installed-from-lock
+$(JS_STAMP): $(JS)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is missing: the JavaScript tests need \
+Node.js 20 and npm (Debian: apt-get install nodejs npm chromium)" >&2; exit 1; }
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+js-install: $(JS_STAMP)
+
+test-js: install js-install  ## the JavaScript client's and the dashboard's tests
+	cd $(JS) && TREESCALE_PYTHON=$(abspath $(PY)) npm test --silent
 
 unit: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
@@ -58,6 +75,7 @@ bench: install  ## TreeScale against Redis, NATS, Mosquitto and raw pyzmq, same 
 	$(PY) -m bench.node_memory     # one node's RSS: default services, services = []
 	$(PY) -m bench.curve           # CURVE on vs off, same run
 	$(PY) -m bench.subscribe_scale  # µs per SUB at 1k/10k/100k, heartbeats meanwhile
+	$(PY) -m bench.websocket --json bench-websocket.json  # gateway vs ZeroMQ vs nats.ws
 	$(MAKE) --no-print-directory simulate
 	$(MAKE) --no-print-directory bench-durable
 
@@ -95,4 +113,5 @@ lint: install
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis \
+	  $(JS)/node_modules bench/js/node_modules

@@ -97,7 +97,8 @@ def _tree_view(stats: dict) -> RichTree:
     return view
 
 
-def _view(tallies: list[Tally], stats: dict, recent: deque, elapsed: float) -> Group:
+def _view(tallies: list[Tally], stats: dict, recent: deque, elapsed: float,
+          note: str = "") -> Group:
     table = Table(expand=True)
     for col in ("application @ node", "subscribed to", "events", "events/s"):
         table.add_column(col, justify="right" if col.startswith("events") else "left")
@@ -108,7 +109,7 @@ def _view(tallies: list[Tally], stats: dict, recent: deque, elapsed: float) -> G
     return Group(Panel(_tree_view(stats), title=f"tree of {len(stats)} nodes — "
                                               f"{elapsed:.0f}s (Ctrl-C to stop)"),
                  table, Panel("\n".join(recent) or "waiting for events…",
-                              title="a sample of the events flowing"))
+                              title="a sample of the events flowing"), note)
 
 
 def _num(value: object) -> str:
@@ -131,17 +132,21 @@ def run_demo(duration: float | None, rate: int, shape: str = "configs/tree.toml"
         for spec in seed["tree_node"].values():
             spec["tree_port"] = free_port()  # never collide with a running tree
             spec["tree_ip"] = "127.0.0.1"
+        seed["tree_node"][tree.root]["websocket_port"] = free_port()  # the dashboard
         config.write_text(json.dumps(seed))
         state = Path(tmp) / "up.json"
         token = secrets.token_urlsafe(16)  # the demo's own tree: its own admin token
-        nodes = {n.name: n.address for n in up(config, state, admin_token=token)}
+        started = up(config, state, admin_token=token)
+        nodes = {n.name: n.address for n in started}
+        pages = [n.websocket.replace("ws", "http", 1) for n in started if n.websocket]
         try:
-            _run(nodes, duration, rate, token)
+            _run(nodes, duration, rate, token, pages[0] if pages else None)
         finally:
             down(state)
 
 
-def _run(nodes: dict, duration: float | None, rate: int, token: str) -> None:
+def _run(nodes: dict, duration: float | None, rate: int, token: str,
+         page: str | None = None) -> None:
     stop = threading.Event()
     made: list[Client] = []
     try:
@@ -167,10 +172,12 @@ def _run(nodes: dict, duration: float | None, rate: int, token: str) -> None:
         threading.Thread(target=_publish, args=(client("sensor-feed", "tree7"), stop,
                                                 rate), daemon=True).start()
         started = time.monotonic()
-        with Live(_view(tallies, stats, recent, 0), refresh_per_second=4) as live:
+        note = f"in a browser: {page} (token {token})" if page else ""
+        with Live(_view(tallies, stats, recent, 0, note), refresh_per_second=4) as live:
             while duration is None or time.monotonic() - started < duration:
                 time.sleep(0.5)
-                live.update(_view(tallies, stats, recent, time.monotonic() - started))
+                live.update(_view(tallies, stats, recent, time.monotonic() - started,
+                                  note))
     except KeyboardInterrupt:
         pass
     finally:

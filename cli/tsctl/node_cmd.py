@@ -1,6 +1,7 @@
 """tsctl node: run a node in the foreground (what `tsctl up` and systemd units start).
 
-Owns: the `node` group and `node start`'s options. It imports no more than parsing
+Owns: the `node` group, `node start`'s options and `node gateway` (a WebSocket
+gateway in a process of its own, in front of a node). It imports no more than parsing
 and the node need (click, treescale's config and broker; no rich, no other command),
 because every node process runs it: what it loads, a node carries in memory.
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import click
 
+from treescale.config import ConfigError, NodeConfig, is_loopback
 from treescale.loader import load_node_config
 from tsctl.failures import friendly
 
@@ -96,6 +98,44 @@ def node_start(name: str | None, port: int | None, host: str | None,
     secrets_from_env(cfg, os.environ)
     os.environ.pop("TREESCALE_PARENT_TOKEN", None)  # --parent-token has read it
     serve(cfg, announce)
+
+
+@node.command("gateway")
+@click.option("--node", "node_address", required=True,
+              help="The node's address (tcp://HOST:PORT or ipc://PATH).")
+@click.option("--ws-port", type=click.IntRange(0, 65535), required=True,
+              help="Serve WebSocket sessions and the dashboard on this port.")
+@click.option("--ws-host", default="127.0.0.1", show_default=True,
+              help="Address to listen on.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="A node config for the websocket_* keys (TLS, origins, limits).")
+@click.option("--insecure", is_flag=True,
+              help="Listen off loopback without TLS (a trusted network only).")
+@friendly
+def node_gateway(node_address: str, ws_port: int, ws_host: str,
+                 config_path: str | None, insecure: bool) -> None:
+    """Relay WebSocket sessions to a node from a process of its own (a node's
+    websocket_port runs the same gateway on a thread of the node). Each session
+    says its own hello and token to the node."""
+    import signal
+    import threading
+
+    from treescale.web.gateway import Gateway, GatewaySettings
+
+    cfg = load_node_config(config_path, None) if config_path else NodeConfig()
+    cfg.websocket_port, cfg.websocket_host = ws_port, ws_host
+    if not (is_loopback(ws_host) or cfg.websocket_tls_cert or insecure):
+        raise ConfigError(f"refusing a WebSocket listener on {ws_host} without TLS "
+                          "(set websocket_tls_cert and websocket_tls_key in --config), "
+                          "or pass --insecure on a trusted network")
+    gateway = Gateway(GatewaySettings.from_config(cfg, node_address, {}), "gateway")
+    port = gateway.start()
+    click.echo(f"gateway on ws://{ws_host}:{port}/ relaying to {node_address}", err=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    gateway.close()
 
 
 def announce(n: Any) -> None:

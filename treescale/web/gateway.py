@@ -37,6 +37,7 @@ from treescale.web.http import (
     SECURITY_HEADERS,
     STATIC_ROOT,
     SUBPROTOCOL,
+    content_security_policy,
     content_type,
     origin_refusal,
     static_file,
@@ -203,7 +204,9 @@ class Gateway:
             return connection.respond(404, "not found\n")
         body = found.read_bytes()
         headers = Headers([("Content-Type", content_type(found)),
-                           ("Content-Length", str(len(body))), *SECURITY_HEADERS])
+                           ("Content-Length", str(len(body))),
+                           ("Content-Security-Policy", content_security_policy(body, found)),
+                           *SECURITY_HEADERS])
         return Response(200, "OK", headers, body)
 
     # --------------------------------------------------------------- the sessions
