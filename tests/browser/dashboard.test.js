@@ -210,16 +210,25 @@ test("the page asks for a token, keeps it for the tab, and lists the 7 nodes", {
   await page.goto(`http://127.0.0.1:${run.wsPort}/`, { waitUntil: "load" });
   await page.waitForSelector("#auth:not([hidden])", { timeout: 10000 });
   assert.equal(await page.$eval("#auth", (el) => el.dataset.reason), "token_required");
+  await page.type("#auth-token", "not-the-token");
+  await page.click("#auth-submit");
+  await page.waitForSelector('#auth[data-reason="bad_token"]:not([hidden])', { timeout: 10000 });
   await page.type("#auth-token", run.token);
   await page.click("#auth-submit");
-  await page.waitForSelector('#conn[data-state="up"]', { timeout: 10000 });
-  await page.waitForFunction((n) =>
+  const sevenUp = () => page.waitForFunction((n) =>
     document.querySelectorAll('#tree-body tr[data-node][data-state="up"]').length === n,
   { timeout: 10000 }, NAMES.length);
+  await page.waitForSelector('#conn[data-state="up"]', { timeout: 10000 });
+  await sevenUp();
   const shown = await page.$$eval("#tree-body tr[data-node]", (rows) => rows.map((r) => r.dataset.node));
   assert.deepEqual(shown, ["tree1", "tree2", "tree3", "tree4", "tree5", "tree6", "tree7"]);
   assert.equal(await page.evaluate(() => sessionStorage.getItem("treescale.token")), run.token);
   assert.equal(await page.$eval("#summary", (el) => el.dataset.total), "7");
+  // Reloaded, the tab connects with the token it kept: no prompt.
+  await page.reload({ waitUntil: "load" });
+  await page.waitForSelector('#conn[data-state="up"]', { timeout: 10000 });
+  await sevenUp();
+  assert.equal(await page.$eval("#auth", (el) => el.hidden), true);
 });
 
 test("clicking a node shows its last stats report", { timeout: 15000 }, async () => {
@@ -270,13 +279,12 @@ test("a container on a node with the docker service is listed with CPU and memor
     // Stats (CPU, memory) come about a second apart once the service follows it.
     await page.waitForFunction((sel) => {
       const tr = document.querySelector(sel);
-      return tr && !tr.cells[5].textContent.startsWith("–");
+      return tr && !tr.cells[4].textContent.startsWith("–");
     }, { timeout: 30000 }, row);
     const cells = await page.$eval(row, (tr) => [...tr.cells].map((td) => td.textContent));
-    assert.equal(cells[1], `ts-dash-${process.pid}`);
-    assert.equal(cells[2], DOCKER_IMAGE);
-    assert.match(cells[4], /^\d+\.\d%$/);
-    assert.match(cells[5], /^[\d.]+ (B|KiB|MiB)/);
+    assert.equal(cells[1], `ts-dash-${process.pid}${DOCKER_IMAGE}`); // name, image under it
+    assert.match(cells[3], /^\d+\.\d%$/);
+    assert.match(cells[4], /^[\d.]+ (B|KiB|MiB)/);
   });
 
 test("a node killed with kill -9 shows as down within 2 s", { timeout: 15000 }, async () => {

@@ -41,7 +41,7 @@ export function renderChart(svg, legend, nodes, now, { field = "in", windowMs, s
   for (let i = 0; i <= 4; i++) {
     const v = (top * i) / 4;
     grid.push(h("line", { class: "grid", x1: PAD.left, x2: width - PAD.right, y1: y(v), y2: y(v) }),
-      h("text", { class: "axis", x: PAD.left - 6, y: y(v) + 4, "text-anchor": "end" }, rate(v)));
+      h("text", { class: "axis", x: PAD.left - 6, y: y(v) + 4, "text-anchor": "end" }, Number.isInteger(v) && v < 1000 ? String(v) : rate(v)));
   }
   const step = windowMs <= 60000 ? 15000 : 60000;
   for (let ago = 0; ago <= windowMs; ago += step) {

@@ -21,8 +21,8 @@ export function renderContainers(tbody, empty, rows, engines) {
     const state = c.state + (c.exitCode !== null ? ` (${c.exitCode})` : "") + (c.health ? `, ${c.health}` : "");
     return h("tr", { "data-container": c.id, "data-node": c.node, "data-state": c.state },
       h("td", {}, c.node),
-      h("td", { title: c.id }, c.name ?? String(c.id).slice(0, 12)),
-      h("td", { class: "dim" }, c.image ?? "–"),
+      h("td", { class: "box", title: c.id }, c.name ?? String(c.id).slice(0, 12),
+        h("span", { class: "image" }, c.image ?? "")),
       h("td", {}, h("span", { class: `pill ${c.state === "running" ? "up" : "down"}` }, state)),
       h("td", { class: "num" }, percent(c.cpu), c.cpu !== null ? bar(c.cpu / 100) : null),
       h("td", {}, memText, c.mem !== null && c.memLimit ? bar(c.mem / c.memLimit) : null));

@@ -14,8 +14,8 @@ export function renderDetails(box, title, node, now) {
   title.textContent = node.name;
   box.dataset.node = node.name;
   const age = node.lastSeen === null ? "never" : `${((now - node.lastSeen) / 1000).toFixed(1)} s ago`;
-  const head = [["state", node.state + (node.reason ? ` (${node.reason})` : "")], ["last report", age]];
+  const head = [["status", node.state + (node.reason ? ` (${node.reason})` : "")], ["last report", age]];
   const rows = node.stats ? flatten(node.stats) : [["stats", "no report yet"]];
   box.replaceChildren(h("div", { class: "kv" }, [...head, ...rows].map(([k, v]) =>
-    h("div", { class: "row", "data-key": k }, h("span", { class: "k" }, k), h("span", { class: "v" }, v)))));
+    h("div", { class: "row", "data-key": k }, h("span", { class: "k" }, k), h("span", { class: "v", title: v }, v)))));
 }
