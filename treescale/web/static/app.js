@@ -1,6 +1,6 @@
 // app.js owns the wiring: the connection to the node that serves this page (and the
 // token prompt when the node wants one), the $sys subscriptions that feed the model,
-// the clock that ages silent nodes, and when the views redraw (once a frame at most).
+// the clock that ages silent nodes, and when the views redraw (at most 5 times a second).
 
 import { connect } from "/treescale/index.js";
 import { decode } from "./vendor/msgpack/index.mjs";
@@ -48,11 +48,18 @@ function render() {
   renderContainers($("containers-body"), $("containers-empty"), containerRows(model), model.engines);
 }
 
+// At most one redraw per MIN_REDRAW_MS (and per frame): a big tree reports often.
+const MIN_REDRAW_MS = 200;
+let lastRender = 0;
+
 function redraw() {
-  if (!view.queued) {
-    view.queued = true;
-    requestAnimationFrame(render);
-  }
+  if (view.queued) return;
+  view.queued = true;
+  const wait = Math.max(0, lastRender + MIN_REDRAW_MS - Date.now());
+  setTimeout(() => requestAnimationFrame(() => {
+    lastRender = Date.now();
+    render();
+  }), wait);
 }
 
 function onSys(ev) {
