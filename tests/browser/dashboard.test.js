@@ -306,5 +306,16 @@ test("a screenshot of the whole page, and no errors on it", { timeout: 15000 }, 
   await page.waitForFunction(() => document.querySelectorAll("#chart polyline").length >= 6, { timeout: 5000 });
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: path.join(ARTIFACTS, "dashboard.png") });
+  // It fits a smaller window too: no page scroll bars (panels scroll on their own).
+  await page.setViewport({ width: 1280, height: 720 });
+  await page.waitForFunction(() => { // redrawn at the new size
+    const svg = document.querySelector("#chart");
+    return Number(svg.getAttribute("viewBox").split(" ")[2]) === Math.max(svg.clientWidth, 200) &&
+      innerWidth === 1280;
+  }, { timeout: 3000 });
+  const overflow = await page.evaluate(() => [document.documentElement.scrollWidth - innerWidth,
+    document.documentElement.scrollHeight - innerHeight]);
+  assert.deepEqual(overflow, [0, 0]);
+  await page.screenshot({ path: path.join(ARTIFACTS, "dashboard-1280x720.png") });
   assert.deepEqual(run.problems, []);
 });

@@ -1,5 +1,6 @@
 // containers.js owns the containers table: each node's containers as its docker service
-// reports them ($sys.docker.NODE.*: lifecycle and stats), with CPU and memory bars.
+// reports them ($sys.docker.NODE.*: lifecycle and stats), with CPU and memory bars
+// (memory's against the container's limit, named in the cell's title).
 
 import { h } from "./dom.js";
 import { bytes, percent } from "./format.js";
@@ -17,7 +18,7 @@ export function renderContainers(tbody, empty, rows, engines) {
     ? `docker engine down on ${down.join(", ")}`
     : "no containers reported";
   tbody.replaceChildren(...rows.map((c) => {
-    const memText = c.mem === null ? "–" : `${bytes(c.mem)}${c.memLimit ? " / " + bytes(c.memLimit) : ""}`;
+    const memText = c.mem === null ? "–" : bytes(c.mem);
     const state = c.state + (c.exitCode !== null ? ` (${c.exitCode})` : "") + (c.health ? `, ${c.health}` : "");
     return h("tr", { "data-container": c.id, "data-node": c.node, "data-state": c.state },
       h("td", {}, c.node),
@@ -25,6 +26,7 @@ export function renderContainers(tbody, empty, rows, engines) {
         h("span", { class: "image" }, c.image ?? "")),
       h("td", {}, h("span", { class: `pill ${c.state === "running" ? "up" : "down"}` }, state)),
       h("td", { class: "num" }, percent(c.cpu), c.cpu !== null ? bar(c.cpu / 100) : null),
-      h("td", {}, memText, c.mem !== null && c.memLimit ? bar(c.mem / c.memLimit) : null));
+      h("td", { title: c.memLimit ? `of ${bytes(c.memLimit)}` : null }, memText,
+        c.mem !== null && c.memLimit ? bar(c.mem / c.memLimit) : null));
   }));
 }
