@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild treescale/web/static/vendor/msgpack/ (the dashboard's copy of @msgpack/msgpack's
-# ES module build) from an `npm install`: the version clients/js/package.json pins when
-# it exists (its own node_modules), else MSGPACK_VERSION (default below) in a temporary
+# ES module build) from an `npm ci` in clients/js (the version its package-lock.json pins)
+# when it depends on @msgpack/msgpack, else MSGPACK_VERSION (default below) in a temporary
 # directory. Copies dist.esm/**/*.mjs with its layout and the LICENSE; no maps, no .d.ts.
 # The page maps the bare "@msgpack/msgpack" to /vendor/msgpack/index.mjs (its import map).
 set -euo pipefail
@@ -12,7 +12,11 @@ tmp=""
 trap '[ -n "$tmp" ] && rm -rf "$tmp"' EXIT
 
 if [ -f "$repo/clients/js/package.json" ] && grep -q '"@msgpack/msgpack"' "$repo/clients/js/package.json"; then
-  (cd "$repo/clients/js" && npm install --no-audit --no-fund --ignore-scripts >&2)
+  if [ -f "$repo/clients/js/package-lock.json" ]; then
+    (cd "$repo/clients/js" && npm ci --no-audit --no-fund --ignore-scripts >&2)  # the lock's version
+  else
+    (cd "$repo/clients/js" && npm install --no-audit --no-fund --ignore-scripts >&2)
+  fi
   pkg="$repo/clients/js/node_modules/@msgpack/msgpack"
 else
   tmp="$(mktemp -d)"
