@@ -1,6 +1,7 @@
 // The dashboard in a real browser (headless Chromium through puppeteer-core) against a
-// real 7-node tree started with `tsctl up`: the token prompt, the tree, a node killed
-// with kill -9 shown down within 2 s, the tap, the publish form, a screenshot.
+// real 7-node tree started with `tsctl up`: the token prompt, the tree, the details, the
+// tap, the publish form, a real container's figures, a node killed with kill -9 and one
+// stopped with SIGSTOP shown down within 2 s, the layout at 1280x720, screenshots.
 //
 // Run: node --test tests/browser/   (puppeteer-core from clients/js's devDependencies;
 // Chromium at $CHROMIUM or /usr/bin/chromium; Python at $TREESCALE_PYTHON, else the
@@ -183,6 +184,11 @@ before(async () => {
 
 after(async () => {
   for (const child of run.children ?? []) if (child.exitCode === null) child.kill("SIGKILL");
+  for (const node of Object.values(run.nodes ?? {})) { // a stopped node could not stop
+    try {
+      process.kill(node.pid, "SIGCONT");
+    } catch { /* gone already */ }
+  }
   if (run.browser) await run.browser.close().catch(() => {});
   if (!NO_DOCKER) {
     try {
@@ -287,18 +293,39 @@ test("a container on a node with the docker service is listed with CPU and memor
     assert.match(cells[4], /^[\d.]+ (B|KiB|MiB)/);
   });
 
-test("a node killed with kill -9 shows as down within 2 s", { timeout: 15000 }, async () => {
+test("a node killed with kill -9 shows as down within 2 s", { timeout: 15000 }, async (t) => {
   const { page } = run;
   const killed = Date.now();
   process.kill(run.nodes.tree3.pid, "SIGKILL");
   await page.waitForSelector('#tree-body tr[data-node="tree3"][data-state="down"]', { timeout: 2000 });
   const elapsed = Date.now() - killed;
   assert.ok(elapsed < 2000, `down after ${elapsed} ms`);
+  const why = await page.$eval('#tree-body tr[data-node="tree3"] td.state', (td) => td.title);
+  t.diagnostic(`tree3 shown down after ${elapsed} ms: ${why}`);
   await page.waitForSelector('#summary[data-down="1"]', { timeout: 2000 });
   // The others stay up.
   const up = await page.$$eval('#tree-body tr[data-state="up"]', (rows) => rows.map((r) => r.dataset.node));
   assert.deepEqual(up, ["tree1", "tree2", "tree4", "tree5", "tree6", "tree7"]);
 });
+
+test("a node that stops reporting (SIGSTOP) shows as down within 2 s, and up once it goes on",
+  { timeout: 20000 }, async (t) => {
+    const { page } = run;
+    const { pid } = run.nodes.tree6;
+    const stopped = Date.now();
+    // Its connections stay open: its silence tells (the parent's missed pings, or its
+    // stats stopping for STALE_MS, whichever the page hears first).
+    process.kill(pid, "SIGSTOP");
+    try {
+      await page.waitForSelector('#tree-body tr[data-node="tree6"][data-state="down"]', { timeout: 2000 });
+      const elapsed = Date.now() - stopped;
+      const why = await page.$eval('#tree-body tr[data-node="tree6"] td.state', (td) => td.title);
+      t.diagnostic(`tree6 shown down after ${elapsed} ms: ${why}`);
+    } finally {
+      process.kill(pid, "SIGCONT");
+    }
+    await page.waitForSelector('#tree-body tr[data-node="tree6"][data-state="up"]', { timeout: 10000 });
+  });
 
 test("a screenshot of the whole page, and no errors on it", { timeout: 15000 }, async () => {
   const { page } = run;

@@ -1,6 +1,7 @@
 // app.js owns the wiring: the connection to the node that serves this page (and the
 // token prompt when the node wants one), the $sys subscriptions that feed the model,
-// the clock that ages silent nodes, and when the views redraw (at most 5 times a second).
+// the clock that ages silent nodes, and when the views redraw (at most 5 times a second;
+// a node going down at once).
 
 import { connect } from "/treescale/index.js";
 import { decode } from "./vendor/msgpack/index.mjs";
@@ -17,7 +18,7 @@ import { createTap } from "./tap.js";
 import { createPublish } from "./publish.js";
 
 const SYS_PATTERNS = ["$sys.node.>", "$sys.docker.>"];
-const TICK_MS = 250;
+const TICK_MS = 100; // a silent node shows down at most this long after STALE_MS
 const $ = (id) => document.getElementById(id);
 const url = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/`;
 
@@ -48,18 +49,23 @@ function render() {
   renderContainers($("containers-body"), $("containers-empty"), containerRows(model), model.engines);
 }
 
-// At most one redraw per MIN_REDRAW_MS (and per frame): a big tree reports often.
+// At most one redraw per MIN_REDRAW_MS (and per frame): a big tree reports often. An
+// urgent one (a node went down) goes at the next frame.
 const MIN_REDRAW_MS = 200;
-let lastRender = 0;
+let lastRender = 0, timer = null;
 
-function redraw() {
-  if (view.queued) return;
+function redraw(urgent = false) {
+  if (view.queued && !(urgent && timer)) return;
+  clearTimeout(timer);
+  timer = null;
   view.queued = true;
-  const wait = Math.max(0, lastRender + MIN_REDRAW_MS - Date.now());
-  setTimeout(() => requestAnimationFrame(() => {
+  const paint = () => requestAnimationFrame(() => {
     lastRender = Date.now();
     render();
-  }), wait);
+  });
+  const wait = urgent ? 0 : lastRender + MIN_REDRAW_MS - Date.now();
+  if (wait <= 0) paint();
+  else timer = setTimeout(() => { timer = null; paint(); }, wait);
 }
 
 function onSys(ev) {
@@ -70,7 +76,7 @@ function onSys(ev) {
     return; // not msgpack: not a payload this page understands
   }
   applyEvent(model, ev.name, payload, Date.now());
-  redraw();
+  redraw(ev.name === "$sys.node.down");
 }
 
 function setConn(state, text) {
@@ -160,8 +166,9 @@ $("forget-token").addEventListener("click", () => {
 let ticks = 0;
 setInterval(() => {
   // Silent nodes go down on the clock; the rest redraws once a second (ages, chart).
-  if (tick(model, Date.now()) || ++ticks % (1000 / TICK_MS) === 0) redraw();
+  if (tick(model, Date.now())) redraw(true); // a node went down: show it now
+  else if (++ticks % (1000 / TICK_MS) === 0) redraw();
 }, TICK_MS);
-window.addEventListener("resize", redraw);
+window.addEventListener("resize", () => redraw());
 
 start();
