@@ -248,6 +248,11 @@ test("clicking a node shows its last stats report", { timeout: 15000 }, async ()
 
 test("an event published from Python on another node appears in the tap", { timeout: 30000 }, async () => {
   const { page } = run;
+  await page.type("#tap-pattern", "$inbox.>"); // never allowed: the node says why
+  await page.keyboard.press("Enter");
+  await page.waitForSelector('#tap-status[data-state="error"]', { timeout: 5000 });
+  assert.match(await page.$eval("#tap-status", (el) => el.textContent), /bad_pattern/);
+  await page.$eval("#tap-pattern", (input) => { input.value = ""; });
   await page.type("#tap-pattern", "dash.tap.>");
   await page.keyboard.press("Enter");
   await page.waitForSelector('#tap-status[data-state="on"]', { timeout: 5000 });

@@ -3,7 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { encode } from "../../treescale/web/static/vendor/msgpack/index.mjs";
 import {
-  applyEvent, containerRows, createModel, HISTORY_MS, STALE_MS, summary, tick, treeRows,
+  applyEvent, containerRows, createModel, FORGET_MS, HISTORY_MS, STALE_MS, summary, tick, treeRows,
 } from "../../treescale/web/static/model.js";
 import { bytes, flatten, preview, rate, seconds } from "../../treescale/web/static/format.js";
 
@@ -109,6 +109,22 @@ test("a node whose stats stop for more than STALE_MS goes down on tick", () => {
   assert.equal(model.nodes.get("t1").state, "up");
   assert.match(model.nodes.get("t5").reason, /no stats/);
   assert.equal(tick(model, STALE_MS + 2), false, "already down: no change");
+});
+
+test("a node down for FORGET_MS is dropped, unless a live node still lists it", () => {
+  const model = createModel();
+  sevenNodes(model, 0);
+  applyEvent(model, "$sys.node.down", { node: "t7", reason: "bye" }, 0);
+  applyEvent(model, "$sys.node.down", { node: "t3", reason: "bye" }, 0);
+  // t2 forgot t3; t4 still lists t7 (a report of it still names its child).
+  applyEvent(model, "$sys.node.stats", stats("t2", "t1", [], { uptime: 11 }), FORGET_MS);
+  for (const name of ["t1", "t4", "t5", "t6"]) {
+    const node = model.nodes.get(name);
+    applyEvent(model, "$sys.node.stats", { ...node.stats, uptime: 11 }, FORGET_MS);
+  }
+  assert.equal(tick(model, FORGET_MS + 1), true);
+  assert.equal(model.nodes.has("t3"), false);
+  assert.equal(model.nodes.get("t7").state, "down");
 });
 
 test("$sys.node.up counts a node up until its stats are late", () => {

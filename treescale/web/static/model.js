@@ -6,6 +6,7 @@
 
 export const STALE_MS = 1500; // a node whose stats stop for longer is down
 export const HISTORY_MS = 5 * 60 * 1000; // how far back the rates are kept
+export const FORGET_MS = 10 * 60 * 1000; // a node down this long, that no one names, is dropped
 const CONTAINER_GONE = new Set(["destroy"]);
 const CONTAINER_STATE = {
   create: "created", start: "running", restart: "running", unpause: "running",
@@ -144,13 +145,21 @@ export function applyEvent(model, name, payload, now) {
   else if (name.startsWith("$sys.docker.")) applyDocker(model, name, payload, now);
 }
 
-/** Mark down every node whose stats stopped for more than STALE_MS; true if any
- * node changed state. */
+/** Mark down every node whose stats stopped for more than STALE_MS, and forget one
+ * down for FORGET_MS that no live node lists as its child; true if anything changed. */
 export function tick(model, now) {
   let changed = false;
+  const named = new Set();
   for (const node of model.nodes.values()) {
+    if (node.state === "up") for (const child of node.stats?.children ?? []) named.add(child);
+  }
+  for (const node of [...model.nodes.values()]) {
     if (node.state === "up" && node.lastSeen !== null && now - node.lastSeen > STALE_MS) {
-      changed = markDown(node, "no stats for " + Math.round((now - node.lastSeen) / 100) / 10 + " s", now) || changed;
+      const silent = Math.round((now - node.lastSeen) / 100) / 10;
+      changed = markDown(node, `no stats for ${silent} s`, now) || changed;
+    } else if (node.state === "down" && now - node.downAt > FORGET_MS && !named.has(node.name)) {
+      model.nodes.delete(node.name);
+      changed = true;
     }
     trimHistory(node, now);
   }
