@@ -11,7 +11,7 @@ import { Emitter } from "./emitter.js";
 import { AUTH_ERRORS, REFUSALS, REQUEST_ERRORS, TreeScaleError } from "./errors.js";
 import { Event } from "./event.js";
 import { decodeFrames, encodeFrames } from "./framing.js";
-import { Outbox } from "./outbox.js";
+import { MAX_QUEUED, Outbox } from "./outbox.js";
 import { Subscriptions } from "./subscriptions.js";
 import { openSocket } from "./transport.js";
 
@@ -113,7 +113,8 @@ export class Client extends Emitter {
     try {
       await Promise.race([this._barrier(timeout), refused]);
     } catch (err) {
-      this._subs.remove(sub);
+      // Refused: the node holds nothing. Timed out: it may, and should not.
+      if (this._subs.remove(sub) && this._ready) this._send(encodeUnsub(pattern, queue));
       throw err;
     } finally {
       waiters.delete(refuse);
@@ -161,7 +162,11 @@ export class Client extends Emitter {
   reply(replyTo, data = "", headers = null) {
     if (this._closed) throw new TreeScaleError("closed", "the client is closed");
     const frames = encodeReply(replyTo, toBytes(data), headers);
-    if (!this._ready || !this._send(frames)) this._later.push(frames);
+    if (this._ready && this._send(frames)) return;
+    if (this._later.length >= MAX_QUEUED) {
+      throw new TreeScaleError("max_queued", `${MAX_QUEUED} replies already wait for the node to come back`);
+    }
+    this._later.push(frames);
   }
 
   /** Send what is queued, say bye, close the WebSocket. */
@@ -432,11 +437,12 @@ export class Client extends Emitter {
       this.emit("error", new TreeScaleError(named, reason || `the node's gateway closed the session (code ${code})`));
     }
     const lost = new TreeScaleError("disconnected", `the WebSocket closed (code ${code}${reason ? `: ${reason}` : ""})`);
-    for (const entry of this._pending.values()) {
+    for (const [reqId, entry] of this._pending) { // unsent ones wait for the next session
+      if (!entry.sent) continue;
+      this._pending.delete(reqId);
       clearTimeout(entry.timer);
       entry.reject(lost);
     }
-    this._pending.clear();
     if (wasReady) this.emit("disconnect", { code, reason });
     this._retry = setTimeout(() => this._dial(), this._backoff);
     this._backoff = Math.min(this._backoff * 2, BACKOFF_MAX);
