@@ -11,7 +11,7 @@ import { Emitter } from "./emitter.js";
 import { AUTH_ERRORS, REFUSALS, REQUEST_ERRORS, TreeScaleError } from "./errors.js";
 import { Event } from "./event.js";
 import { decodeFrames, encodeFrames } from "./framing.js";
-import { Outbox } from "./outbox.js";
+import { MAX_QUEUED, Outbox } from "./outbox.js";
 import { Subscriptions } from "./subscriptions.js";
 import { openSocket } from "./transport.js";
 
@@ -57,7 +57,8 @@ export class Client extends Emitter {
     this._subWaiters = new Map(); // pattern -> Set of reject functions
     this._subsAfterReady = [];
     this._pending = new Map(); // req_id -> {resolve, reject, timer, frames, sent, resends}
-    this._pings = new Map(); // token -> {resolve, reject, timer}
+    this._inflight = null; // the barrier ping awaiting its pong: {token, waiters}
+    this._barrierWaiting = new Set(); // barriers for the next ping
     this._later = []; // replies waiting for a session
     this._nextReq = 1;
     this._nextPing = 1;
@@ -112,7 +113,8 @@ export class Client extends Emitter {
     try {
       await Promise.race([this._barrier(timeout), refused]);
     } catch (err) {
-      this._subs.remove(sub);
+      // Refused: the node holds nothing. Timed out: it may, and should not.
+      if (this._subs.remove(sub) && this._ready) this._send(encodeUnsub(pattern, queue));
       throw err;
     } finally {
       waiters.delete(refuse);
@@ -160,7 +162,11 @@ export class Client extends Emitter {
   reply(replyTo, data = "", headers = null) {
     if (this._closed) throw new TreeScaleError("closed", "the client is closed");
     const frames = encodeReply(replyTo, toBytes(data), headers);
-    if (!this._ready || !this._send(frames)) this._later.push(frames);
+    if (this._ready && this._send(frames)) return;
+    if (this._later.length >= MAX_QUEUED) {
+      throw new TreeScaleError("max_queued", `${MAX_QUEUED} replies already wait for the node to come back`);
+    }
+    this._later.push(frames);
   }
 
   /** Send what is queued, say bye, close the WebSocket. */
@@ -252,16 +258,29 @@ export class Client extends Emitter {
     }
   }
 
+  /** Resolves once a pong answers a ping sent after this call. One ping is in
+   * flight at a time, and the calls made meanwhile share the next one: the node does
+   * not park pongs, and a burst of them past its queue for us would be lost. */
   _barrier(timeout) {
-    const token = this._nextPing++;
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this._pings.delete(token);
+      const waiter = { resolve, reject };
+      waiter.timer = setTimeout(() => {
+        this._barrierWaiting.delete(waiter);
+        this._inflight?.waiters.delete(waiter);
         reject(new TreeScaleError("timeout", `no pong from the node within ${timeout} ms`));
       }, timeout);
-      this._pings.set(token, { resolve, reject, timer });
-      if (this._ready) this._send(encodePing(token));
+      this._barrierWaiting.add(waiter);
+      this._nextBarrier();
     });
+  }
+
+  /** Send the ping the waiting barriers need, unless one is in flight. */
+  _nextBarrier() {
+    if (this._inflight || this._barrierWaiting.size === 0 || !this._ready) return;
+    const token = this._nextPing++;
+    this._inflight = { token, waiters: this._barrierWaiting };
+    this._barrierWaiting = new Set();
+    this._send(encodePing(token));
   }
 
   _onMessage(data) {
@@ -298,7 +317,11 @@ export class Client extends Emitter {
     }
     for (const frames of this._later.splice(0)) this._write(frames);
     this._outbox.drain();
-    for (const token of this._pings.keys()) this._write(encodePing(token));
+    if (this._inflight) { // its ping went on the lost connection: they wait for the next
+      for (const waiter of this._inflight.waiters) this._barrierWaiting.add(waiter);
+      this._inflight = null;
+    }
+    this._nextBarrier();
     this._startKeepAlive();
     if (this._starting) {
       const { resolve } = this._starting;
@@ -349,11 +372,14 @@ export class Client extends Emitter {
   }
 
   _onPong(token) {
-    const waiter = this._pings.get(Number(token));
-    if (!waiter) return; // a keep-alive ping's
-    this._pings.delete(Number(token));
-    clearTimeout(waiter.timer);
-    waiter.resolve();
+    const flight = this._inflight;
+    if (!flight || Number(token) !== flight.token) return; // a keep-alive ping's
+    this._inflight = null;
+    for (const waiter of flight.waiters) {
+      clearTimeout(waiter.timer);
+      waiter.resolve();
+    }
+    this._nextBarrier();
   }
 
   _onError([, code, message, ref = null]) {
@@ -411,11 +437,12 @@ export class Client extends Emitter {
       this.emit("error", new TreeScaleError(named, reason || `the node's gateway closed the session (code ${code})`));
     }
     const lost = new TreeScaleError("disconnected", `the WebSocket closed (code ${code}${reason ? `: ${reason}` : ""})`);
-    for (const entry of this._pending.values()) {
+    for (const [reqId, entry] of this._pending) { // unsent ones wait for the next session
+      if (!entry.sent) continue;
+      this._pending.delete(reqId);
       clearTimeout(entry.timer);
       entry.reject(lost);
     }
-    this._pending.clear();
     if (wasReady) this.emit("disconnect", { code, reason });
     this._retry = setTimeout(() => this._dial(), this._backoff);
     this._backoff = Math.min(this._backoff * 2, BACKOFF_MAX);
@@ -452,11 +479,12 @@ export class Client extends Emitter {
       entry.reject(err);
     }
     this._pending.clear();
-    for (const waiter of this._pings.values()) {
+    for (const waiter of [...(this._inflight?.waiters ?? []), ...this._barrierWaiting]) {
       clearTimeout(waiter.timer);
       waiter.reject(err);
     }
-    this._pings.clear();
+    this._inflight = null;
+    this._barrierWaiting.clear();
     if (this._starting) {
       this._starting.reject(err);
       this._starting = null;

@@ -1,5 +1,6 @@
 // Owns: a small event emitter (on/off/once/emit) that runs in browsers and Node.js
-// alike. A listener that throws does not stop the others (it is logged).
+// alike. A listener that throws does not stop the others (it is logged), and an
+// "error" without a listener is logged rather than thrown.
 
 export class Emitter {
   constructor() {
@@ -28,7 +29,10 @@ export class Emitter {
   /** Call the listeners of `type`; whether there was any. */
   emit(type, ...args) {
     const listeners = this._listeners.get(type);
-    if (!listeners || listeners.size === 0) return false;
+    if (!listeners || listeners.size === 0) {
+      if (type === "error") console.warn("treescale: an error nobody listens to:", args[0]);
+      return false;
+    }
     for (const fn of [...listeners]) {
       try {
         fn(...args);

@@ -147,3 +147,29 @@ test("unsubscribe: no more events after it resolved", async () => {
   await inbox.next((e) => e.name === "u.end");
   assert.deepEqual(inbox.items, []);
 });
+
+test("a burst past one batch's limits (25 000 events, 3 MB in one tick) arrives whole, in order", async () => {
+  const c = await client({ name: "burst" });
+  const py2 = await startPeer(node.address, { name: "py-burst" });
+  try {
+    await py2.call("subscribe", { pattern: "burst.end" });
+    let seen = 0;
+    let inOrder = true;
+    let done;
+    const finished = new Promise((r) => { done = r; });
+    const count = 25000;
+    await c.subscribe("burst.*", (ev) => {
+      if (ev.name !== "burst.n") return;
+      inOrder &&= Number(ev.text().slice(0, 8)) === seen;
+      if (++seen === count) done();
+    });
+    const pad = "x".repeat(120);
+    for (let i = 0; i < count; i++) c.publish("burst.n", String(i).padStart(8, "0") + pad);
+    c.publish("burst.end", "");
+    await Promise.race([finished, new Promise((_, fail) => setTimeout(() => fail(new Error(`only ${seen} of ${count} arrived`)), 20000).unref())]);
+    assert.ok(inOrder, "events arrive in publish order");
+    assert.equal((await py2.events.next((e) => e.name === "burst.end")).source, "burst");
+  } finally {
+    await py2.stop();
+  }
+});

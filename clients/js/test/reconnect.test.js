@@ -64,3 +64,31 @@ test("close() ends the session: no reconnect, calls after it fail", async () => 
   await node.stop();
   assert.equal(reconnects.items.length, 0);
 });
+
+test("subscriptions past a hello's size come back too (hello under 64 KiB, the rest after ready)", async () => {
+  let node = await startNode({ name: "many" });
+  things.push(node);
+  const c = await connect(node.url, { name: "hoarder" });
+  things.push(c);
+  const errors = new Inbox();
+  const reconnects = new Inbox();
+  c.on("error", errors.push);
+  c.on("reconnect", reconnects.push);
+  const inbox = new Inbox();
+  const pad = "p".repeat(50);
+  const count = 1500; // about 90 KB of patterns: more than a hello may carry
+  await Promise.all([...Array(count).keys()].map((i) => c.subscribe(`many.${pad}.${i}`, inbox.push)));
+  const { port, wsPort } = node;
+  await node.stop("SIGKILL");
+  node = await startNode({ name: "many", port, wsPort });
+  things.push(node);
+  await reconnects.next(() => true, 15000, "the reconnect");
+  await c.flush();
+  const py = await startPeer(node.address, { name: "py-many" });
+  things.push(py);
+  for (const i of [0, count - 1]) {
+    await py.call("publish", { name: `many.${pad}.${i}`, data: String(i) });
+    assert.equal((await inbox.next()).text(), String(i));
+  }
+  assert.deepEqual(errors.items, [], "no max_hello_bytes or other error");
+});
