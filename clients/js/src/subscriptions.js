@@ -1,7 +1,8 @@
 // Owns: a client's own subscriptions: which handlers an arriving event goes to (the
 // protocol's pattern rule: `*` one token, a last `>` one or more, a leading wildcard
 // never matches a `$` name), and the distinct (pattern, queue) pairs the node knows,
-// counted so that two handlers on one pair make one sub and one unsub.
+// counted so that two handlers on one pair make one sub and one unsub; which
+// subscriptions a name matches is remembered until they change.
 
 const key = (pattern, queue) => `${queue ?? ""}\u0000${pattern}`;
 
@@ -21,6 +22,7 @@ export function matches(pattern, name) {
 export class Subscriptions {
   constructor() {
     this.byKey = new Map(); // key -> {pattern, queue, subs: Set}
+    this.cache = new Map(); // event name -> the subscriptions it matches (until a change)
   }
 
   /** Add `sub` ({pattern, queue, handler}); whether the node must be told (a new pair). */
@@ -33,6 +35,7 @@ export class Subscriptions {
       this.byKey.set(k, entry);
     }
     entry.subs.add(sub);
+    this.cache.clear();
     return fresh;
   }
 
@@ -41,6 +44,7 @@ export class Subscriptions {
     const k = key(sub.pattern, sub.queue);
     const entry = this.byKey.get(k);
     if (!entry || !entry.subs.delete(sub)) return false;
+    this.cache.clear();
     if (entry.subs.size > 0) return false;
     this.byKey.delete(k);
     return true;
@@ -49,6 +53,7 @@ export class Subscriptions {
   /** Forget every handler of pattern `pattern` (the node refused it); the removed subs. */
   dropPattern(pattern) {
     const dropped = [];
+    this.cache.clear();
     for (const [k, entry] of this.byKey) {
       if (entry.pattern !== pattern) continue;
       dropped.push(...entry.subs);
@@ -64,10 +69,14 @@ export class Subscriptions {
 
   /** The subscriptions whose pattern matches event name `name`. */
   matching(name) {
-    const out = [];
+    let out = this.cache.get(name);
+    if (out !== undefined) return out;
+    out = [];
     for (const entry of this.byKey.values()) {
       if (matches(entry.pattern, name)) out.push(...entry.subs);
     }
+    if (this.cache.size >= 10000) this.cache.clear(); // names are unbounded: so is not this
+    this.cache.set(name, out);
     return out;
   }
 }

@@ -86,6 +86,7 @@ after(async () => {
 test("a browser page uses the package through an import map", { skip: !CHROMIUM && "no Chromium here" }, async () => {
   const url = `http://127.0.0.1:${server.address().port}/`;
   browser = spawn(CHROMIUM, ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+    "--disable-quic", "--disable-background-networking", "--disable-component-update", "--disable-sync",
     `--user-data-dir=${tempDir()}`, url], { detached: true, stdio: "ignore" });
   let timer;
   const result = await Promise.race([resultArrived, new Promise((_, fail) => {

@@ -142,3 +142,19 @@ describe("raw WebSockets", () => {
     }
   });
 });
+
+describe("a node with hello_timeout = 1", () => {
+  let node;
+  before(async () => { node = await startNode({ name: "slow-hello", config: { hello_timeout: 1.0 } }); });
+  after(() => cleanup(node));
+
+  test("a session that never says hello: the node's error is relayed, then close 4001", async () => {
+    const { ws, messages, closed } = await raw(node.url);
+    ws.send(encodeFrames([encode([10, 7])])); // a ping, so that the node knows the connection
+    assert.deepEqual((await messages.next())[0], [11, 7]);
+    assert.deepEqual((await messages.next())[0].slice(0, 2), [9, "not_ready"]);
+    const [error] = await messages.next(() => true, 5000, "the hello_timeout error");
+    assert.deepEqual(error.slice(0, 2), [9, "hello_timeout"]);
+    assert.equal((await closed).code, 4001);
+  });
+});

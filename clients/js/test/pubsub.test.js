@@ -173,3 +173,12 @@ test("a burst past one batch's limits (25 000 events, 3 MB in one tick) arrives 
     await py2.stop();
   }
 });
+
+test("a pattern the node refuses rejects subscribe() with its error; the client goes on", async () => {
+  const c = await client({ name: "bad-pattern" });
+  await assert.rejects(c.subscribe("a.b*", () => {}), (err) => err.code === "bad_pattern" && err.ref === "a.b*");
+  const inbox = new Inbox();
+  await c.subscribe("fine.x", inbox.push);
+  c.publish("fine.x", "ok");
+  assert.equal((await inbox.next()).text(), "ok");
+});

@@ -92,3 +92,22 @@ test("subscriptions past a hello's size come back too (hello under 64 KiB, the r
   }
   assert.deepEqual(errors.items, [], "no max_hello_bytes or other error");
 });
+
+test("a token refused on a reconnect stops the client: error, then close, no more dials", async () => {
+  let node = await startNode({ name: "tok", token: "old" });
+  things.push(node);
+  const c = await connect(node.url, { name: "holder", token: "old" });
+  things.push(c);
+  const errors = new Inbox();
+  const closes = new Inbox();
+  c.on("error", errors.push);
+  c.on("close", closes.push);
+  const { port, wsPort } = node;
+  await node.stop("SIGKILL");
+  node = await startNode({ name: "tok", token: "new", port, wsPort });
+  things.push(node);
+  const closed = await closes.next(() => true, 15000, "the close");
+  assert.equal(closed.code, "bad_token");
+  assert.equal((await errors.next()).code, "bad_token");
+  assert.throws(() => c.publish("x", ""), (err) => err.code === "closed");
+});
