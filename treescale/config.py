@@ -116,6 +116,9 @@ class NodeConfig:
     websocket_origins: tuple[str, ...] = ()
     websocket_max_message: int = DEFAULT_MAX_PAYLOAD + (1 << 20)
     websocket_ping_interval: float = 20.0
+    # Where the gateway runs: "process" (beside the node: the relay never takes the
+    # node's GIL) or "thread" (inside it: one interpreter less). BENCHMARKS.md.
+    websocket_gateway: str = "process"
     # Docker service: the engine (default $DOCKER_HOST, else the local socket) and how
     # often each running container's stats are published ($sys.docker.NODE.stats).
     docker_host: str | None = None
@@ -278,7 +281,7 @@ RANGES = {"link_ping_interval": (0.01, 1.0), "link_missed_pings": (1, 5),
 # Keys of the seed's tree format mapped onto NodeConfig fields.
 _ALIASES = {"tree_port": "port", "tree_ip": "host", "childs": None, "children": None}
 _FIELD_TYPES = {f.name: f.type for f in fields(NodeConfig)}
-CHOICES = {"client_keys": ("any", "authorized"),
+CHOICES = {"client_keys": ("any", "authorized"), "websocket_gateway": ("process", "thread"),
            "durable_sync": ("always", "group", "none")}
 
 

@@ -174,3 +174,45 @@ def _answers(url: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def _children(pid: int) -> list[int]:
+    path = f"/proc/{pid}/task/{pid}/children"
+    with open(path) as f:
+        return [int(p) for p in f.read().split()]
+
+
+def _gone(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its reaper is gone too
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_the_gateway_runs_apart_and_dies_with_its_node(node_factory):
+    """The default gateway is a child process of the node (the relay never takes the
+    node's GIL); it goes when the node goes, kill -9 included, and frees its port."""
+    from tests.conftest import wait_until
+
+    n, url = ws_node(node_factory)
+    [gateway] = _children(n.proc.pid)
+    with WsPeer(url) as ws:
+        assert ws.hello("ws", ADMIN)[0] == 2
+    n.kill()
+    wait_until(lambda: _gone(gateway), 10, "the gateway process to exit")
+    with pytest.raises(OSError):
+        WsPeer(url, open_timeout=2)
+    n.start()  # the same ports again: nothing of the old gateway holds them
+    with WsPeer(url) as ws:
+        assert ws.hello("again", ADMIN)[0] == 2
+
+
+def test_the_gateway_can_run_on_a_thread_of_the_node(node_factory):
+    n, url = ws_node(node_factory, websocket_gateway="thread")
+    assert _children(n.proc.pid) == []
+    with WsPeer(url) as ws:
+        assert ws.hello("ws", ADMIN)[0] == 2

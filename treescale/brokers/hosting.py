@@ -78,20 +78,27 @@ class Hosting:
 
     def start_gateway(self) -> None:
         """Serve WebSocket sessions and the dashboard (treescale.web), each session
-        a client of this node on its Unix socket when it has one, else on loopback."""
-        from treescale.services import node_client_keys
-        from treescale.web.gateway import Gateway, GatewaySettings
-
+        a client of this node on its Unix socket when it has one, else on loopback;
+        the gateway runs apart (a child process) or on a thread, as configured."""
         node = self.node
+        config = node.config
         address = node.ipc_endpoint or self.local_address
-        settings = GatewaySettings.from_config(node.config, address,
-                                               node_client_keys(node.config))
-        gateway = Gateway(settings, node.name)
+        if config.websocket_gateway == "process":
+            from treescale.web.apart import GatewayProcess
+
+            gateway: Any = GatewayProcess(config, address)
+        else:
+            from treescale.services import node_client_keys
+            from treescale.web.gateway import Gateway, GatewaySettings
+
+            gateway = Gateway(GatewaySettings.from_config(
+                config, address, node_client_keys(config)), node.name)
+        where = f"websocket port {config.websocket_port} on " \
+                f"{config.websocket_host or config.host}"
         try:
             gateway.start()
         except OSError as exc:
-            raise OSError(f"websocket port {settings.port} on {settings.host}: "
-                          f"{exc.strerror or exc}") from None
+            raise OSError(f"{where}: {exc.strerror or exc}") from None
         self.gateway = gateway
 
     @property
