@@ -1,14 +1,14 @@
 """Events through WebSocket, same run: 100 B events from one publisher to one subscriber.
 
 Owns: the WebSocket benchmark of BENCHMARKS.md ("browsers on the bus"). Subscribers:
-* ``treescale-ws``: a Node.js program with the JavaScript client (clients/js) through
-  the node's gateway, which runs on a thread of the node (``websocket_port``);
-* ``treescale-ws-process``: the same through ``tsctl node gateway``, the gateway in a
-  process of its own (what the thread costs or saves);
+* ``treescale-ws-process``: a Node.js program with the JavaScript client (clients/js)
+  through the node's gateway (``websocket_port``), which runs as a child process of
+  the node (the default); ``treescale-ws-thread``: the same, the gateway on a thread
+  of the node (``websocket_gateway = "thread"``);
 * ``treescale-zmq``: a Python ZeroMQ client of the same node (per-event ``events()``),
-  the shape a backend program uses; ``treescale-zmq+ws-thread`` and ``-process``: its
+  the shape a backend program uses; ``treescale-zmq+ws-process`` and ``-thread``: its
   rate while a WebSocket subscriber takes the same stream (what the gateway costs the
-  node, on its thread or apart);
+  node, apart or on its thread);
 * ``nats-ws``: a Node.js program with ``nats.ws`` through nats-server's own websocket
   listener, and ``nats-tcp``, nats-py over TCP, for scale.
 The publisher is Python in every case (``publish_many`` for TreeScale, nats-py for
@@ -188,12 +188,16 @@ def nats_publisher(address: str, count: int) -> Callable[[], None]:
 
 
 @contextmanager
-def treescale_node(workdir: Path) -> Iterator[tuple[str, int]]:
+def treescale_node(workdir: Path, gateway: str) -> Iterator[tuple[str, int]]:
+    """A node whose WebSocket gateway runs as ``gateway`` (process or thread)."""
     from treescale.local import answers_ping
 
     port, ws_port = free_port(), free_port()
+    conf = workdir / f"node-{gateway}.json"
+    conf.write_text(json.dumps({"node": {"websocket_gateway": gateway}}))
     argv = [sys.executable, "-m", "tsctl.main", "node", "start", "--name", "bench",
-            "--port", str(port), "--ws-port", str(ws_port), "--max-payload", str(1 << 24)]
+            "--port", str(port), "--ws-port", str(ws_port), "--max-payload", str(1 << 24),
+            "--config", str(conf)]
     env = {**os.environ, "TREE_DB_PATH": str(workdir / "bench.db"),
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "cli")])}
     env.pop("TREESCALE_TOKEN", None)
@@ -205,29 +209,6 @@ def treescale_node(workdir: Path) -> Iterator[tuple[str, int]]:
                 raise RuntimeError("the bench node did not start: "
                                    + (workdir / "node.log").read_text()[-500:])
         yield address, ws_port
-
-
-@contextmanager
-def gateway_process(address: str, workdir: Path) -> Iterator[int]:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "cli")])}
-    argv = [sys.executable, "-m", "tsctl.main", "node", "gateway", "--node", address,
-            "--ws-port", str(port)]
-    with process(argv, workdir / "gateway.log", env=env):
-        _wait_port(port)
-        yield port
-
-
-def _wait_port(port: int, timeout: float = READY_TIMEOUT) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)  # polling a port that is not yet bound: nothing to wait on
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 def nats_ws_conf(ws_port: int) -> str:
@@ -250,22 +231,20 @@ def measure(count: int, repeat: int, timeout: float, workdir: Path) -> dict[str,
             say(f"{name} run {i + 1}: {report['rate']:,.0f} events/s "
                 f"({report['received']:,} of {count:,})")
 
-    with treescale_node(workdir) as (address, ws_port):
-        publish = treescale_publisher(address, count)
-        args = [SUBJECT, str(count), str(timeout)]
-        zmq_sub = [sys.executable, "-c", PY_SUBSCRIBER, address, *args]
-        record("treescale-zmq", zmq_sub, publish, ROOT)
-        if not js_problem:
-            thread_sub = [*node, "treescale", f"ws://127.0.0.1:{ws_port}/", *args]
-            record("treescale-ws", thread_sub, publish, JS_DIR)
-            # what the gateway's thread costs the node: a ZeroMQ subscriber's rate
-            # while a WebSocket subscriber takes the same stream
-            record("treescale-zmq+ws-thread", zmq_sub, publish, ROOT, beside=thread_sub)
-            with gateway_process(address, workdir) as gw_port:
-                process_sub = [*node, "treescale", f"ws://127.0.0.1:{gw_port}/", *args]
-                record("treescale-ws-process", process_sub, publish, JS_DIR)
-                record("treescale-zmq+ws-process", zmq_sub, publish, ROOT,
-                       beside=process_sub)
+    for mode in ("process", "thread"):
+        with treescale_node(workdir, mode) as (address, ws_port):
+            publish = treescale_publisher(address, count)
+            args = [SUBJECT, str(count), str(timeout)]
+            zmq_sub = [sys.executable, "-c", PY_SUBSCRIBER, address, *args]
+            if mode == "process":
+                record("treescale-zmq", zmq_sub, publish, ROOT)
+            if js_problem:
+                continue
+            ws_sub = [*node, "treescale", f"ws://127.0.0.1:{ws_port}/", *args]
+            record(f"treescale-ws-{mode}", ws_sub, publish, JS_DIR)
+            # what the gateway costs the node: a ZeroMQ subscriber's rate while a
+            # WebSocket subscriber takes the same stream
+            record(f"treescale-zmq+ws-{mode}", zmq_sub, publish, ROOT, beside=ws_sub)
     if not runnable_systems({"nats": NatsSystem()}, install=True, say=say):
         return results
     ws_port = free_port()

@@ -7,11 +7,12 @@ node's (it exits when its stdin closes: the node stopped, or died, ``kill -9``
 included) and stopping it.
 
 Why a process: the relay is Python, and on the node's own thread it takes the GIL
-from the node's loop. Measured in one run (BENCHMARKS.md, "browsers on the bus"): a
-ZeroMQ subscriber of a node that also relays the stream to a WebSocket subscriber gets
-0.89 M events/s with the gateway on a thread and 1.37 M with it apart; the WebSocket
-subscriber itself 1.05 M and 1.27 M. ``"thread"`` stays for small machines (no second
-interpreter: about 20 MB less).
+from the node's loop; apart, a flood of WebSocket traffic or TLS handshakes, or a
+crash, stays out of the node. Measured (BENCHMARKS.md, "browsers on the bus"): a
+ZeroMQ subscriber of a node that also relays the stream to a WebSocket subscriber got
+1.37 M and 1.33 M events/s with the gateway apart, 0.89 M and 1.22 M with it on a
+thread (two runs); the WebSocket subscriber's own rate was within the noise either
+way. ``"thread"`` stays for small machines: one interpreter (about 20 MB) less.
 """
 
 from __future__ import annotations
