@@ -12,7 +12,7 @@ crash, stays out of the node. Measured (BENCHMARKS.md, "browsers on the bus"): a
 ZeroMQ subscriber of a node that also relays the stream to a WebSocket subscriber got
 1.37 M and 1.33 M events/s with the gateway apart, 0.89 M and 1.22 M with it on a
 thread (two runs); the WebSocket subscriber's own rate was within the noise either
-way. ``"thread"`` stays for small machines: one interpreter (about 20 MB) less.
+way. ``"thread"`` stays for small machines: one interpreter (29 MB resident) less.
 """
 
 from __future__ import annotations

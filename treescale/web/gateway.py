@@ -160,6 +160,7 @@ class Gateway:
         from websockets.asyncio.server import serve
 
         s = self.settings
+        logging.getLogger("websockets").setLevel(logging.WARNING)  # not a line a session
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         async with serve(self._session, s.host, s.port, subprotocols=[SUBPROTOCOL],
