@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 const here = dirname(fileURLToPath(import.meta.url));
 export const REPO = resolve(here, "../../..");
 export const PYTHON = process.env.TREESCALE_PYTHON
-  || [join(REPO, ".venv/bin/python"), "/work/main/.venv/bin/python"].find((p) => existsSync(p))
+  || [join(REPO, ".venv/bin/python")].find((p) => existsSync(p))
   || "python3";
 const ENV = { ...process.env, PYTHONPATH: [REPO, join(REPO, "cli"), process.env.PYTHONPATH].filter(Boolean).join(":") };
 const live = new Set(); // every process started here, until it exited
