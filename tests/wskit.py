@@ -91,6 +91,17 @@ class WsPeer:
             return (rcvd.code if rcvd else None), (rcvd.reason if rcvd else ""), before
 
 
+def opens(url: str, timeout: float = 1.0) -> bool:
+    """Whether a WebSocket session to ``url`` opens now (then closed again)."""
+    from websockets.exceptions import InvalidStatus
+
+    try:
+        WsPeer(url, open_timeout=timeout).close()
+        return True
+    except (OSError, InvalidStatus):
+        return False
+
+
 def events(frames: list[bytes]) -> list[tuple[str, bytes]]:
     """(name, payload) of a deliver's events (no large payloads in these tests)."""
     meta, body, *_ = frames

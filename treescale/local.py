@@ -46,6 +46,11 @@ class LocalNode:
     ipc: str | None = None  # ipc:// address for applications on this machine
     websocket: str | None = None  # ws:// (or wss://) URL: browsers, the dashboard
 
+    @property
+    def dashboard(self) -> str | None:
+        """The dashboard's page (http:// or https://), where the node has one."""
+        return self.websocket.replace("ws", "http", 1) if self.websocket else None
+
 
 _handed_out: set[int] = set()
 

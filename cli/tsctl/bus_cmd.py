@@ -73,8 +73,7 @@ def up_cmd(config: str, keep_addresses: bool, state: Path, as_json: bool) -> Non
         console.print(f"[green]up[/] {n.name:<10} {n.address:<24} pid {n.pid}{local}")
     for n in nodes:
         if n.websocket:
-            page = n.websocket.replace("ws", "http", 1)
-            console.print(f"dashboard of {n.name}: {page} (browsers and Node.js: "
+            console.print(f"dashboard of {n.name}: {n.dashboard} (browsers and Node.js: "
                           f"{n.websocket})", soft_wrap=True)
     console.print(f"{len(nodes)} node(s) running; `tsctl status -a {nodes[0].address}` "
                   "shows the tree, `tsctl down` stops it")

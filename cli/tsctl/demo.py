@@ -138,7 +138,7 @@ def run_demo(duration: float | None, rate: int, shape: str = "configs/tree.toml"
         token = secrets.token_urlsafe(16)  # the demo's own tree: its own admin token
         started = up(config, state, admin_token=token)
         nodes = {n.name: n.address for n in started}
-        pages = [n.websocket.replace("ws", "http", 1) for n in started if n.websocket]
+        pages = [n.dashboard for n in started if n.dashboard]
         try:
             _run(nodes, duration, rate, token, pages[0] if pages else None)
         finally:

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 
 from tests.conftest import ADMIN, secure
-from tests.wskit import WsPeer, events, unpack
+from tests.wskit import WsPeer, events, opens, unpack
 from treescale.local import free_port
 
 
@@ -153,7 +153,7 @@ def test_a_gateway_in_a_process_of_its_own_relays_to_its_node(node_factory, clie
         [sys.executable, "-m", "tsctl.main", "node", "gateway", "--node", n.address,
          "--ws-port", str(port)], cwd=ROOT, stderr=subprocess.PIPE)
     try:
-        wait_until(lambda: _answers(f"ws://127.0.0.1:{port}/"), 20, "the gateway")
+        wait_until(lambda: opens(f"ws://127.0.0.1:{port}/"), 20, "the gateway")
         py = clients(n.address, name="py")
         py.subscribe("orders.>")
         with WsPeer(f"ws://127.0.0.1:{port}/") as ws:
@@ -166,14 +166,6 @@ def test_a_gateway_in_a_process_of_its_own_relays_to_its_node(node_factory, clie
     finally:
         gateway.terminate()
         gateway.wait(10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        WsPeer(url, open_timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def _children(pid: int) -> list[int]:

@@ -21,7 +21,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.conftest import ADMIN, ROOT, secure, wait_until
 from tests.netns import two_hosts
-from tests.wskit import WsPeer, events
+from tests.wskit import WsPeer, events, opens
 from treescale import Client
 from treescale.local import free_port
 
@@ -158,18 +158,10 @@ def test_past_max_sessions_a_websocket_is_refused_until_one_closes(node_factory)
         assert refused.value.response.status_code == 503
         assert b"max_sessions" in refused.value.response.body
         first.close()
-        wait_until(lambda: _opens(url), 10, "a place freed by the closed session")
+        wait_until(lambda: opens(url), 10, "a place freed by the closed session")
     finally:
         first.close()
         second.close()
-
-
-def _opens(url: str) -> bool:
-    try:
-        WsPeer(url).close()
-        return True
-    except InvalidStatus:
-        return False
 
 
 def self_signed(directory: Path, *ips: str) -> tuple[Path, Path]:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 from typing import Any
 
-from treescale.config import ConfigError, NodeConfig
+from treescale.config import ConfigError, NodeConfig, node_config_from_dict
 
 log = logging.getLogger("treescale.web")
 
@@ -50,7 +50,6 @@ class GatewayProcess:
         """Start the child and wait until it is bound; its port. Raises ConfigError
         (TLS files, keys) or OSError (the port is taken) with the child's own line."""
         settings = {k: getattr(self.config, k) for k in SETTINGS}
-        settings["websocket_origins"] = list(settings["websocket_origins"])
         settings["node_address"] = self.node_address
         self.proc = subprocess.Popen([sys.executable, "-m", "treescale.web.apart"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -79,10 +78,6 @@ class GatewayProcess:
             raise OSError(f"the websocket gateway exited ({self.proc.wait()}) "
                           "before it was bound; see the node's log")
         return json.loads(line)
-
-    @property
-    def tls(self) -> bool:
-        return bool(self.config.websocket_tls_cert)
 
     def close(self) -> None:
         proc = self.proc
@@ -116,9 +111,7 @@ def _child() -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raw: dict[str, Any] = json.loads(sys.stdin.readline())
     address = raw.pop("node_address")
-    cfg = NodeConfig()
-    for key, value in raw.items():
-        setattr(cfg, key, tuple(value) if key == "websocket_origins" else value)
+    cfg = node_config_from_dict(raw, "<the node's gateway settings>")
 
     def say(answer: dict) -> None:
         sys.stdout.write(json.dumps(answer) + "\n")

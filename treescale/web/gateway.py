@@ -113,7 +113,6 @@ class Gateway:
         self.name = name
         self.port: int | None = None
         self.sessions = 0
-        self.sessions_total = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -214,7 +213,6 @@ class Gateway:
 
     async def _session(self, ws: Any) -> None:
         self.sessions += 1
-        self.sessions_total += 1
         sock = self._zmq.socket(zmq.DEALER)
         monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         try:
