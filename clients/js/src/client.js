@@ -450,12 +450,15 @@ export class Client extends Emitter {
 
   _startKeepAlive() {
     this._stopKeepAlive();
-    const every = Math.max(50, ((this.limits.client_timeout ?? 15) * 1000) / 3);
+    // Silent at most a third of client_timeout, plus one tick (a sixth) and the timer's
+    // own lateness: a loaded machine delays timers, and a skipped tick must not double
+    // the silence the node sees.
+    const idle = Math.max(50, ((this.limits.client_timeout ?? 15) * 1000) / 3);
     this._keepAlive = setInterval(() => {
-      if (this._ready && Date.now() - this._lastSent >= every * 0.9) {
+      if (this._ready && Date.now() - this._lastSent >= idle) {
         this._write(encodePing(this._nextPing++));
       }
-    }, every);
+    }, idle / 2);
     this._keepAlive.unref?.();
   }
 
