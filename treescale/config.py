@@ -96,6 +96,7 @@ class NodeConfig:
     docker_enabled: bool = False
     lb_enabled: bool = False
     config_enabled: bool = False
+    service_enabled: bool = False
     # Listen on a non-loopback address without client auth (a trusted network only).
     insecure: bool = False
     metrics_port: int | None = None
@@ -123,6 +124,9 @@ class NodeConfig:
     # often each running container's stats are published ($sys.docker.NODE.stats).
     docker_host: str | None = None
     docker_stats_interval: float = 2.0
+    # Services across the tree (treescale/services/orchestrator.py): where this node's
+    # published container ports are reached from other nodes (default: its host).
+    service_address: str | None = None
     # Machine services to run (treescale.services.SERVICES names); None: all of them.
     # A tree of many nodes on one machine wants Docker on one node, not on each.
     services: tuple[str, ...] | None = None

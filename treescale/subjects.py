@@ -39,6 +39,11 @@ CONFIG_APPLIED = "$sys.config.applied"
 DOCKER = "$sys.docker"  # $sys.docker.<node>.<action|engine|stats>
 HANDLERS = "$sys.handlers"  # $sys.handlers.<node>.result
 DURABLE_OVERFLOW = "$sys.durable.overflow"  # a durable dropped events for its retention
+# Services across the tree (treescale/services/orchestrator.py)
+SERVICE_SYS = "$sys.service"  # $sys.service.<name>.<action>: a service's replicas moved
+SERVICE_REPORT = "$sys.service.node"  # every node's agent, once a second: its replicas
+SERVICE_LEASE = "$sys.service.lease"  # the scheduler, twice a second: who schedules
+SERVICE_REQUESTS = "svc"  # svc.<name>: a request reaches a replica of service <name>
 # The queue group of a durable's own subscription, one per durable (NODE, NAME): its
 # interest is told apart from every other durable's in the whole tree, and a mode-one
 # event never picks a durable in place of a client of the plain (None) group.
@@ -256,3 +261,27 @@ REFUSALS = AUTH_ERRORS | {MAX_SESSIONS, MAX_PENDING_AUTH, MAX_HELLO_BYTES}
 # Errors that end the request they refer to (``ref`` = its req_id).
 REQUEST_ERRORS = frozenset({NO_RESPONDERS, BAD_TARGET, BAD_PATTERN, TOO_LARGE,
                             PERMISSION_DENIED})
+
+
+# ------------------------------------------------------------ services across the tree
+
+
+def service_event(name: str, action: str) -> str:
+    """``$sys.service.<name>.<action>``: placed, started, stopped, failed, scaled..."""
+    return f"{SERVICE_SYS}.{name}.{action}"
+
+
+def service_events(name: str | None = None) -> str:
+    """The pattern of one service's events (or every service's)."""
+    return f"{SERVICE_SYS}.{name or '*'}.*"
+
+
+def service_request(name: str) -> str:
+    """``svc.<name>``: what a client requests to reach service ``name``."""
+    return f"{SERVICE_REQUESTS}.{name}"
+
+
+def requested_service(subject: str) -> str | None:
+    """The service a ``svc.<name>`` subject names, else None."""
+    head, _, name = subject.partition(".")
+    return name if head == SERVICE_REQUESTS and name and "." not in name else None

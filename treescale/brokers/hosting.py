@@ -134,7 +134,8 @@ class Hosting:
 
         node = self.node
         self.context = ServiceContext(self.local_address, node.name, node.config,
-                                      node.handshake.service_secret)
+                                      node.handshake.service_secret,
+                                      tree_state=lambda: node.parent.state.state)
         for name in SERVICES:
             if node.stopping:
                 return

@@ -17,6 +17,7 @@ circle), the broker.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ SERVICES: dict[str, str] = {
     "docker": "treescale.services.docker:DockerService.start",
     "handlers": "treescale.services.handlers:HandlerService.start",
     "lb": "treescale.services.lb:LbService.start",
+    "service": "treescale.services.orchestrator:Orchestrator.start",
 }
 
 
@@ -52,6 +54,10 @@ class ServiceContext:
     node: str  # the node's name
     config: NodeConfig
     secret: str  # hello option {"service": secret} marks a client as this node's service
+    # The node's place in the tree as its healing state (treescale.healing: "root",
+    # "acting_root", "linked"...), read live: the orchestrator schedules only while
+    # its node leads the tree.
+    tree_state: Callable[[], str] | None = None
     _store: Any = None
     _client: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)

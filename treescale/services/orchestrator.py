@@ -1,0 +1,541 @@
+"""Services that keep themselves running: the ``service`` service of every node.
+
+Every node runs the same three parts: its replica agent (agent.py: the containers it
+runs for services), the inventory of every node's report (scheduler.py), and the
+relay of ``svc.NAME`` requests (relay.py). One node at a time also schedules: the one
+that leads the tree (root or acting root) and holds the lease (treescale/sched/
+lease.py). Specs live in every node's LMDB (specs.py); the scheduler changes them, and
+its lease announcement carries the version, so a node that was away fetches the newer
+set (op ``specs_get``) as soon as it hears one, and a new scheduler first takes the
+newest set any node reports.
+
+Operations on ``$svc.service[.NODE]`` (permission ``service``); any node takes the
+operator's ones and hands them to the scheduler:
+
+    add   {name, image, replicas?, port?, group?|tag?, env?, command?, minimum?,
+           maximum?, idle?, hold?, vip?, vip_node?}     -> the service as ls shows it
+    ls    {}  info {name}  scale {name, replicas}  rm {name}  logs {name, tail?}
+    wake  {name}                                       (scale a --min 0 service to one)
+
+and the scheduler's orders to a node's agent (a token with "*", i.e. a node's own
+services; each carries the lease and is refused if a newer scheduler was heard):
+``replica_start {spec, rid, version, source?, term, holder}``, ``replica_stop {cid,
+term, holder}``, ``replica_logs {cid, tail}``, ``image_check {image}``,
+``specs_get {}``.
+
+Events: ``$sys.service.node`` (each node's report, once a second and on change),
+``$sys.service.lease`` (the scheduler, every ``lease.ANNOUNCE`` seconds),
+``$sys.service.<name>.<action>`` (added, scaled, removed, started, stopped, failed,
+woken, culled).
+
+Owns: the wiring of those parts, the ops, the loop. Must not touch: placement rules
+(treescale/sched/plan.py), containers (agent.py), the lb service's internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+import msgpack
+
+from treescale import protocol as P
+from treescale import subjects
+from treescale.healing import ACTING_ROOT, ROOT
+from treescale.sched.lease import ANNOUNCE, Lease
+from treescale.sched.plan import Replica, problem, to_cull
+from treescale.sched.spec import ServiceSpec, SpecError, SpecSet, spec_from_args
+from treescale.services import ServiceContext
+from treescale.services.agent import ReplicaAgent, load_per_cpu
+from treescale.services.relay import RequestRelay
+from treescale.services.rpc import ServiceEndpoint, ServiceError, call
+from treescale.services.scheduler import Scheduler, report_from_dict
+from treescale.services.specs import SpecStore
+
+log = logging.getLogger("treescale.service")
+
+SERVICE = "service"
+TICK = 0.25
+REPORT_EVERY = 1.0
+IMAGES_EVERY = 5.0
+FORWARD_TIMEOUT = 30.0
+CHECK_TIMEOUT = 3.0
+LEADING = (ROOT, ACTING_ROOT)
+USER_OPS = ("add", "ls", "info", "scale", "rm", "logs", "wake")
+
+
+def _pack(body: Any) -> bytes:
+    return msgpack.packb(body, use_bin_type=True)
+
+
+class Orchestrator:
+    """The ``service`` service: agent, inventory and relay on every node; scheduler on
+    the one holding the lease."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx, self.node = ctx, ctx.node
+        self.client = ctx.client
+        self.store = SpecStore(ctx.store)
+        self.lease = Lease()
+        self._lease_lock = threading.Lock()
+        self.leading_since: float | None = None
+        self.agent = ReplicaAgent(ctx.node, ctx.config)
+        self.scheduler = Scheduler(ctx.node, self.client, lambda: self.store.current,
+                                   self.my_lease, self.publish_event)
+        self.images: set[str] = set()  # services whose image this node has
+        self._stop = threading.Event()
+        self._report_due = threading.Event()
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._work = ThreadPoolExecutor(4, thread_name_prefix=f"service@{ctx.node}")
+        self.relay = RequestRelay(ctx.node, self.client, self.spec_named,
+                                  self.replicas_of, self._wake_async,
+                                  ctx.config.max_payload)
+        ops: dict[str, Any] = {op: self._user_op(op) for op in USER_OPS}
+        ops.update({"replica_start": self._op_replica_start,
+                    "replica_stop": self._op_replica_stop,
+                    "replica_logs": self._op_replica_logs,
+                    "image_check": self._op_image_check, "specs_get": self._op_specs_get})
+        self.endpoint = ServiceEndpoint(ctx, SERVICE, ops, workers=16, client=self.client)
+        self.client.subscribe(subjects.SERVICE_REPORT, handler=self._on_report)
+        self.client.subscribe(subjects.SERVICE_LEASE, handler=self._on_lease)
+        self.client.subscribe(subjects.NODE_DOWN, handler=self._on_down)
+        self._loop = threading.Thread(target=self._run, daemon=True,
+                                      name=f"service-loop@{ctx.node}")
+        self._loop.start()
+
+    @classmethod
+    def start(cls, ctx: ServiceContext) -> Orchestrator:
+        return cls(ctx)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._tasks.put(None)
+        self.endpoint.close()
+        self.relay.close()
+        self.scheduler.close()
+        self._work.shutdown(wait=False, cancel_futures=True)
+        self.agent.close()
+
+    # ---------------------------------------------------------------- leadership
+
+    def my_lease(self) -> tuple[int, str]:
+        with self._lease_lock:
+            return self.lease.term, self.lease.holder
+
+    def leads_tree(self) -> bool:
+        """Whether this node may schedule: it leads the tree (root or acting root)."""
+        state = self.ctx.tree_state() if self.ctx.tree_state else None
+        return state in LEADING
+
+    def schedules(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        with self._lease_lock:
+            return self.leading_since is not None and self.lease.held_by(self.node, now)
+
+    def _tend_lease(self, now: float) -> bool:
+        """Claim, keep or drop the lease; True while this node schedules."""
+        leads = self.leads_tree()
+        with self._lease_lock:
+            if not leads:
+                if self.leading_since is not None:
+                    log.info("node %s no longer leads the tree: not scheduling", self.node)
+                self.leading_since = None
+                return False
+            if self.leading_since is None:
+                self.leading_since = now
+            if not self.lease.may_claim(self.node, now, self.leading_since):
+                return False
+            was = self.lease.held_by(self.node, now)
+            term = self.lease.claim(self.node, now, floor=self.store.current.term)
+        if not was:
+            log.info("node %s schedules services (term %d)", self.node, term)
+        return True
+
+    def _announce_lease(self) -> None:
+        term, holder = self.my_lease()
+        specs = self.store.current
+        self.client.publish(subjects.SERVICE_LEASE, _pack(
+            {"holder": holder, "term": term, "specs": list(specs.order)}))
+
+    def _on_lease(self, ev: Any) -> None:
+        try:
+            msg = P.loads(ev.data)
+            holder, term, order = str(msg["holder"]), int(msg["term"]), msg["specs"]
+            order = (int(order[0]), int(order[1]))
+        except Exception as exc:
+            log.warning("bad %s event from %s: %s", subjects.SERVICE_LEASE, ev.source, exc)
+            return
+        if holder == self.node:
+            return
+        with self._lease_lock:
+            obeyed = self.lease.hear(holder, term, time.monotonic())
+        if obeyed and order > self.store.current.order:
+            self._tasks.put(("fetch", holder))
+
+    # -------------------------------------------------------------- inventory
+
+    def _on_report(self, ev: Any) -> None:
+        try:
+            report = report_from_dict(P.loads(ev.data), time.monotonic())
+        except Exception as exc:
+            log.warning("bad %s event from %s: %s", subjects.SERVICE_REPORT, ev.source, exc)
+            return
+        if report.view.name != self.node:
+            self.scheduler.heard(report)
+            self.relay.notify()
+
+    def _on_down(self, ev: Any) -> None:
+        try:
+            gone = P.loads(ev.data)["node"]
+        except Exception:
+            return
+        if isinstance(gone, str) and gone != self.node:
+            self.scheduler.node_down(gone, time.monotonic())
+            self._report_due.set()  # wake the loop: reschedule now
+
+    def spec_named(self, name: str) -> ServiceSpec | None:
+        return self.store.current.specs.get(name)
+
+    def replicas_of(self, name: str) -> list[Replica]:
+        return [r for rep in self.scheduler.live().values() for r in rep.replicas
+                if r.service == name]
+
+    def _report(self, now: float) -> None:
+        cfg = self.ctx.config
+        body = {"node": self.node, "groups": list(cfg.groups), "tags": list(cfg.tags),
+                "docker": self.agent.docker, "error": self.agent.error,
+                "load": load_per_cpu(), "replicas": self.agent.rows(),
+                "images": sorted(self.images), "idle": self.relay.idle(now),
+                "specs": list(self.store.current.order)}
+        self.scheduler.heard(report_from_dict(body, now))
+        self.relay.notify()
+        self.client.publish(subjects.SERVICE_REPORT, _pack(body))
+
+    def _check_images(self) -> None:
+        have = set()
+        if self.agent.docker:
+            for name, spec in self.store.current.specs.items():
+                try:
+                    if self.agent.has_image(spec.image):
+                        have.add(name)
+                except Exception:
+                    pass
+        self.images = have
+
+    # ------------------------------------------------------------------ loop
+
+    def _run(self) -> None:
+        next_report = next_images = next_lease = 0.0
+        fetcher = threading.Thread(target=self._run_tasks, daemon=True,
+                                   name=f"service-sync@{self.node}")
+        fetcher.start()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                changed = self.agent.scan() | self.agent.probe()
+                if now >= next_images or changed:
+                    self._check_images()
+                    next_images = now + IMAGES_EVERY
+                if changed or now >= next_report:
+                    self._report(now)
+                    next_report = now + REPORT_EVERY
+                if self._tend_lease(now):
+                    if now >= next_lease:
+                        self._announce_lease()
+                        next_lease = now + ANNOUNCE
+                    self._schedule(now)
+            except Exception:
+                if not self._stop.is_set():
+                    log.exception("node %s: service loop", self.node)
+            self._report_due.wait(TICK)
+            self._report_due.clear()
+
+    def _schedule(self, now: float) -> None:
+        newest, who = self.scheduler.newest_order()
+        if who is not None and who != self.node and newest > self.store.current.order:
+            self._tasks.put(("fetch", who))  # a newer set exists: take it first
+            return
+        self.scheduler.round(now)
+        specs = self.store.current
+        for name in to_cull(specs.specs, self.scheduler.idle_for(specs, now)):
+            spec = specs.specs[name]
+            self._change(specs.with_spec(spec.scaled(spec.floor), self.my_lease()[0]))
+            self.publish_event(name, "culled", {"replicas": spec.floor,
+                                                "idle": spec.idle})
+
+    def _run_tasks(self) -> None:
+        while not self._stop.is_set():
+            task = self._tasks.get()
+            if task is None:
+                return
+            kind, node = task
+            try:
+                if kind == "fetch":
+                    self._fetch_specs(node)
+            except Exception as exc:
+                if not self._stop.is_set():
+                    log.warning("node %s: fetching service specs from %s: %s", self.node,
+                                node, exc)
+
+    def _fetch_specs(self, source: str) -> None:
+        [r] = call(self.client, SERVICE, "specs_get", node=source, timeout=CHECK_TIMEOUT)
+        if not r.ok:
+            raise RuntimeError(r.error)
+        specs = SpecSet.from_dict(r.result)
+        if self.store.save(specs):
+            log.info("node %s: service specs version %d (from %s)", self.node,
+                     specs.version, source)
+            self._report_due.set()
+
+    # ------------------------------------------------------------- changing specs
+
+    def _change(self, specs: SpecSet) -> None:
+        """Store a new set (the scheduler only) and say so at once."""
+        self.store.save(specs)
+        self._announce_lease()
+        self._report_due.set()
+
+    def publish_event(self, name: str, action: str, body: dict) -> None:
+        self.client.publish(subjects.service_event(name, action), _pack(
+            {"service": name, "action": action, "scheduler": self.node,
+             "time": time.time(), **body}))
+
+    def _user_op(self, op: str) -> Any:
+        local = getattr(self, "_do_" + op)
+
+        def handler(args: dict, emit: Any) -> Any:
+            if self.schedules():
+                return local(args, emit)
+            term, holder = self.my_lease()
+            with self._lease_lock:
+                live = self.lease.live(time.monotonic())
+            if not holder or not live:
+                raise ServiceError("no node schedules services yet (the node leading the "
+                                   "tree does, once it runs the service service); try "
+                                   "again in a few seconds")
+            clean = {k: v for k, v in args.items() if not k.startswith("_")}
+            [r] = call(self.client, SERVICE, op, clean, node=holder,
+                       timeout=FORWARD_TIMEOUT)
+            if not r.ok:
+                raise ServiceError(r.error)
+            return r.result
+
+        return handler
+
+    def _spec(self, args: dict) -> ServiceSpec:
+        name = args.get("name")
+        spec = self.store.current.specs.get(name) if isinstance(name, str) else None
+        if spec is None:
+            raise ServiceError(f"no service {name!r} (tsctl service ls)")
+        return spec
+
+    def _do_add(self, args: dict, emit: Any) -> dict:
+        fields = {k: v for k, v in args.items() if not k.startswith("_")}
+        try:
+            spec = spec_from_args(fields)
+        except SpecError as exc:
+            raise ServiceError(str(exc)) from None
+        specs = self.store.current
+        if spec.name in specs.specs:
+            raise ServiceError(f"service {spec.name} exists already (scale it, or rm it "
+                               "first)")
+        nodes = {n: r.view for n, r in self.scheduler.live().items()}
+        why = problem(replace(spec, replicas=max(spec.replicas, 1)), nodes)
+        if why:
+            raise ServiceError(f"service {spec.name} cannot be placed: {why}")
+        spec = replace(spec, image_id=self._find_image(spec, nodes),
+                       vip_node=spec.vip_node or (self.node if spec.vip else None))
+        term = self.my_lease()[0]
+        try:
+            new = specs.with_spec(spec, term)
+        except SpecError as exc:
+            raise ServiceError(str(exc)) from None
+        if spec.vip:
+            self._open_endpoint(spec)
+        self.scheduler.woken(spec.name)
+        self._change(new)
+        self.publish_event(spec.name, "added", {"spec": spec.to_dict()})
+        return self.scheduler.describe(spec)
+
+    def _find_image(self, spec: ServiceSpec, nodes: dict) -> str:
+        """The image's id, from a node that has it; a clear error if none has."""
+        asked = sorted(nodes)
+        with ThreadPoolExecutor(min(len(asked), 16) or 1) as pool:
+            answers = list(pool.map(lambda n: self._ask_image(n, spec.image), asked))
+        found = [a for a in answers if a]
+        if not found:
+            raise ServiceError(f"service {spec.name}: image {spec.image!r} is on no node "
+                               f"(asked {', '.join(asked) or 'none'}); load it into one "
+                               "node's engine (docker load, or a pull there): the others "
+                               "get it through the tree")
+        return found[0]
+
+    def _ask_image(self, node: str, image: str) -> str | None:
+        try:
+            [r] = call(self.client, SERVICE, "image_check", {"image": image}, node=node,
+                       timeout=CHECK_TIMEOUT)
+        except Exception:
+            return None
+        return (r.result or {}).get("id") if r.ok else None
+
+    def _open_endpoint(self, spec: ServiceSpec) -> None:
+        """The service's L4 endpoint on its node's lb service (nothing is stored if
+        it cannot be opened: a port in use, say)."""
+        args = {"vip": spec.vip, "backend": "proxy", "reals": [],
+                "owner": f"service:{spec.name}",
+                "hold": spec.hold if spec.scales_from_zero else 0}
+        try:
+            [r] = call(self.client, "lb", "add", args, node=spec.vip_node,
+                       timeout=CHECK_TIMEOUT * 2)
+        except TimeoutError:
+            raise ServiceError(f"service {spec.name}: the lb service of node "
+                               f"{spec.vip_node} does not answer (lb_enabled?)") from None
+        if not r.ok:
+            raise ServiceError(f"service {spec.name}: endpoint {spec.vip} on node "
+                               f"{spec.vip_node}: {r.error}")
+
+    def _close_endpoint(self, spec: ServiceSpec) -> None:
+        try:
+            call(self.client, "lb", "rm", {"vip": spec.vip}, node=spec.vip_node,
+                 timeout=CHECK_TIMEOUT)
+        except Exception as exc:
+            log.warning("service %s: closing endpoint %s: %s", spec.name, spec.vip, exc)
+
+    def _do_scale(self, args: dict, emit: Any) -> dict:
+        spec = self._spec(args)
+        try:
+            new = spec.scaled(args.get("replicas"))
+        except SpecError as exc:
+            raise ServiceError(str(exc)) from None
+        if new.replicas > spec.replicas:
+            self.scheduler.woken(spec.name)
+        self._change(self.store.current.with_spec(new, self.my_lease()[0]))
+        self.publish_event(spec.name, "scaled", {"from": spec.replicas,
+                                                 "replicas": new.replicas})
+        return self.scheduler.describe(new)
+
+    def _do_wake(self, args: dict, emit: Any) -> dict:
+        spec = self._spec(args)
+        if spec.replicas == 0 and spec.scales_from_zero:
+            self.scheduler.woken(spec.name)
+            spec = spec.scaled(1)
+            self._change(self.store.current.with_spec(spec, self.my_lease()[0]))
+            self.publish_event(spec.name, "woken", {"replicas": 1})
+        return self.scheduler.describe(spec)
+
+    def _wake_async(self, name: str) -> None:
+        def wake() -> None:
+            try:
+                self._user_op("wake")({"name": name}, None)
+            except Exception as exc:
+                log.warning("waking service %s: %s", name, exc)
+
+        self._work.submit(wake)
+
+    def _do_rm(self, args: dict, emit: Any) -> dict:
+        spec = self._spec(args)
+        described = self.scheduler.describe(spec)
+        self._change(self.store.current.without(spec.name, self.my_lease()[0]))
+        if spec.vip:
+            self._close_endpoint(spec)
+        self.publish_event(spec.name, "removed", {})
+        return described
+
+    def _do_ls(self, args: dict, emit: Any) -> dict:
+        specs = self.store.current
+        term, holder = self.my_lease()
+        return {"version": specs.version, "scheduler": holder, "term": term,
+                "services": [self.scheduler.describe(s)
+                             for _, s in sorted(specs.specs.items())]}
+
+    def _do_info(self, args: dict, emit: Any) -> dict:
+        spec = self._spec(args)
+        return {**self.scheduler.describe(spec), "spec": spec.to_dict(),
+                "version": self.store.current.version, "scheduler": self.node}
+
+    def _do_logs(self, args: dict, emit: Any) -> dict:
+        spec = self._spec(args)
+        tail = args.get("tail", 100)
+        if isinstance(tail, bool) or not isinstance(tail, int) or tail < 0:
+            raise ServiceError(f"tail must be a count, got {tail!r}")
+        out = []
+        for r in self.replicas_of(spec.name):
+            try:
+                [res] = call(self.client, SERVICE, "replica_logs",
+                             {"cid": r.cid, "tail": tail}, node=r.node,
+                             timeout=CHECK_TIMEOUT * 3)
+                text, error = (res.result, None) if res.ok else ("", res.error)
+            except TimeoutError as exc:
+                text, error = "", str(exc)
+            out.append({"node": r.node, "cid": r.cid, "log": text, "error": error})
+        return {"name": spec.name, "replicas": out}
+
+    # ------------------------------------------------------------ agent orders
+
+    def _order(self, args: dict) -> None:
+        """Refuse an order that is not from a node's services, or from a scheduler
+        older than one this node has heard (fencing)."""
+        if "*" not in args.get("_permissions", ()):
+            raise ServiceError("replica orders come from the scheduler only (a node's "
+                               "services); use tsctl service add/scale/rm")
+        holder, term = args.get("holder"), args.get("term")
+        if not isinstance(holder, str) or not isinstance(term, int):
+            raise ServiceError("an order carries its scheduler's lease (term, holder)")
+        with self._lease_lock:
+            if not self.lease.hear(holder, term, time.monotonic()):
+                raise ServiceError(f"node {self.node} refused an order of scheduler "
+                                   f"{holder} (term {term}): it follows "
+                                   f"{self.lease.holder} (term {self.lease.term})")
+
+    def _op_replica_start(self, args: dict, emit: Any) -> dict:
+        self._order(args)
+        try:
+            spec = ServiceSpec.from_dict(args.get("spec"))
+        except SpecError as exc:
+            raise ServiceError(str(exc)) from None
+        rid = str(args.get("rid") or "")
+        if not rid.isalnum():
+            raise ServiceError("replica_start needs a replica id (letters and digits)")
+        here = self.agent.find(rid)
+        if here is not None:
+            return {"node": self.node, "cid": here.cid[:12], "rid": rid, "name": here.name}
+        if not self.agent.has_image(spec.image):
+            source = args.get("source")
+            if not isinstance(source, str) or not source:
+                raise ServiceError(f"image {spec.image!r} is not on node {self.node} and "
+                                   "no node was named to fetch it from")
+            from treescale.services.images import fetch_image
+
+            fetch_image(self.client, self.node, spec.image, source)
+        result = self.agent.start(spec, rid, int(args.get("version") or 0))
+        self._report_due.set()
+        return result
+
+    def _op_replica_stop(self, args: dict, emit: Any) -> dict:
+        self._order(args)
+        cid = args.get("cid")
+        if not isinstance(cid, str) or not cid.isalnum():
+            raise ServiceError("replica_stop needs a container id")
+        result = self.agent.stop(cid)
+        self._report_due.set()
+        return result
+
+    def _op_replica_logs(self, args: dict, emit: Any) -> str:
+        if "*" not in args.get("_permissions", ()):
+            raise ServiceError("use tsctl service logs NAME")
+        return self.agent.logs(str(args.get("cid")), int(args.get("tail") or 100)
+                               ).decode(errors="replace")
+
+    def _op_image_check(self, args: dict, emit: Any) -> dict:
+        image = args.get("image")
+        if not isinstance(image, str) or not image:
+            raise ServiceError("image_check needs an image")
+        return {"node": self.node, "id": self.agent.has_image(image)}
+
+    def _op_specs_get(self, args: dict, emit: Any) -> dict:
+        return self.store.current.to_dict()
