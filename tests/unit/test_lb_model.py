@@ -289,7 +289,7 @@ def test_a_hold_needs_the_proxy_and_auto_picks_it():
     assert choose_backend("auto", "rr", {}, hold=0)[0] == "ipvs"
     for kernel in ("ipvs", "nft"):
         with pytest.raises(LbError, match="hold needs the proxy backend"):
-            choose_backend(kernel, "rr", {}, hold=5)
+            choose_backend(kernel, "rr", NO_IPVS, hold=5)  # whether or not it is here
         with pytest.raises(LbError, match="hold needs the proxy backend"):
             VirtualService("10.0.0.9", 80, backend=kernel, hold=1)
     assert VirtualService("10.0.0.9", 80, backend="nft", hold=0).hold == 0

@@ -318,11 +318,12 @@ def choose_backend(requested: str, scheduler: str,
     if requested not in BACKEND_CHOICES:
         raise LbError(f"backend {requested!r} is not one of {', '.join(BACKEND_CHOICES)}")
     if requested != "auto":
-        if requested in unavailable:
-            raise LbError(unavailable[requested])
+        # What the backend can never do first: that holds on every machine.
         refusal = refuses(requested, scheduler, hold)
         if refusal:
             raise LbError(refusal)
+        if requested in unavailable:
+            raise LbError(unavailable[requested])
         return requested, f"{requested} (asked for)"
     skipped = []
     for name in BACKENDS:
