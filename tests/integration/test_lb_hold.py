@@ -17,7 +17,7 @@ import msgpack
 import pytest
 
 from tests.conftest import free_port, secure, wait_until
-from tests.integration.test_lb import lb, lb_error, lb_ready
+from tests.integration.test_lb import lb, lb_error, lb_ready, tsctl
 from treescale import subjects
 
 IO_TIMEOUT = 10.0
@@ -206,3 +206,25 @@ def test_reals_set_refuses_bad_input_whole_and_leaves_the_service_serving(lb_nod
     assert set_and_key(lb(c, "reals_set", vip=vip, reals=[other + "@2"])) == [f"{other}@2"]
     with connect(port, b"again") as s:
         assert recv_exactly(s, 5) == b"again"
+
+
+def test_cli_sets_owner_hold_and_reals(lb_node, echo):
+    n, c, _ = lb_node
+    a = ("-a", n.address)
+    vip = f"127.0.0.1:{free_port()}"
+    added = tsctl("lb", "add", vip, "--hold", "2", "--owner", "service:web", *a)
+    assert added.returncode == 0, added.stderr
+    assert "backend auto: proxy" in added.stdout
+    real = echo()
+    done = tsctl("lb", "reals-set", vip, real + "@2", *a)
+    assert done.returncode == 0 and f"{real}@2" in done.stdout, done.stderr
+    with connect(int(vip.rpartition(":")[2]), b"cli") as s:
+        assert recv_exactly(s, 3) == b"cli"
+    shown = tsctl("lb", "show", vip, *a).stdout
+    assert "owner service:web; hold 2 s" in shown and "connections 1 (last" in shown
+    emptied = tsctl("lb", "reals-set", vip, *a)
+    assert emptied.returncode == 0 and f"tcp/{vip}: none" in emptied.stdout
+    refused = tsctl("lb", "add", f"127.0.0.1:{free_port()}", "--backend", "nft",
+                    "--hold", "1", *a)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "hold needs the proxy backend" in refused.stderr
