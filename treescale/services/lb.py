@@ -9,7 +9,9 @@ Operations on ``$svc.lb[.NODE]`` (see treescale/services/rpc.py):
     rm       {"vip"}                              -> the removed service
     real_add {"vip", "reals": [...]}  real_rm {"vip", "reals": ["IP:PORT", ...]}
     reals_set {"vip", "reals": [...]}  exactly these real servers ([] = none now), in
-              one backend change (none if the set is the same); "changed": bool
+              one backend change (none if the set is the same); "changed": bool.
+              Bad input is refused whole; refused for a service that follows
+              containers (Docker decides its set)
     ls       {}                                   -> every service (summary)
     show     {"vip"}                              -> one service, with open connections
 
