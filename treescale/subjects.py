@@ -38,6 +38,7 @@ CONFIG_VERSION = "$sys.config.version"
 CONFIG_APPLIED = "$sys.config.applied"
 DOCKER = "$sys.docker"  # $sys.docker.<node>.<action|engine|stats>
 HANDLERS = "$sys.handlers"  # $sys.handlers.<node>.result
+LB = "$sys.lb"  # $sys.lb.<node>.<action>: the load balancer asks (wanted)
 DURABLE_OVERFLOW = "$sys.durable.overflow"  # a durable dropped events for its retention
 # Services across the tree (treescale/services/orchestrator.py)
 SERVICE_SYS = "$sys.service"  # $sys.service.<name>.<action>: a service's replicas moved
@@ -99,6 +100,17 @@ def docker_events(node: str | None = None) -> str:
 def docker_stats(node: str | None = None) -> str:
     """Live container stats of one node (or the pattern for all nodes)."""
     return f"{DOCKER}.{node or '*'}.stats"
+
+
+def lb_event(node: str, action: str) -> str:
+    """``$sys.lb.<node>.<action>``: e.g. ``wanted``, a held connection asks for real
+    servers."""
+    return f"{LB}.{node}.{action}"
+
+
+def lb_events(node: str | None = None) -> str:
+    """The pattern of every load-balancer event of one node (or of all nodes)."""
+    return f"{LB}.{node or '*'}.>"
 
 
 def handler_result(node: str) -> str:

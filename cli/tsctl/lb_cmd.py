@@ -8,6 +8,7 @@ the node tsctl is attached to. VIP:PORT may carry the protocol: ``udp/10.0.0.1:5
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -79,11 +80,16 @@ def lb() -> None:
               help="Add/remove containers of this image as they start/stop.")
 @click.option("--target-port", type=click.IntRange(1, 65535),
               help="The port followed containers serve on.")
+@click.option("--owner", default="", metavar="TEXT",
+              help="Who manages it (e.g. service:web); stored and shown.")
+@click.option("--hold", type=click.FloatRange(0, 600), default=0, metavar="SECONDS",
+              help="With no real server, hold a TCP connection this long and ask for "
+                   "real servers ($sys.lb.NODE.wanted). Proxy backend only.")
 @service_options
 @friendly
 def add(vip: str, proto: str, scheduler: str, backend: str, reals: tuple[str, ...],
         follow_label: str | None, follow_image: str | None, target_port: int | None,
-        as_json: bool, **target: Any) -> None:
+        owner: str, hold: float, as_json: bool, **target: Any) -> None:
     """Create virtual service VIP:PORT."""
     if follow_label and follow_image:
         raise click.UsageError("give --follow-label or --follow-image, not both")
@@ -91,7 +97,8 @@ def add(vip: str, proto: str, scheduler: str, backend: str, reals: tuple[str, ..
         raise click.UsageError("following containers needs --target-port")
     args = {"vip": vip, "proto": proto, "scheduler": scheduler, "backend": backend,
             "reals": list(reals), "follow_label": follow_label,
-            "follow_image": follow_image, "target_port": target_port}
+            "follow_image": follow_image, "target_port": target_port,
+            "owner": owner, "hold": hold}
     results = call_service(SERVICE, "add", args, **target)
 
     def render(s: dict, label: str) -> None:
@@ -111,11 +118,11 @@ def rm(vip: str, proto: str, as_json: bool, **target: Any) -> None:
     _finish(results, as_json, lambda s, label: out.print(f"{label}removed {s['key']}"))
 
 
-def _reals_command(op: str, metavar: str, doc: str) -> None:
-    """real-add and real-rm: VIP:PORT and real servers in, its real servers out."""
+def _reals_command(op: str, metavar: str, doc: str, required: bool = True) -> None:
+    """real-add, real-rm, reals-set: VIP:PORT and real servers in, its real servers out."""
 
     @click.argument("vip")
-    @click.argument("reals", nargs=-1, required=True, metavar=metavar)
+    @click.argument("reals", nargs=-1, required=required, metavar=metavar)
     @proto_option
     @service_options
     @friendly
@@ -133,6 +140,9 @@ def _reals_command(op: str, metavar: str, doc: str) -> None:
 _reals_command("real_add", "IP:PORT[@WEIGHT]...",
                "Add real servers to VIP:PORT (an existing one gets the new weight).")
 _reals_command("real_rm", "IP:PORT...", "Take real servers out of VIP:PORT.")
+_reals_command("reals_set", "[IP:PORT[@WEIGHT]]...",
+               "Make these exactly the real servers of VIP:PORT (none: no real server).",
+               required=False)
 
 
 # What `lb ls` shows, most useful first when the terminal is narrow.
@@ -188,6 +198,14 @@ def show(vip: str, proto: str, as_json: bool, **target: Any) -> None:
             table.add_row(key, str(r["weight"]), (r.get("container") or "")[:12],
                           "n/a" if active is None else str(active.get(key, 0)))
         out.print(table)
+        if s.get("owner") or s.get("hold"):
+            out.print(f"owner {s.get('owner') or '-'}; hold {s.get('hold') or 0:g} s",
+                      soft_wrap=True)
+        if s.get("connections_total") is not None:
+            last = s.get("last_connection")
+            ago = f"{time.time() - last:.0f} s ago" if last else "never"
+            out.print(f"connections {s['connections_total']} (last {ago}); held now "
+                      f"{s['held']}, hold expired {s['hold_expired']}", soft_wrap=True)
         if s.get("error"):
             console.print(f"[bold red]not applied:[/] {s['error']}", soft_wrap=True)
         elif not s.get("installed") and s["reals"]:

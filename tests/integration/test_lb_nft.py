@@ -241,3 +241,19 @@ def test_nft_rules_come_back_when_the_node_restarts(lab):
     shown = lab.lb_ok("show", f"{VIP}:86")
     assert shown["installed"] and shown["active"] is None  # nft counts no connections
     assert lab.spread(86, 4) == {REALS[0]: 2, REALS[2]: 2}
+
+
+def test_nft_reals_set_replaces_the_map_and_an_empty_set_drops_the_rule(lab):
+    added = lab.lb_ok("add", f"{VIP}:87", "--backend", "nft", "--owner", "service:web")
+    assert added["reals"] == [] and added["owner"] == "service:web"
+    assert f"tcp/{VIP}:87" not in lab.rules()  # no real server yet: no DNAT rule
+    done = lab.lb_ok("reals-set", f"{VIP}:87", f"{REALS[0]}:8080", f"{REALS[2]}:8080")
+    assert done["changed"]
+    assert lab.spread(87, 4) == {REALS[0]: 2, REALS[2]: 2}
+    lab.lb_ok("reals-set", f"{VIP}:87", f"{REALS[1]}:8080")
+    assert lab.spread(87, 3) == {REALS[1]: 3}
+    assert not lab.lb_ok("reals-set", f"{VIP}:87", f"{REALS[1]}:8080")["changed"]
+    assert lab.lb_ok("reals-set", f"{VIP}:87")["reals"] == []
+    assert f"tcp/{VIP}:87" not in lab.rules()
+    shown = lab.lb_ok("show", f"{VIP}:87")
+    assert shown["connections_total"] is None  # the kernel keeps no tally for us

@@ -17,8 +17,10 @@ from treescale.lb.model import (
     diff,
     diff_reals,
     make_scheduler,
+    parse_hold,
     parse_real,
     parse_service_key,
+    wanted_due,
     weight_slots,
 )
 from treescale.lb.nft import rule, ruleset
@@ -232,3 +234,75 @@ def test_nft_rules_map_numgen_or_jhash_onto_the_servers():
     script = ruleset([rr, VirtualService("10.0.0.8", 80)])
     assert script.count("dnat") == 1 and "delete table ip treescale_lb" in script
     assert "chain" not in ruleset([])  # nothing to balance: the table goes away
+
+
+# ----------------------------------------------------------------- owner, hold, reals_set
+
+
+def test_owner_and_hold_are_stored_and_old_records_read_without_them():
+    vs = VirtualService("10.0.0.9", 80, reals=(A,), owner="service:web", hold=5)
+    back = VirtualService.from_dict(vs.to_dict())
+    assert back == vs and back.owner == "service:web" and back.hold == 5.0
+    old = {k: v for k, v in vs.to_dict().items() if k not in ("owner", "hold")}
+    assert VirtualService.from_dict(old) == VirtualService("10.0.0.9", 80, reals=(A,))
+
+
+@pytest.mark.parametrize("hold, message", [
+    (-1, "hold must be 0-600"), (601, "hold must be 0-600"),
+    ("5", "not a number"), (True, "not a number"), (None, "not a number")])
+def test_bad_holds_are_refused(hold, message):
+    with pytest.raises(LbError, match=message):
+        parse_hold(hold)
+    with pytest.raises(LbError, match=message):
+        VirtualService("10.0.0.9", 80, hold=hold)
+    assert parse_hold(2.5) == 2.5 and parse_hold(0) == 0.0
+
+
+def test_an_owner_must_be_a_short_string():
+    with pytest.raises(LbError, match="not a string"):
+        VirtualService("10.0.0.9", 80, owner=7)
+    with pytest.raises(LbError, match="longer than 200"):
+        VirtualService("10.0.0.9", 80, owner="x" * 201)
+
+
+def test_set_reals_replaces_the_whole_set_and_may_empty_it():
+    vs = VirtualService("10.0.0.9", 80, reals=(A, B), owner="service:web", hold=3)
+    new = vs.set_reals([RealServer(C.address, C.port, 2), A])
+    assert new.reals == (A, RealServer(C.address, C.port, 2))  # sorted, weights kept
+    assert (new.owner, new.hold) == ("service:web", 3)
+    assert vs.set_reals([]).reals == ()
+    assert vs.set_reals([B, A]) == vs  # the same set: the same value (no change)
+    with pytest.raises(LbError, match="listed twice"):
+        vs.set_reals([A, RealServer(A.address, A.port, 4)])
+
+
+def test_set_reals_is_refused_for_a_service_that_follows_containers():
+    vs = VirtualService("10.0.0.9", 80, follow=Follow(80, image="web:1"))
+    with pytest.raises(LbError, match="follows containers"):
+        vs.set_reals([A])
+
+
+def test_a_hold_needs_the_proxy_and_auto_picks_it():
+    assert choose_backend("auto", "rr", {}, hold=5)[0] == "proxy"
+    backend, why = choose_backend("auto", "rr", {}, hold=5)
+    assert "hold needs the proxy backend" in why
+    assert choose_backend("auto", "rr", {}, hold=0)[0] == "ipvs"
+    for kernel in ("ipvs", "nft"):
+        with pytest.raises(LbError, match="hold needs the proxy backend"):
+            choose_backend(kernel, "rr", NO_IPVS, hold=5)  # whether or not it is here
+        with pytest.raises(LbError, match="hold needs the proxy backend"):
+            VirtualService("10.0.0.9", 80, backend=kernel, hold=1)
+    assert VirtualService("10.0.0.9", 80, backend="nft", hold=0).hold == 0
+
+
+def test_wanted_is_due_once_per_interval():
+    assert wanted_due(None, 100.0)
+    assert not wanted_due(100.0, 100.5)
+    assert wanted_due(100.0, 101.0)
+    assert not wanted_due(100.0, 100.2, interval=0.5) and wanted_due(100.0, 100.5, 0.5)
+
+
+def test_a_changed_owner_or_hold_is_an_update():
+    old = {"a": VirtualService("10.0.0.1", 80)}
+    new = {"a": VirtualService("10.0.0.1", 80, hold=2, owner="service:x")}
+    assert diff(old, new).update == [new["a"]]

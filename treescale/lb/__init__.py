@@ -14,6 +14,7 @@ ones this machine can run, once, and opens them on first use.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 from treescale.lb.model import BACKENDS, LbError, VirtualService
@@ -34,14 +35,21 @@ class Backend(Protocol):
     def installed(self, vs: VirtualService) -> bool:
         """Is the virtual service really there (kernel rules, a listening proxy)?"""
 
+    def traffic(self, vs: VirtualService) -> dict | None:
+        """``connections_total``, ``last_connection`` (wall clock), ``held``,
+        ``hold_expired``; None if the backend does not see connections (the kernel's)."""
+
     def close(self) -> None:
         """Stop what runs in this process (kernel rules stay: they outlive the node)."""
 
 
 class Backends:
-    """The backends of one node: probed once, opened on first use."""
+    """The backends of one node: probed once, opened on first use. ``on_wanted(vs)``
+    is handed to the proxy: called on its thread when a held connection asks for real
+    servers (it must not block)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_wanted: Callable[[VirtualService], None] | None = None) -> None:
+        self.on_wanted = on_wanted
         self._lock = threading.Lock()
         self._reasons: dict[str, str | None] = {}
         self._open: dict[str, Backend] = {}
@@ -61,7 +69,7 @@ class Backends:
         with self._lock:
             backend = self._open.get(name)
             if backend is None:
-                backend = self._open[name] = _open(name)
+                backend = self._open[name] = _open(name, self.on_wanted)
             return backend
 
     def close(self) -> None:
@@ -81,7 +89,7 @@ def _probe(name: str) -> str | None:
     return probe()
 
 
-def _open(name: str) -> Backend:
+def _open(name: str, on_wanted: Callable[[VirtualService], None] | None) -> Backend:
     if name == "ipvs":
         from treescale.lb.ipvs import IpvsBackend
         return IpvsBackend()
@@ -89,4 +97,4 @@ def _open(name: str) -> Backend:
         from treescale.lb.nft import NftBackend
         return NftBackend()
     from treescale.lb.proxy import ProxyBackend
-    return ProxyBackend()
+    return ProxyBackend(on_wanted)

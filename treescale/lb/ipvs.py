@@ -129,6 +129,9 @@ class IpvsBackend:
             finally:
                 ipvs.close()
 
+    def traffic(self, vs: VirtualService) -> dict | None:
+        return None  # the kernel forwards the connections: no per-service tally here
+
     def installed(self, vs: VirtualService) -> bool:
         from pyroute2.netlink.exceptions import NetlinkError
 

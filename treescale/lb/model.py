@@ -9,6 +9,13 @@ way IPVS names them:
     wrr  weighted round robin: smooth (nginx-style), so weights 3:1 give a a b a ...
     lc   least connections: fewest open connections per unit of weight
     sh   source hashing: the same client address always reaches the same server
+
+A virtual service may carry an ``owner`` (free text, e.g. ``service:web``: who manages
+it, so an agent tells its own services from an operator's) and a ``hold`` (seconds):
+with no real server, the proxy holds a new TCP connection up to that long, asking for
+real servers (``wanted``, at most once per ``WANTED_INTERVAL``) instead of closing it.
+Only the proxy can hold a connection, so ``auto`` picks it for a service with a hold
+and ipvs/nft refuse one.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ BACKENDS = ("ipvs", "nft", "proxy")
 BACKEND_CHOICES = ("auto", *BACKENDS)
 STOP_ACTIONS = frozenset({"die", "stop", "kill", "destroy"})
 MAX_WEIGHT = 65535
+MAX_HOLD = 600.0  # seconds a connection may wait for a real server
+MAX_OWNER = 200  # characters
+WANTED_INTERVAL = 1.0  # seconds between two "wanted" events of one service
 
 
 class LbError(ValueError):
@@ -57,6 +67,24 @@ def parse_real(text: str) -> RealServer:
             raise LbError(f"real server {text!r}: weight must be 1-{MAX_WEIGHT}")
         return RealServer(host, port, int(weight))
     return RealServer(host, port)
+
+
+def parse_hold(value: Any) -> float:
+    """Seconds a connection may wait for a real server: a number 0-MAX_HOLD."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LbError(f"hold {value!r} is not a number of seconds")
+    if not 0 <= value <= MAX_HOLD:
+        raise LbError(f"hold must be 0-{MAX_HOLD:g} seconds")
+    return float(value)
+
+
+def parse_owner(value: Any) -> str:
+    """Who manages a virtual service: a short string ("" for nobody in particular)."""
+    if not isinstance(value, str):
+        raise LbError(f"owner {value!r} is not a string")
+    if len(value) > MAX_OWNER:
+        raise LbError(f"owner is longer than {MAX_OWNER} characters")
+    return value
 
 
 def parse_label(text: str) -> tuple[str, str]:
@@ -153,9 +181,15 @@ class VirtualService:
     backend: str = "proxy"  # resolved: never "auto" once stored
     reals: tuple[RealServer, ...] = ()
     follow: Follow | None = None
+    owner: str = ""  # who manages it ("service:web"); "" for an operator's
+    hold: float = 0.0  # seconds a connection waits for a real server (proxy only)
 
     def __post_init__(self) -> None:
         parse_endpoint(f"{self.address}:{self.port}", "virtual service")
+        parse_hold(self.hold)
+        parse_owner(self.owner)
+        if self.hold > 0 and self.backend != "proxy":
+            raise LbError(str(refuses(self.backend, self.scheduler, self.hold)))
         if self.proto not in PROTOCOLS:
             raise LbError(f"protocol {self.proto!r} is not one of {', '.join(PROTOCOLS)}")
         if self.scheduler not in SCHEDULERS:
@@ -180,6 +214,14 @@ class VirtualService:
         by_key = {r.key: r for r in self.reals}
         by_key.update({r.key: r for r in new})
         return self.with_reals(by_key.values())
+
+    def set_reals(self, reals: Iterable[RealServer]) -> VirtualService:
+        """Exactly these real servers (none is allowed: "no real server now"). Refused
+        for a service that follows containers: Docker decides its set."""
+        if self.follow is not None:
+            raise LbError(f"{self.key} follows containers ({self.follow.describe()}): "
+                          "its real servers come from Docker, not reals_set")
+        return self.with_reals(reals)
 
     def remove_reals(self, keys: Iterable[str]) -> VirtualService:
         gone = set(keys)
@@ -222,6 +264,7 @@ class VirtualService:
                              "reals": [r.to_dict() for r in self.reals]}
         if self.follow:
             d["follow"] = self.follow.to_dict()
+        d["owner"], d["hold"] = self.owner, self.hold
         return d
 
     @classmethod
@@ -231,7 +274,8 @@ class VirtualService:
                    d.get("scheduler", "rr"), d.get("backend", "proxy"),
                    tuple(sorted((RealServer.from_dict(r) for r in d.get("reals", ())),
                                 key=_real_order)),
-                   Follow.from_dict(follow) if follow else None)
+                   Follow.from_dict(follow) if follow else None,
+                   str(d.get("owner") or ""), float(d.get("hold") or 0.0))
 
 
 def _real_order(r: RealServer) -> tuple:
@@ -265,23 +309,25 @@ def parse_service_key(text: str, proto: str = "tcp") -> str:
 
 
 def choose_backend(requested: str, scheduler: str,
-                   unavailable: Mapping[str, str]) -> tuple[str, str]:
+                   unavailable: Mapping[str, str], hold: float = 0.0) -> tuple[str, str]:
     """(backend, why) for a request; ``unavailable`` maps backend -> the reason it is not.
 
-    ``auto`` takes the best one that can do the scheduler: ipvs > nft > proxy (nft has
-    no connection counts, so it cannot do lc). Raises LbError naming the reason."""
+    ``auto`` takes the best one that can do the scheduler and the hold: ipvs > nft >
+    proxy (nft has no connection counts, so it cannot do lc; only the proxy can hold a
+    connection, so a hold means the proxy). Raises LbError naming the reason."""
     if requested not in BACKEND_CHOICES:
         raise LbError(f"backend {requested!r} is not one of {', '.join(BACKEND_CHOICES)}")
     if requested != "auto":
-        if requested in unavailable:
-            raise LbError(unavailable[requested])
-        refusal = refuses(requested, scheduler)
+        # What the backend can never do first: that holds on every machine.
+        refusal = refuses(requested, scheduler, hold)
         if refusal:
             raise LbError(refusal)
+        if requested in unavailable:
+            raise LbError(unavailable[requested])
         return requested, f"{requested} (asked for)"
     skipped = []
     for name in BACKENDS:
-        reason = unavailable.get(name) or refuses(name, scheduler)
+        reason = unavailable.get(name) or refuses(name, scheduler, hold)
         if reason is None:
             why = f"auto: {name}" + (f" ({'; '.join(skipped)})" if skipped else "")
             return name, why
@@ -289,11 +335,20 @@ def choose_backend(requested: str, scheduler: str,
     raise LbError("no backend can serve this: " + "; ".join(skipped))
 
 
-def refuses(backend: str, scheduler: str) -> str | None:
+def refuses(backend: str, scheduler: str, hold: float = 0.0) -> str | None:
     if backend == "nft" and scheduler == "lc":
         return ("nft cannot do lc: nftables keeps no per-server connection counts "
                 "(use --backend proxy or ipvs, or another scheduler)")
+    if backend != "proxy" and hold > 0:
+        return (f"hold needs the proxy backend: {backend} cannot keep a connection "
+                "waiting for a real server (use --backend proxy or auto)")
     return None
+
+
+def wanted_due(last: float | None, now: float, interval: float = WANTED_INTERVAL) -> bool:
+    """Is it time for another "wanted" event (the previous one at ``last``, or none)?
+    Monotonic seconds; keeps a burst of waiting connections to one event a second."""
+    return last is None or now - last >= interval
 
 
 # ------------------------------------------------------------------ desired-state diff

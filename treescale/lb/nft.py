@@ -149,6 +149,9 @@ class NftBackend:
     def active(self, vs: VirtualService) -> dict[str, int] | None:
         return None  # counting would mean walking conntrack; not offered
 
+    def traffic(self, vs: VirtualService) -> dict | None:
+        return None  # the kernel forwards the connections: no per-service tally here
+
     def installed(self, vs: VirtualService) -> bool:
         return vs.key in installed_rules()
 

@@ -5,6 +5,17 @@ and implements every scheduler, ``lc`` included, because it sees each connection
 open and close. TCP connections are spliced both ways with half-close passed on;
 UDP datagrams from one client address form a session bound to one real server,
 dropped after ``UDP_IDLE`` seconds of silence.
+
+Scale from zero: a TCP connection to a service with no real server and a ``hold``
+waits (its bytes buffered) until real servers appear or the hold runs out (then it is
+closed and counted in ``hold_expired``). While connections wait, ``on_wanted(vs)``
+is called on this loop's thread, at most once per ``WANTED_INTERVAL`` per service; it
+must not block (the lb service hands it to a worker of its own). A UDP datagram that
+finds no real server asks the same way but is dropped, never held. Per service the
+proxy counts the connections (TCP) and sessions (UDP) it accepted and when the last
+one came (``traffic``), for whoever culls idle services.
+
+Must not touch: the bus (``on_wanted`` is the only way out), the desired state.
 """
 
 from __future__ import annotations
@@ -15,10 +26,17 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
-from treescale.lb.model import LbError, RealServer, VirtualService, make_scheduler
+from treescale.lb.model import (
+    LbError,
+    RealServer,
+    VirtualService,
+    make_scheduler,
+    wanted_due,
+)
 
 log = logging.getLogger("treescale.lb.proxy")
 
@@ -30,14 +48,35 @@ CHUNK = 64 * 1024
 CALL_TIMEOUT = 10.0
 
 
+Wanted = Callable[[VirtualService], None]
+
+
+@dataclass
+class Traffic:
+    """What one virtual service saw; kept across listener restarts, dropped on remove."""
+
+    connections_total: int = 0
+    last_connection: float | None = None  # wall clock (time.time())
+    hold_expired: int = 0
+    held: int = 0  # connections waiting for a real server now
+    wanted_at: float | None = None  # monotonic time of the last "wanted"
+
+    def to_dict(self) -> dict:
+        return {"connections_total": self.connections_total,
+                "last_connection": self.last_connection,
+                "held": self.held, "hold_expired": self.hold_expired}
+
+
 class ProxyBackend:
     """One listener per virtual service, all on one event loop thread."""
 
     name = "proxy"
 
-    def __init__(self) -> None:
+    def __init__(self, on_wanted: Wanted | None = None) -> None:
         self.loop = asyncio.new_event_loop()
+        self.on_wanted = on_wanted
         self._listeners: dict[str, _Listener] = {}
+        self._traffic: dict[str, Traffic] = {}
         self._thread = threading.Thread(target=self._run, daemon=True, name="lb-proxy")
         self._thread.start()
 
@@ -59,7 +98,9 @@ class ProxyBackend:
         if current is not None:
             await current.close()
             del self._listeners[vs.key]
-        listener = (_TcpListener if vs.proto == "tcp" else _UdpListener)(vs)
+        traffic = self._traffic.setdefault(vs.key, Traffic())
+        listener = (_TcpListener if vs.proto == "tcp" else _UdpListener)(
+            vs, traffic, self._wanted)
         try:
             await listener.start()
         except OSError as exc:
@@ -71,8 +112,17 @@ class ProxyBackend:
 
     async def _remove(self, key: str) -> None:
         listener = self._listeners.pop(key, None)
+        self._traffic.pop(key, None)
         if listener is not None:
             await listener.close()
+
+    def _wanted(self, vs: VirtualService) -> None:
+        if self.on_wanted is None:
+            return
+        try:
+            self.on_wanted(vs)
+        except Exception:  # the proxy goes on holding: the next tick asks again
+            log.exception("%s: asking for real servers failed", vs.key)
 
     def active(self, vs: VirtualService) -> dict[str, int] | None:
         async def count() -> dict[str, int]:
@@ -81,6 +131,13 @@ class ProxyBackend:
                 return {}
             return {r.key: listener.active[r.key] for r in listener.vs.reals}
         return self._call(count())
+
+    def traffic(self, vs: VirtualService) -> dict | None:
+        """Connections accepted, the last one's time, held and expired ones."""
+        async def read() -> dict | None:
+            t = self._traffic.get(vs.key)
+            return t.to_dict() if t is not None and vs.key in self._listeners else None
+        return self._call(read())
 
     def installed(self, vs: VirtualService) -> bool:
         async def listening() -> bool:
@@ -98,16 +155,48 @@ class ProxyBackend:
 
 
 class _Listener:
-    """A virtual service's scheduler and open-connection counts."""
+    """A virtual service's scheduler, open-connection counts and traffic."""
 
-    def __init__(self, vs: VirtualService) -> None:
+    def __init__(self, vs: VirtualService, traffic: Traffic, wanted: Wanted) -> None:
         self.vs = vs
         self.scheduler = make_scheduler(vs.scheduler, vs.reals)
         self.active: Counter[str] = Counter()
+        self.traffic, self._wanted = traffic, wanted
+        self._changed = asyncio.Event()  # set (and replaced) when the reals change
 
     def update(self, vs: VirtualService) -> None:
         self.vs = vs
         self.scheduler.update(vs.reals)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def accepted(self) -> None:
+        self.traffic.connections_total += 1
+        self.traffic.last_connection = time.time()
+
+    def want(self) -> None:
+        """Ask for real servers, unless this service asked less than a tick ago."""
+        now = time.monotonic()
+        if self.vs.hold > 0 and wanted_due(self.traffic.wanted_at, now):
+            self.traffic.wanted_at = now
+            self._wanted(self.vs)
+
+    async def wait_for_reals(self) -> bool:
+        """Hold a connection until there is a real server (True) or the hold is over."""
+        deadline = time.monotonic() + self.vs.hold
+        self.traffic.held += 1
+        try:
+            while not self.scheduler.reals:
+                self.want()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.traffic.hold_expired += 1
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), min(1.0, left))
+            return True
+        finally:
+            self.traffic.held -= 1
 
     def pick(self, client_ip: str, tried: set[str]) -> RealServer | None:
         """The next server for a client, skipping those that just refused it."""
@@ -125,8 +214,8 @@ class _Listener:
 
 
 class _TcpListener(_Listener):
-    def __init__(self, vs: VirtualService) -> None:
-        super().__init__(vs)
+    def __init__(self, vs: VirtualService, traffic: Traffic, wanted: Wanted) -> None:
+        super().__init__(vs, traffic, wanted)
         self.server: asyncio.AbstractServer | None = None
         self.tasks: set[asyncio.Task] = set()
 
@@ -148,7 +237,11 @@ class _TcpListener(_Listener):
         self.tasks.add(task)
         client_ip = writer.get_extra_info("peername")[0]
         tried: set[str] = set()
+        self.accepted()
         try:
+            if self.vs.hold > 0 and not self.scheduler.reals \
+                    and not await self.wait_for_reals():
+                return  # nobody came in time: close the connection
             while True:
                 real = self.pick(client_ip, tried)
                 if real is None:
@@ -184,8 +277,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 class _UdpListener(_Listener):
-    def __init__(self, vs: VirtualService) -> None:
-        super().__init__(vs)
+    def __init__(self, vs: VirtualService, traffic: Traffic, wanted: Wanted) -> None:
+        super().__init__(vs, traffic, wanted)
         self.front: asyncio.DatagramTransport | None = None
         self.sessions: dict[tuple, _UdpSession] = {}
         self.sweeper: asyncio.Task | None = None
@@ -215,10 +308,14 @@ class _UdpListener(_Listener):
         session = self.sessions.get(client)
         if session is None:
             real = self.pick(client[0], set())
-            if real is None or len(self.sessions) >= UDP_SESSIONS:
+            if real is None:
+                self.want()  # datagrams are not held: ask, and drop this one
+                return
+            if len(self.sessions) >= UDP_SESSIONS:
                 return
             session = self.sessions[client] = _UdpSession(self, client, real)
             self.active[real.key] += 1
+            self.accepted()
         session.send(data)
 
     def end(self, client: tuple) -> None:

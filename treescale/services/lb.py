@@ -3,12 +3,28 @@
 Operations on ``$svc.lb[.NODE]`` (see treescale/services/rpc.py):
 
     add      {"vip": "IP:PORT", "proto", "scheduler", "backend": auto|ipvs|nft|proxy,
-              "reals": ["IP:PORT[@W]", ...], "follow_label": "k=v" | "follow_image",
-              "target_port"}                      -> the service, and why that backend
+              "reals": ["IP:PORT[@W]", ...] (may be empty), "follow_label": "k=v" |
+              "follow_image", "target_port", "owner": "service:web", "hold": SECONDS}
+                                                  -> the service, and why that backend
     rm       {"vip"}                              -> the removed service
     real_add {"vip", "reals": [...]}  real_rm {"vip", "reals": ["IP:PORT", ...]}
+    reals_set {"vip", "reals": [...]}  exactly these real servers ([] = none now), in
+              one backend change (none if the set is the same); "changed": bool.
+              Bad input is refused whole; refused for a service that follows
+              containers (Docker decides its set)
     ls       {}                                   -> every service (summary)
     show     {"vip"}                              -> one service, with open connections
+
+``owner`` is stored and shown, never interpreted: an agent marks its own services.
+``hold`` > 0: a TCP connection that finds no real server waits up to that long (the
+proxy holds it) and the service publishes ``$sys.lb.<node>.wanted`` {node, vip (the
+key), owner, time} at most once a second per service while connections wait; real
+servers arriving (reals_set/real_add) let it through, the hold running out closes it.
+Only the proxy can hold, so ``auto`` then chooses the proxy, and ``ipvs``/``nft`` are
+refused ("hold needs the proxy backend"): refusing an explicit kernel backend keeps
+"you get what you asked for", and auto already means "the best that can do it".
+``ls`` and ``show`` carry ``connections_total``, ``last_connection`` (wall clock),
+``held`` and ``hold_expired`` where the backend sees connections (proxy; None else).
 
 ``vip`` may carry the protocol (``udp/10.0.0.1:53``). The desired state lives in the
 node's LMDB (table ``lb``) and is re-applied when the node starts. A service that
@@ -25,6 +41,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -40,7 +57,9 @@ from treescale.lb.model import (
     choose_backend,
     diff,
     parse_endpoint,
+    parse_hold,
     parse_label,
+    parse_owner,
     parse_real,
     parse_service_key,
 )
@@ -51,6 +70,7 @@ log = logging.getLogger("treescale.lb")
 
 TABLE = "lb"
 DOCKER_TIMEOUT = 3.0
+TRAFFIC = ("connections_total", "last_connection", "held", "hold_expired")
 
 
 def _refusals(fn: Callable) -> Callable:
@@ -73,16 +93,19 @@ class LbService:
 
     def __init__(self, ctx: ServiceContext, backends: Backends | None = None) -> None:
         self.ctx, self.node = ctx, ctx.node
-        self.backends = backends or Backends()
+        self.backends = backends or Backends(on_wanted=self._on_wanted)
         self.services: dict[str, VirtualService] = {}
         self.errors: dict[str, str] = {}  # key -> why it is not applied (after a restart)
         self.why: dict[str, str] = {}  # key -> how its backend was chosen
         self._lock = threading.RLock()
+        # The proxy's thread must never wait on the bus: its asks go through a worker.
+        self._asks = ThreadPoolExecutor(1, thread_name_prefix="lb-wanted")
         self._restore()
         self._docker_events = ThreadPoolExecutor(1, thread_name_prefix="lb-follow")
         self.endpoint = ServiceEndpoint(ctx, "lb", {
             "add": self.add, "rm": self.rm, "ls": self.ls, "show": self.show,
-            "real_add": self.real_add, "real_rm": self.real_rm})
+            "real_add": self.real_add, "real_rm": self.real_rm,
+            "reals_set": self.reals_set})
         self.endpoint.client.subscribe(subjects.docker_events(self.node),
                                        handler=self._on_docker)
         if any(vs.follow for vs in self.services.values()):
@@ -96,6 +119,7 @@ class LbService:
         self.endpoint.close()
         self._docker_events.shutdown(wait=False, cancel_futures=True)
         self.backends.close()
+        self._asks.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------- state
 
@@ -156,6 +180,33 @@ class LbService:
                 "error": self.errors.get(vs.key),
                 "follow_text": vs.follow.describe() if vs.follow else None}
 
+    def _traffic(self, vs: VirtualService) -> dict:
+        """The backend's tally of connections (None values where it keeps none)."""
+        found = None
+        if vs.key not in self.errors:
+            try:
+                found = self.backends.get(vs.backend).traffic(vs)
+            except (LbError, OSError, TimeoutError) as exc:
+                log.info("lb: traffic of %s: %s", vs.key, exc)
+        return found or dict.fromkeys(TRAFFIC)
+
+    # ------------------------------------------------------------- asking for reals
+
+    def _on_wanted(self, vs: VirtualService) -> None:
+        """On the proxy's thread: a held connection wants real servers. Hand over."""
+        with_time = {"node": self.node, "vip": vs.key, "owner": vs.owner,
+                     "time": time.time()}
+        try:
+            self._asks.submit(self._publish_wanted, with_time)
+        except RuntimeError:  # shutting down
+            pass
+
+    def _publish_wanted(self, event: dict) -> None:
+        endpoint = getattr(self, "endpoint", None)
+        if endpoint is None:  # restored before the endpoint exists: the next tick asks
+            return
+        endpoint.publish(subjects.lb_event(self.node, "wanted"), event)
+
     # ------------------------------------------------------------- operations
 
     @_refusals
@@ -166,12 +217,15 @@ class LbService:
         scheduler = str(args.get("scheduler") or "rr")
         reals = tuple(parse_real(r) for r in _strings(args, "reals", required=False))
         follow = _follow(args)
+        owner = parse_owner(args.get("owner") or "")
+        hold = parse_hold(args.get("hold") or 0)
         with self._lock:
             if key in self.services:
                 raise LbError(f"{key} exists already (rm it first, or use real-add)")
             backend, why = choose_backend(str(args.get("backend") or "auto"), scheduler,
-                                          self.backends.unavailable())
-            vs = VirtualService(host, port, proto, scheduler, backend, (), follow)
+                                          self.backends.unavailable(), hold)
+            vs = VirtualService(host, port, proto, scheduler, backend, (), follow,
+                                owner, hold)
             vs = vs.with_reals(reals)  # checks them (a server listed twice)
             self._set(vs)
             self.why[key] = why
@@ -204,9 +258,22 @@ class LbService:
             return self._describe(vs)
 
     @_refusals
+    def reals_set(self, args: dict, emit: Any) -> dict:
+        """Exactly these real servers, in one backend change (none if nothing moved)."""
+        new = [parse_real(r) for r in _strings(args, "reals", required=False)]
+        with self._lock:
+            old = self._get(args)
+            vs = old.set_reals(new)
+            changed = vs != old
+            if changed:
+                self._set(vs)
+            return {**self._describe(vs), "changed": changed}
+
+    @_refusals
     def ls(self, args: dict, emit: Any) -> dict:
         with self._lock:
-            services = [self._describe(vs) for _, vs in sorted(self.services.items())]
+            found = [(self._describe(vs), vs) for _, vs in sorted(self.services.items())]
+        services = [{**d, **self._traffic(vs)} for d, vs in found]
         return {"services": services, "unavailable": self.backends.unavailable()}
 
     @_refusals
@@ -214,6 +281,7 @@ class LbService:
         with self._lock:
             vs = self._get(args)
             result = self._describe(vs)
+        result.update(self._traffic(vs))
         result["active"], result["installed"] = None, False
         try:
             backend = self.backends.get(vs.backend)
