@@ -39,7 +39,6 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -48,10 +47,11 @@ from treescale import protocol as P
 from treescale import subjects
 from treescale.healing import ACTING_ROOT, ROOT
 from treescale.sched.lease import ANNOUNCE, Lease
-from treescale.sched.plan import Replica, problem, to_cull
-from treescale.sched.spec import ServiceSpec, SpecError, SpecSet, spec_from_args
+from treescale.sched.plan import Replica, to_cull
+from treescale.sched.spec import ServiceSpec, SpecError, SpecSet
 from treescale.services import ServiceContext
 from treescale.services.agent import ReplicaAgent, load_per_cpu
+from treescale.services.operator_ops import OperatorOps
 from treescale.services.relay import RequestRelay
 from treescale.services.rpc import ServiceEndpoint, ServiceError, call
 from treescale.services.scheduler import Scheduler, report_from_dict
@@ -95,6 +95,7 @@ class Orchestrator:
         self.relay = RequestRelay(ctx.node, self.client, self.spec_named,
                                   self.replicas_of, self._wake_async,
                                   ctx.config.max_payload)
+        self.operator = OperatorOps(self)
         ops: dict[str, Any] = {op: self._user_op(op) for op in USER_OPS}
         ops.update({"replica_start": self._op_replica_start,
                     "replica_stop": self._op_replica_stop,
@@ -264,7 +265,7 @@ class Orchestrator:
         specs = self.store.current
         for name in to_cull(specs.specs, self.scheduler.idle_for(specs, now)):
             spec = specs.specs[name]
-            self._change(specs.with_spec(spec.scaled(spec.floor), self.my_lease()[0]))
+            self.change(specs.with_spec(spec.scaled(spec.floor), self.my_lease()[0]))
             self.publish_event(name, "culled", {"replicas": spec.floor,
                                                 "idle": spec.idle})
 
@@ -294,7 +295,7 @@ class Orchestrator:
 
     # ------------------------------------------------------------- changing specs
 
-    def _change(self, specs: SpecSet) -> None:
+    def change(self, specs: SpecSet) -> None:
         """Store a new set (the scheduler only) and say so at once."""
         self.store.save(specs)
         self._announce_lease()
@@ -306,7 +307,7 @@ class Orchestrator:
              "time": time.time(), **body}))
 
     def _user_op(self, op: str) -> Any:
-        local = getattr(self, "_do_" + op)
+        local = getattr(self.operator, op)
 
         def handler(args: dict, emit: Any) -> Any:
             if self.schedules():
@@ -327,107 +328,6 @@ class Orchestrator:
 
         return handler
 
-    def _spec(self, args: dict) -> ServiceSpec:
-        name = args.get("name")
-        spec = self.store.current.specs.get(name) if isinstance(name, str) else None
-        if spec is None:
-            raise ServiceError(f"no service {name!r} (tsctl service ls)")
-        return spec
-
-    def _do_add(self, args: dict, emit: Any) -> dict:
-        fields = {k: v for k, v in args.items() if not k.startswith("_")}
-        try:
-            spec = spec_from_args(fields)
-        except SpecError as exc:
-            raise ServiceError(str(exc)) from None
-        specs = self.store.current
-        if spec.name in specs.specs:
-            raise ServiceError(f"service {spec.name} exists already (scale it, or rm it "
-                               "first)")
-        nodes = {n: r.view for n, r in self.scheduler.live().items()}
-        why = problem(replace(spec, replicas=max(spec.replicas, 1)), nodes)
-        if why:
-            raise ServiceError(f"service {spec.name} cannot be placed: {why}")
-        spec = replace(spec, image_id=self._find_image(spec, nodes),
-                       vip_node=spec.vip_node or (self.node if spec.vip else None))
-        term = self.my_lease()[0]
-        try:
-            new = specs.with_spec(spec, term)
-        except SpecError as exc:
-            raise ServiceError(str(exc)) from None
-        if spec.vip:
-            self._open_endpoint(spec)
-        self.scheduler.woken(spec.name)
-        self._change(new)
-        self.publish_event(spec.name, "added", {"spec": spec.to_dict()})
-        return self.scheduler.describe(spec)
-
-    def _find_image(self, spec: ServiceSpec, nodes: dict) -> str:
-        """The image's id, from a node that has it; a clear error if none has."""
-        asked = sorted(nodes)
-        with ThreadPoolExecutor(min(len(asked), 16) or 1) as pool:
-            answers = list(pool.map(lambda n: self._ask_image(n, spec.image), asked))
-        found = [a for a in answers if a]
-        if not found:
-            raise ServiceError(f"service {spec.name}: image {spec.image!r} is on no node "
-                               f"(asked {', '.join(asked) or 'none'}); load it into one "
-                               "node's engine (docker load, or a pull there): the others "
-                               "get it through the tree")
-        return found[0]
-
-    def _ask_image(self, node: str, image: str) -> str | None:
-        try:
-            [r] = call(self.client, SERVICE, "image_check", {"image": image}, node=node,
-                       timeout=CHECK_TIMEOUT)
-        except Exception:
-            return None
-        return (r.result or {}).get("id") if r.ok else None
-
-    def _open_endpoint(self, spec: ServiceSpec) -> None:
-        """The service's L4 endpoint on its node's lb service (nothing is stored if
-        it cannot be opened: a port in use, say)."""
-        args = {"vip": spec.vip, "backend": "proxy", "reals": [],
-                "owner": f"service:{spec.name}",
-                "hold": spec.hold if spec.scales_from_zero else 0}
-        try:
-            [r] = call(self.client, "lb", "add", args, node=spec.vip_node,
-                       timeout=CHECK_TIMEOUT * 2)
-        except TimeoutError:
-            raise ServiceError(f"service {spec.name}: the lb service of node "
-                               f"{spec.vip_node} does not answer (lb_enabled?)") from None
-        if not r.ok:
-            raise ServiceError(f"service {spec.name}: endpoint {spec.vip} on node "
-                               f"{spec.vip_node}: {r.error}")
-
-    def _close_endpoint(self, spec: ServiceSpec) -> None:
-        try:
-            call(self.client, "lb", "rm", {"vip": spec.vip}, node=spec.vip_node,
-                 timeout=CHECK_TIMEOUT)
-        except Exception as exc:
-            log.warning("service %s: closing endpoint %s: %s", spec.name, spec.vip, exc)
-
-    def _do_scale(self, args: dict, emit: Any) -> dict:
-        spec = self._spec(args)
-        try:
-            new = spec.scaled(args.get("replicas"))
-        except SpecError as exc:
-            raise ServiceError(str(exc)) from None
-        if new.replicas > spec.replicas:
-            self.scheduler.woken(spec.name)
-        self._change(self.store.current.with_spec(new, self.my_lease()[0]))
-        self.publish_event(spec.name, "scaled", {"from": spec.replicas,
-                                                 "replicas": new.replicas})
-        return self.scheduler.describe(new)
-
-    def _do_wake(self, args: dict, emit: Any) -> dict:
-        spec = self._spec(args)
-        if spec.replicas == 0 and spec.scales_from_zero:
-            self.scheduler.woken(spec.name)
-            spec = spec.scaled(1)
-            self._change(self.store.current.with_spec(spec, self.my_lease()[0]))
-            self.publish_event(spec.name, "woken", {"replicas": 1})
-        return self.scheduler.describe(spec)
-
     def _wake_async(self, name: str) -> None:
         def wake() -> None:
             try:
@@ -436,44 +336,6 @@ class Orchestrator:
                 log.warning("waking service %s: %s", name, exc)
 
         self._work.submit(wake)
-
-    def _do_rm(self, args: dict, emit: Any) -> dict:
-        spec = self._spec(args)
-        described = self.scheduler.describe(spec)
-        self._change(self.store.current.without(spec.name, self.my_lease()[0]))
-        if spec.vip:
-            self._close_endpoint(spec)
-        self.publish_event(spec.name, "removed", {})
-        return described
-
-    def _do_ls(self, args: dict, emit: Any) -> dict:
-        specs = self.store.current
-        term, holder = self.my_lease()
-        return {"version": specs.version, "scheduler": holder, "term": term,
-                "services": [self.scheduler.describe(s)
-                             for _, s in sorted(specs.specs.items())]}
-
-    def _do_info(self, args: dict, emit: Any) -> dict:
-        spec = self._spec(args)
-        return {**self.scheduler.describe(spec), "spec": spec.to_dict(),
-                "version": self.store.current.version, "scheduler": self.node}
-
-    def _do_logs(self, args: dict, emit: Any) -> dict:
-        spec = self._spec(args)
-        tail = args.get("tail", 100)
-        if isinstance(tail, bool) or not isinstance(tail, int) or tail < 0:
-            raise ServiceError(f"tail must be a count, got {tail!r}")
-        out = []
-        for r in self.replicas_of(spec.name):
-            try:
-                [res] = call(self.client, SERVICE, "replica_logs",
-                             {"cid": r.cid, "tail": tail}, node=r.node,
-                             timeout=CHECK_TIMEOUT * 3)
-                text, error = (res.result, None) if res.ok else ("", res.error)
-            except TimeoutError as exc:
-                text, error = "", str(exc)
-            out.append({"node": r.node, "cid": r.cid, "log": text, "error": error})
-        return {"name": spec.name, "replicas": out}
 
     # ------------------------------------------------------------ agent orders
 
