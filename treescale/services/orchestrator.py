@@ -51,6 +51,7 @@ from treescale.sched.plan import Replica, to_cull
 from treescale.sched.spec import ServiceSpec, SpecError, SpecSet
 from treescale.services import ServiceContext
 from treescale.services.agent import ReplicaAgent, load_per_cpu
+from treescale.services.endpoints import EndpointKeeper
 from treescale.services.operator_ops import OperatorOps
 from treescale.services.relay import RequestRelay
 from treescale.services.rpc import ServiceEndpoint, ServiceError, call
@@ -63,6 +64,7 @@ SERVICE = "service"
 TICK = 0.25
 REPORT_EVERY = 1.0
 IMAGES_EVERY = 5.0
+ENDPOINTS_EVERY = 0.5
 FORWARD_TIMEOUT = 30.0
 CHECK_TIMEOUT = 3.0
 LEADING = (ROOT, ACTING_ROOT)
@@ -95,6 +97,9 @@ class Orchestrator:
         self.relay = RequestRelay(ctx.node, self.client, self.spec_named,
                                   self.replicas_of, self._wake_async,
                                   ctx.config.max_payload)
+        self.endpoints = EndpointKeeper(ctx.node, self.client, lambda: self.store.current,
+                                        self.replicas_of, self._wake_async,
+                                        self.relay.used)
         self.operator = OperatorOps(self)
         ops: dict[str, Any] = {op: self._user_op(op) for op in USER_OPS}
         ops.update({"replica_start": self._op_replica_start,
@@ -231,7 +236,7 @@ class Orchestrator:
     # ------------------------------------------------------------------ loop
 
     def _run(self) -> None:
-        next_report = next_images = next_lease = 0.0
+        next_report = next_images = next_lease = next_endpoints = 0.0
         fetcher = threading.Thread(target=self._run_tasks, daemon=True,
                                    name=f"service-sync@{self.node}")
         fetcher.start()
@@ -245,6 +250,9 @@ class Orchestrator:
                 if changed or now >= next_report:
                     self._report(now)
                     next_report = now + REPORT_EVERY
+                if now >= next_endpoints and self.endpoints.mine():
+                    self._work.submit(self.endpoints.tick)
+                    next_endpoints = now + ENDPOINTS_EVERY
                 if self._tend_lease(now):
                     if now >= next_lease:
                         self._announce_lease()
