@@ -94,6 +94,7 @@ class NodeConfig:
     exec_enabled: bool = False
     handlers_enabled: bool = False
     docker_enabled: bool = False
+    image_enabled: bool = False  # images between nodes' engines (services/images.py)
     lb_enabled: bool = False
     config_enabled: bool = False
     service_enabled: bool = False
@@ -127,6 +128,10 @@ class NodeConfig:
     # Services across the tree (treescale/services/orchestrator.py): where this node's
     # published container ports are reached from other nodes (default: its host).
     service_address: str | None = None
+    # Image service: the tars it saved or received, kept for other nodes to fetch
+    # (default: a directory beside db_path), least recently used evicted past the cap.
+    image_cache_path: str | None = None
+    image_cache_bytes: int = 2 << 30
     # Machine services to run (treescale.services.SERVICES names); None: all of them.
     # A tree of many nodes on one machine wants Docker on one node, not on each.
     services: tuple[str, ...] | None = None
@@ -154,6 +159,10 @@ class NodeConfig:
     @property
     def resolved_durable_path(self) -> str:
         return self.durable_path or self.resolved_db_path + ".durable"
+
+    @property
+    def resolved_image_cache_path(self) -> str:
+        return self.image_cache_path or self.resolved_db_path + ".images"
 
     @property
     def bind_address(self) -> str:
@@ -214,7 +223,7 @@ AUTH_METHODS = ("tokens", "auth_command", "auth_url")
 # credential, and the switches of the services that run commands or change the machine.
 PRIVILEGED_FIELDS = (*AUTH_METHODS, "auth_timeout", "link_token", "parent_token",
                      "keys_dir", "insecure", "websocket_host", "websocket_origins",
-                     "websocket_tls_cert", "websocket_tls_key",
+                     "websocket_tls_cert", "websocket_tls_key", "image_cache_path",
                      *(f"{name}_enabled" for name in SERVICES))
 # Secrets a node database holds; shown only to a token with "*".
 SECRET_FIELDS = ("tokens", "link_token", "parent_token")

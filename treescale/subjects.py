@@ -37,6 +37,7 @@ AUDIT_HANDLER = "$sys.audit.handler"
 CONFIG_VERSION = "$sys.config.version"
 CONFIG_APPLIED = "$sys.config.applied"
 DOCKER = "$sys.docker"  # $sys.docker.<node>.<action|engine|stats>
+IMAGE = "$sys.image"  # $sys.image.<node>.<fetch|progress|loaded|failed>
 HANDLERS = "$sys.handlers"  # $sys.handlers.<node>.result
 LB = "$sys.lb"  # $sys.lb.<node>.<action>: the load balancer asks (wanted)
 DURABLE_OVERFLOW = "$sys.durable.overflow"  # a durable dropped events for its retention
@@ -113,6 +114,17 @@ def lb_events(node: str | None = None) -> str:
     return f"{LB}.{node or '*'}.>"
 
 
+def image_event(node: str, action: str) -> str:
+    """``$sys.image.<node>.<action>``: an image transfer to that node (fetch, progress,
+    loaded, failed)."""
+    return f"{IMAGE}.{node}.{action}"
+
+
+def image_events(node: str | None = None) -> str:
+    """The pattern of every image event of one node (or of all nodes)."""
+    return f"{IMAGE}.{node or '*'}.>"
+
+
 def handler_result(node: str) -> str:
     """Where a node's event handlers publish their results."""
     return f"{HANDLERS}.{node}.result"
@@ -154,7 +166,7 @@ PERMISSIONS_HEADER = "$permissions"
 def permission_for(subject: str) -> str | None:
     """The permission a token needs to send to ``subject`` (None: no special one).
 
-    ``$svc.S…`` needs ``S`` (exec, docker, lb, handlers, config); ``$sys.…`` needs
+    ``$svc.S…`` needs ``S`` (exec, docker, image, lb, handlers, config); ``$sys.…`` needs
     ``sys``, since the monitor and the load balancer believe what it says."""
     svc = service_of(subject)
     if svc is not None:

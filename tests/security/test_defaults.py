@@ -29,7 +29,7 @@ from treescale.fabric import compile_db, fabric_from_dict, read_db
 from treescale.services.rpc import call
 from treescale.store import Store, StoreError
 
-COMMAND_SERVICES = ("exec", "handlers", "docker", "lb", "config", "service")
+COMMAND_SERVICES = ("exec", "handlers", "docker", "image", "lb", "config", "service")
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, setpriv)")
 
 
@@ -68,6 +68,7 @@ def attacks(tmp: Path) -> dict[str, tuple[str, dict]]:
             "docker": ("ps", {}),
             "service": ("add", {"name": "pwned", "image": "treescale-busybox:test",
                                 "command": ["touch", f"{tmp}/pwned"]}),
+            "image": ("offer", {"image": "treescale-busybox:test"}),
             "lb": ("add", {"vip": f"127.0.0.1:{free_port()}", "backend": "proxy",
                            "reals": [f"127.0.0.1:{free_port()}"]})}
 

@@ -28,6 +28,7 @@ SERVICES: dict[str, str] = {
     "exec": "treescale.services.exec:ExecService.start",
     "config": "treescale.services.config:ConfigService.start",
     "docker": "treescale.services.docker:DockerService.start",
+    "image": "treescale.services.images:ImageService.start",
     "handlers": "treescale.services.handlers:HandlerService.start",
     "lb": "treescale.services.lb:LbService.start",
     "service": "treescale.services.orchestrator:Orchestrator.start",
