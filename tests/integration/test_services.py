@@ -4,6 +4,7 @@ own engine, the test image only in A's engine. A is the root; B and C its childr
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -79,8 +80,11 @@ class Fabric:
         return next((s for s in result["services"] if s["name"] == name), None)
 
     def placed(self, name: str, at: str = "A") -> list[str]:
+        """Nodes of the ready replicas, once the service has exactly its count."""
         s = self.service(name, at)
-        return sorted(r["node"] for r in s["replicas"] if r["ready"]) if s else []
+        if not s or len(s["replicas"]) != s["desired"]:
+            return []
+        return sorted(r["node"] for r in s["replicas"] if r["ready"])
 
     def containers(self, name: str, machines: str = "ABC") -> dict[str, int]:
         """Running replica containers of ``name`` in each machine's engine."""
@@ -105,7 +109,12 @@ def fabric(three_machines, node_factory, clients, tmp_path):  # noqa: F811
             m.client().images.remove(IMAGE, force=True)
         except Exception:  # not there
             pass
-    yield Fabric(three_machines, node_factory, clients, tmp_path)
+    f = Fabric(three_machines, node_factory, clients, tmp_path)
+    yield f
+    if os.environ.get("TS_DEBUG"):
+        print(f.call("ls", timeout=5) if f.nodes["A"].alive else "A down")
+        for n, node in f.nodes.items():
+            print(f"--- {n}\n" + "\n".join(node.log().splitlines()[-60:]))
     for m in three_machines:
         if m.engine_running:
             m.remove_containers()
@@ -147,7 +156,7 @@ def test_three_replicas_one_per_node_images_come_down_the_tree(fabric):
     wait_until(lambda: fabric.placed("web") == ["A", "B", "C"], 90,
                "a ready replica on each node")
     s = fabric.service("web")
-    assert s["state"] == "running" and s["running"] == 3
+    assert s["state"] == "running" and s["running"] == 3, (s, fabric.containers("web"))
     assert all(r["address"].startswith(fabric.machines[r["node"]].ip + ":")
                for r in s["replicas"])
     for m in "BC":  # B and C got the image through the tree: it is in their engines now
@@ -165,9 +174,9 @@ def test_a_lost_node_replica_starts_elsewhere_then_the_count_is_exact_again(fabr
     wait_until(lambda: fabric.placed("web") == ["A", "B", "C"], 90, "3 replicas spread")
     counting = Counting(fabric, "web")
     b_node, b_machine = fabric.nodes["B"], fabric.machines["B"]
+    lost_at = time.monotonic()
     b_node.kill()
     b_machine.stop_engine()
-    lost_at = time.monotonic()
     wait_until(lambda: len(fabric.placed("web")) == 3 and
                "B" not in fabric.placed("web"), 15, "3 ready replicas without B")
     moved_in = time.monotonic() - lost_at

@@ -65,7 +65,7 @@ TICK = 0.25
 REPORT_EVERY = 1.0
 IMAGES_EVERY = 5.0
 ENDPOINTS_EVERY = 0.5
-FORWARD_TIMEOUT = 30.0
+FORWARD_TIMEOUT = 15.0
 CHECK_TIMEOUT = 3.0
 LEADING = (ROOT, ACTING_ROOT)
 USER_OPS = ("add", "ls", "info", "scale", "rm", "logs", "wake")
@@ -90,6 +90,7 @@ class Orchestrator:
         self.scheduler = Scheduler(ctx.node, self.client, lambda: self.store.current,
                                    self.my_lease, self.publish_event)
         self.images: set[str] = set()  # services whose image this node has
+        self._images_for: SpecSet | None = None  # the spec set self.images is of
         self._stop = threading.Event()
         self._report_due = threading.Event()
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
@@ -157,7 +158,8 @@ class Orchestrator:
             if not self.lease.may_claim(self.node, now, self.leading_since):
                 return False
             was = self.lease.held_by(self.node, now)
-            term = self.lease.claim(self.node, now, floor=self.store.current.term)
+            term = self.lease.claim(self.node, now, floor=max(
+                self.store.current.term, self.scheduler.highest_term()))
         if not was:
             log.info("node %s schedules services (term %d)", self.node, term)
         return True
@@ -217,7 +219,7 @@ class Orchestrator:
                 "docker": self.agent.docker, "error": self.agent.error,
                 "load": load_per_cpu(), "replicas": self.agent.rows(),
                 "images": sorted(self.images), "idle": self.relay.idle(now),
-                "specs": list(self.store.current.order)}
+                "specs": list(self.store.current.order), "lease": list(self.my_lease())}
         self.scheduler.heard(report_from_dict(body, now))
         self.relay.notify()
         self.client.publish(subjects.SERVICE_REPORT, _pack(body))
@@ -244,7 +246,8 @@ class Orchestrator:
             now = time.monotonic()
             try:
                 changed = self.agent.scan() | self.agent.probe()
-                if now >= next_images or changed:
+                if now >= next_images or changed or self._images_for != self.store.current:
+                    self._images_for = self.store.current
                     self._check_images()
                     next_images = now + IMAGES_EVERY
                 if changed or now >= next_report:
@@ -328,8 +331,13 @@ class Orchestrator:
                                    "tree does, once it runs the service service); try "
                                    "again in a few seconds")
             clean = {k: v for k, v in args.items() if not k.startswith("_")}
-            [r] = call(self.client, SERVICE, op, clean, node=holder,
-                       timeout=FORWARD_TIMEOUT)
+            try:
+                [r] = call(self.client, SERVICE, op, clean, node=holder,
+                           timeout=FORWARD_TIMEOUT)
+            except TimeoutError:
+                raise ServiceError(f"the scheduler, node {holder}, did not answer within "
+                                   f"{FORWARD_TIMEOUT:g}s (down? another takes over "
+                                   "within a few seconds)") from None
             if not r.ok:
                 raise ServiceError(r.error)
             return r.result

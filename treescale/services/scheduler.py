@@ -50,6 +50,7 @@ class NodeReport:
     idle: dict[str, float]  # service -> seconds unused, as this node saw it
     heard: float
     order: tuple[int, int] = (0, 0)
+    lease_term: int = 0  # the highest scheduler term this node has obeyed
 
 
 def report_from_dict(body: dict, now: float) -> NodeReport:
@@ -63,9 +64,10 @@ def report_from_dict(body: dict, now: float) -> NodeReport:
                                 str(r["state"]), r.get("address"), bool(r.get("ready"))))
         rids.add(str(r.get("rid")))
     order = body.get("specs") or (0, 0)
+    lease = body.get("lease") or (0, "")
     return NodeReport(view, replicas, rids, set(body.get("images") or ()),
                       {str(k): float(v) for k, v in (body.get("idle") or {}).items()},
-                      now, (int(order[0]), int(order[1])))
+                      now, (int(order[0]), int(order[1])), int(lease[0]))
 
 
 @dataclass
@@ -135,6 +137,12 @@ class Scheduler:
             best = max(self.reports.values(), key=lambda r: r.order, default=None)
         return (best.order, best.view.name) if best else ((0, 0), None)
 
+    def highest_term(self) -> int:
+        """The highest scheduler term any node reports having obeyed: a new
+        scheduler's term goes above it (it may never have heard that scheduler)."""
+        with self._lock:
+            return max((r.lease_term for r in self.reports.values()), default=0)
+
     def _expire(self, now: float) -> None:
         for name, r in list(self.reports.items()):
             if now - r.heard > REPORT_LOST:
@@ -173,6 +181,14 @@ class Scheduler:
 
     def _order_start(self, specs: SpecSet, action: Start, now: float) -> None:
         spec = specs.specs[action.service]
+        target = self.reports.get(action.node)
+        if target is not None and spec.name not in target.images and \
+                not any(spec.name in r.images for r in self.reports.values()):
+            # No node says it has the image (yet: reports follow a new spec within a
+            # second). Ordering now would fail; the next round looks again.
+            self.status.setdefault(spec.name, Status()).error = \
+                f"no node reports image {spec.image!r} (yet)"
+            return
         rid = new_rid()
         self.pending[rid] = Pending(Replica(spec.name, action.node, "pending:" + rid,
                                             PENDING), rid, now + START_TIMEOUT)
