@@ -211,11 +211,16 @@ def test_a_restarted_node_adopts_its_replica(fabric):
     wait_until(lambda: fabric.placed("web") == ["A", "B", "C"], 90, "3 replicas spread")
     before = {r["cid"] for r in fabric.service("web")["replicas"] if r["node"] == "C"}
     fabric.nodes["C"].kill()
+    # while C is away the specs move on: it catches up when it returns
+    fabric.ok("add", {**web(0, minimum=0), "name": "later"})
     fabric.nodes["C"].start()
     wait_until(lambda: fabric.placed("web") == ["A", "B", "C"] and
                sum(fabric.containers("web").values()) == 3, 60, "3 again")
     after = {r["cid"] for r in fabric.service("web")["replicas"] if r["node"] == "C"}
     assert after == before  # the same container, not a new one
+    versions = {n: _specs_version(fabric, n) for n in "ABC"}
+    wait_until(lambda: {_specs_version(fabric, n) for n in "ABC"} == {2}, 20,
+               f"C to catch up on the specs ({versions})")
 
 
 def test_scale_changes_the_count_live_and_the_endpoint_follows(fabric):
@@ -299,3 +304,9 @@ def _reals(fabric: Fabric, port: int) -> list:
                node="A", timeout=5)
     assert r.ok, r.error
     return r.result["reals"]
+
+
+def _specs_version(fabric: Fabric, node: str) -> int:
+    [r] = call(fabric.clients["A"], "service", "specs_get", {}, node=node, timeout=5)
+    assert r.ok, r.error
+    return r.result["version"]

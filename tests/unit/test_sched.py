@@ -202,3 +202,37 @@ def test_one_lease_at_a_time_and_a_stale_order_is_refused():
     assert b.holder == "n2"
     assert a.hear("n2", 2, 13.2) and not a.held_by("n1", 13.2)  # the old one steps down
     assert Lease().claim("n3", 0.0, floor=7) == 8  # above the stored specs' term
+
+
+# ------------------------------------------------------------------- fuzzing
+
+wire = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) |
+                    st.floats(allow_nan=True) | st.text(max_size=20) | st.binary(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) |
+                    st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+spec_keys = st.sampled_from(["name", "image", "replicas", "port", "group", "tag", "env",
+                             "command", "minimum", "maximum", "idle", "hold", "vip",
+                             "vip_node", "image_id"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.dictionaries(spec_keys, wire, max_size=15), st.booleans())
+def test_any_spec_from_the_wire_is_a_spec_or_a_spec_error(args, named):
+    if named:
+        args = {"name": "web", "image": "img:1", **args}
+    try:
+        s = spec_from_args(args)
+    except SpecError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    assert ServiceSpec.from_dict(s.to_dict()) == s
+    assert 0 <= s.replicas <= 100
+
+
+@settings(max_examples=300, deadline=None)
+@given(wire)
+def test_any_spec_set_from_the_wire_is_a_set_or_a_spec_error(data):
+    try:
+        SpecSet.from_dict(data)
+    except SpecError:
+        pass
