@@ -37,6 +37,7 @@ AUDIT_HANDLER = "$sys.audit.handler"
 CONFIG_VERSION = "$sys.config.version"
 CONFIG_APPLIED = "$sys.config.applied"
 DOCKER = "$sys.docker"  # $sys.docker.<node>.<action|engine|stats>
+IMAGE = "$sys.image"  # $sys.image.<node>.<action>: an image moving to a node (progress)
 HANDLERS = "$sys.handlers"  # $sys.handlers.<node>.result
 DURABLE_OVERFLOW = "$sys.durable.overflow"  # a durable dropped events for its retention
 # Services across the tree (treescale/services/orchestrator.py)
@@ -94,6 +95,16 @@ def docker_event(node: str, action: str) -> str:
 def docker_events(node: str | None = None) -> str:
     """The pattern of every Docker event of one node (or of all nodes)."""
     return f"{DOCKER}.{node or '*'}.>"
+
+
+def image_event(node: str, action: str) -> str:
+    """``$sys.image.<node>.<action>``: an image transfer to ``node`` (progress, ...)."""
+    return f"{IMAGE}.{node}.{action}"
+
+
+def image_events(node: str | None = None) -> str:
+    """The pattern of every image transfer event of one node (or of all nodes)."""
+    return f"{IMAGE}.{node or '*'}.*"
 
 
 def docker_stats(node: str | None = None) -> str:
