@@ -16,10 +16,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import msgpack
 import pytest
 
 from tests import dockerkit
-from tests.conftest import ROOT, secure, wait_until
+from tests.conftest import ADMIN, ROOT, secure, wait_until
 from tests.dockerkit import IMAGE, docker_service_answers, httpd_command
 
 docker_client = dockerkit.docker_client
@@ -142,3 +143,41 @@ def test_operator_errors_are_one_line_and_create_nothing(service_node, names):
     assert "exists already" in line
     assert [s["name"] for s in ls_json(n.address)["services"]] == [taken]
     assert tsctl("rm", taken, "-a", n.address).returncode == 0
+
+
+def test_the_wait_view_draws_image_transfers_and_does_without_sys(node_factory, clients):
+    """`add --wait` follows $sys.image.<node>.progress into a bar per transfer; a
+    token without `sys` may not subscribe there: the view goes on without bars."""
+    from tsctl.service_cmd import Watch
+
+    from treescale import subjects
+
+    n = node_factory("s1", secure({"tokens": {ADMIN: ["*"],
+                                              "ops": ["pub", "sub", "service"]}}))
+    publisher = clients(n.address, name="images")
+    body = {"node": "s1", "image": IMAGE, "bytes": 300, "total": 1200}
+
+    def progress() -> None:
+        publisher.publish(subjects.image_event("s1", "progress"), msgpack.packb(body))
+        publisher.flush()
+
+    admin = clients(n.address, token=ADMIN)
+    seeing = Watch(admin, "web", as_json=False, wait=True)
+    seeing.enabled = True  # as at a terminal (the live display itself is not started)
+    with seeing:
+        progress()
+        wait_until(lambda: seeing.transfers, 10, "the progress event")
+        [task] = seeing.progress.tasks
+        assert (task.completed, task.total) == (300, 1200)
+        assert task.description == f"{IMAGE} to s1"
+
+    ops = clients(n.address, token="ops", on_error=lambda e: None)
+    blind = Watch(ops, "web", as_json=False, wait=True)
+    blind.enabled = True
+    with blind:
+        progress()
+        ops.subscribe("probe.after")  # the same connection: events come in order
+        publisher.publish("probe.after", b"x")
+        assert ops.next_event(5) is not None
+        assert not blind.transfers and not blind.progress.tasks
+        assert any("sys" in str(e) for e in ops.errors), list(ops.errors)
