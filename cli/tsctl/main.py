@@ -21,6 +21,7 @@ COMMAND_MODULES: dict[str, str] = {
     "event": "event_cmd", "config": "config_cmd", "lb": "lb_cmd", "monitor": "monitor",
     "docker": "docker_cmd", "build": "build_cmd", "teardown": "build_cmd",
     "doctor": "doctor_cmd", "keys": "keys_cmd", "durable": "durable_cmd",
+    "service": "service_cmd",
 }
 
 
