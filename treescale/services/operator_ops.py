@@ -156,7 +156,7 @@ class OperatorOps:
     def info(self, args: dict, emit: Any) -> dict:
         spec = self.spec(args)
         return {**self.o.scheduler.describe(spec), "spec": spec.to_dict(),
-                "version": self.o.store.current.version, "scheduler": self.node}
+                "version": self.o.store.current.version, "scheduler": self.o.node}
 
     def logs(self, args: dict, emit: Any) -> dict:
         spec = self.spec(args)
