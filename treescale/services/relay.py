@@ -110,7 +110,7 @@ class RequestRelay:
                                  f"(tsctl service info {name})")
             with self.changed:
                 self.changed.wait(min(left, 0.5))
-            tried.clear() if not ready else None
+            tried.clear()  # every ready one failed: after a pause, each may again
             spec = self.spec_of(name) or spec
             self.used[name] = time.monotonic()
 
