@@ -101,6 +101,18 @@ def short(cid: str | None) -> str:
     return (cid or "")[:12]
 
 
+def waiting(what: str) -> Callable:
+    """--wait/--no-wait, --timeout and the node options of a command that waits."""
+    def decorate(fn: Callable) -> Callable:
+        fn = friendly(fn)
+        fn = node_options(timeout=click.option(
+            "--timeout", type=click.FloatRange(min=0.1), default=WAIT_TIMEOUT,
+            show_default=True, help="Give up after this many seconds."))(fn)
+        return click.option("--wait/--no-wait", default=True, show_default=True,
+                            help=what)(fn)
+    return decorate
+
+
 @click.group()
 def service() -> None:
     """Services across the tree: replicas of an image kept running (permission: service)."""
@@ -140,12 +152,7 @@ def parse_env(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("--vip", metavar="IP:PORT", help="An L4 endpoint for the service (lb).")
 @click.option("--vip-node", metavar="NODE",
               help="The node whose lb holds --vip (default: the scheduler).")
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Wait until every replica is ready.")
-@node_options(timeout=click.option(
-    "--timeout", type=click.FloatRange(min=0.1), default=WAIT_TIMEOUT, show_default=True,
-    help="Give up after this many seconds."))
-@friendly
+@waiting("Wait until every replica is ready.")
 def add(name: str, command: tuple[str, ...], image: str, replicas: int | None,
         port: int | None, group: str | None, tag: str | None, env: tuple[str, ...],
         minimum: int | None, maximum: int | None, idle: float | None, hold: float | None,
@@ -407,12 +414,7 @@ def info(name: str, as_json: bool, wide: bool, address: str, token: str | None,
 @service.command("scale")
 @click.argument("name")
 @click.argument("replicas", type=click.IntRange(min=0))
-@click.option("--wait/--no-wait", default=True, show_default=True,
-              help="Wait until exactly REPLICAS are ready.")
-@node_options(timeout=click.option(
-    "--timeout", type=click.FloatRange(min=0.1), default=WAIT_TIMEOUT, show_default=True,
-    help="Give up after this many seconds."))
-@friendly
+@waiting("Wait until exactly REPLICAS are ready.")
 def scale(name: str, replicas: int, wait: bool, as_json: bool, address: str,
           token: str | None, timeout: float) -> None:
     """Run REPLICAS replicas of service NAME."""

@@ -31,7 +31,13 @@ from typing import Any
 
 from treescale.sched.plan import Replica
 from treescale.sched.spec import ServiceSpec
-from treescale.services.docker import Engine, ServiceError, addresses
+from treescale.services.docker import (
+    Engine,
+    ServiceError,
+    addresses,
+    explain,
+    remove_quietly,
+)
 
 log = logging.getLogger("treescale.service")
 
@@ -177,13 +183,13 @@ class ReplicaAgent:
             raise ServiceError(f"image {spec.image!r} is not on node {self.node}") from None
         except docker.errors.APIError as exc:
             raise ServiceError(f"cannot create a replica of {spec.name} on node "
-                               f"{self.node}: {_explain(exc)}") from None
+                               f"{self.node}: {explain(exc)}") from None
         try:
             container.start()
         except docker.errors.APIError as exc:
-            _remove_quietly(container)
+            remove_quietly(container)
             raise ServiceError(f"cannot start a replica of {spec.name} on node "
-                               f"{self.node}: {_explain(exc)}") from None
+                               f"{self.node}: {explain(exc)}") from None
         self.scan()
         return {"node": self.node, "cid": container.id[:12], "rid": rid,
                 "name": container.name}
@@ -220,18 +226,11 @@ def _stop_remove(container: Any) -> None:
         container.stop(timeout=STOP_TIMEOUT)
     except Exception:
         pass
-    _remove_quietly(container)
+    remove_quietly(container)
 
 
-def _remove_quietly(container: Any) -> None:
-    try:
-        container.remove(force=True)
-    except Exception:
-        pass
 
 
-def _explain(exc: Any) -> str:
-    return " ".join(str(getattr(exc, "explanation", None) or exc).split())
 
 
 def _state(engine_state: str) -> str:

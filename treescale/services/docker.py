@@ -197,7 +197,7 @@ def event_body(node: str, ev: dict) -> tuple[str, dict]:
     return action, body
 
 
-def _explain(exc: Any) -> str:
+def explain(exc: Any) -> str:
     """The engine's own words for an API error, on one line."""
     text = str(getattr(exc, "explanation", None) or exc)
     return " ".join(text.split())
@@ -285,6 +285,38 @@ class Engine:
         return docker.APIClient(version=self._version, timeout=None,
                                 **docker.utils.kwargs_from_env(environment=self._env()))
 
+    def error_of(self, exc: Exception) -> ServiceError | None:
+        """What a caller is told of an engine failure, in one line (None: not one)."""
+        if not isinstance(exc, ConnectionError) and "docker.errors" not in sys.modules:
+            return None  # the SDK never loaded: this is none of its errors
+        import docker.errors
+        import requests.exceptions
+
+        if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError):
+            self.lost()
+            return self.unreachable(exc)
+        if isinstance(exc, docker.errors.APIError):
+            return ServiceError(f"docker on node {self.node}: {explain(exc)}")
+        if isinstance(exc, docker.errors.DockerException):
+            return ServiceError(f"docker on node {self.node}: {exc}")
+        return None
+
+    def guard(self, fn: Callable[[dict, Emit], Any]) -> Callable[[dict, Emit], Any]:
+        """A service op whose engine failures reach the caller as one clear line."""
+
+        def handler(args: dict, emit: Emit) -> Any:
+            try:
+                return fn(args, emit)
+            except ServiceError:
+                raise
+            except Exception as exc:
+                error = self.error_of(exc)
+                if error is None:
+                    raise
+                raise error from None
+
+        return handler
+
     def lost(self) -> None:
         """Forget the connection (the engine went away); the next call reconnects."""
         with self._lock:
@@ -352,7 +384,7 @@ class DockerService:
                "rmi": self.rmi, "info": self.info}
         # Log follows hold a worker for their duration: room for several at once.
         self.endpoint = ServiceEndpoint(ctx, "docker",
-                                        {op: self._guarded(fn) for op, fn in ops.items()},
+                                        {op: self.engine.guard(fn) for op, fn in ops.items()},
                                         workers=16)
         self._watcher = threading.Thread(target=self._watch_events, daemon=True,
                                          name=f"docker-events@{ctx.node}")
@@ -370,38 +402,6 @@ class DockerService:
         self.engine.close()
 
     # ---------------------------------------------------------------- plumbing
-
-    def _guarded(self, fn: Callable[[dict, Emit], Any]) -> Callable[[dict, Emit], Any]:
-        """Engine failures -> one clear error line for the caller."""
-
-        def handler(args: dict, emit: Emit) -> Any:
-            try:
-                return fn(args, emit)
-            except ServiceError:
-                raise
-            except Exception as exc:
-                error = self._engine_error(exc)
-                if error is None:
-                    raise
-                raise error from None
-
-        return handler
-
-    def _engine_error(self, exc: Exception) -> ServiceError | None:
-        """What the caller is told of an engine failure (None: not one)."""
-        if not isinstance(exc, ConnectionError) and "docker.errors" not in sys.modules:
-            return None  # the SDK never loaded: this is none of its errors
-        import docker.errors
-        import requests.exceptions
-
-        if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError):
-            self.engine.lost()
-            return self.engine.unreachable(exc)
-        if isinstance(exc, docker.errors.APIError):
-            return ServiceError(f"docker on node {self.node}: {_explain(exc)}")
-        if isinstance(exc, docker.errors.DockerException):
-            return ServiceError(f"docker on node {self.node}: {exc}")
-        return None
 
     def _container(self, ref: Any) -> Any:
         if not isinstance(ref, str) or not ref:
@@ -476,14 +476,14 @@ class DockerService:
             except docker.errors.APIError as exc:
                 done = f" (started before the failure: {', '.join(s['name'] for s in started)})"
                 raise ServiceError(f"cannot create a container of {image!r} on node "
-                                   f"{self.node}: {_explain(exc)}"
+                                   f"{self.node}: {explain(exc)}"
                                    f"{done if started else ''}") from None
             try:
                 c.start()
             except docker.errors.APIError as exc:
                 remove_quietly(c)
                 raise ServiceError(f"cannot start {c.name} on node {self.node}: "
-                                   f"{_explain(exc)}") from None
+                                   f"{explain(exc)}") from None
             started.append({"id": c.id[:12], "full_id": c.id, "name": c.name})
         return started
 
@@ -630,7 +630,7 @@ class DockerService:
                                   if k in line})
         except docker.errors.APIError as exc:
             raise ServiceError(f"cannot pull {image!r} on node {self.node}: "
-                               f"{_explain(exc)}") from None
+                               f"{explain(exc)}") from None
         img = client.images.get(f"{repo}:{tag or 'latest'}")
         return {"image": image, "id": img.id.split(":")[-1][:12], "tags": img.tags,
                 "status": (last or {}).get("status")}

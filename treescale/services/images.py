@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +35,7 @@ from typing import Any
 from treescale import subjects
 from treescale.images_plan import ChunkPlan, PlanError
 from treescale.services import ServiceContext
-from treescale.services.docker import Engine
+from treescale.services.docker import Engine, explain
 from treescale.services.image_cache import ImageCache, id_hex
 from treescale.services.rpc import Emit, ServiceEndpoint, ServiceError, call
 
@@ -55,9 +54,6 @@ class _NoAnswer(ServiceError):
     """A remote call timed out (worth another try, unlike a refusal)."""
 
 
-def _explain(exc: Any) -> str:
-    """The engine's own words for an API error, on one line."""
-    return " ".join(str(getattr(exc, "explanation", None) or exc).split())
 
 
 def _text(args: dict, key: str) -> str:
@@ -111,7 +107,7 @@ class ImageService:
         ops = {"has": self.has, "offer": self.offer, "read": self.read,
                "fetch": self.fetch}
         self.endpoint = ServiceEndpoint(ctx, SERVICE,
-                                        {op: self._guarded(fn) for op, fn in ops.items()},
+                                        {op: self.engine.guard(fn) for op, fn in ops.items()},
                                         workers=16)
         self.client = self.endpoint.client
 
@@ -125,28 +121,6 @@ class ImageService:
 
     # ---------------------------------------------------------------- plumbing
 
-    def _guarded(self, fn: Callable[[dict, Emit], Any]) -> Callable[[dict, Emit], Any]:
-        def handler(args: dict, emit: Emit) -> Any:
-            try:
-                return fn(args, emit)
-            except ServiceError:
-                raise
-            except Exception as exc:
-                import requests.exceptions
-
-                if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError):
-                    self.engine.lost()
-                    raise self.engine.unreachable(exc) from None
-                if "docker.errors" in sys.modules:
-                    import docker.errors
-
-                    if isinstance(exc, docker.errors.DockerException):
-                        raise ServiceError(f"docker on node {self.node}: "
-                                           f"{_explain(exc)}") from None
-                raise
-
-        return handler
-
     def _image(self, ref: str) -> Any:
         """The engine's image for a reference or id, or a clear error."""
         docker = self.engine.sdk()
@@ -157,7 +131,7 @@ class ImageService:
         except docker.errors.APIError as exc:  # a malformed reference
             if exc.status_code in (400, 404):
                 raise ServiceError(f"image {ref} not found on node {self.node}: "
-                                   f"{_explain(exc)}") from None
+                                   f"{explain(exc)}") from None
             raise
 
     def _publish(self, action: str, data: dict) -> None:
