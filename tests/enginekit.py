@@ -7,8 +7,9 @@ with its own dockerd started by ``nsenter --net`` (never ``ip netns exec``: it r
 the namespace and its published ports are reachable from the host at ``Machine.ip``;
 the host's engine and its docker0 are untouched.
 
-Everything a run makes is named with ``PREFIX`` (namespaces, veths, the temp dir), so
-``clean_leftovers`` can remove what an earlier crashed run left, and only that.
+Everything a run makes is named with ``PREFIX`` and the run's pid (namespaces, veths,
+the temp dir), so ``clean_leftovers`` removes what an earlier crashed run left, and
+only that: runs that overlap (two test sessions) never touch each other's.
 
 Owns: the machines' namespaces, veths, engines, their directories and teardown.
 Must not touch: the host's engine (it only reads images from it), anything not named
@@ -18,6 +19,7 @@ with ``PREFIX``.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -52,20 +54,36 @@ def _routed_thirds() -> set[int]:
     return taken
 
 
-def _dockerd_pids(marker: str) -> list[int]:
-    """Pids of dockerd processes whose command line contains ``marker``."""
+def _pids_mentioning(marker: str, program: str | None = None) -> list[int]:
+    """Pids of processes (``program`` only, if given) whose command line contains
+    ``marker`` (a path of ours): dockerd, its containerd, shims that outlived it."""
     pids = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv and Path(argv[0].decode(errors="replace")).name == "dockerd" and \
-                any(marker.encode() in a for a in argv):
+        if not argv or (program and Path(argv[0].decode(errors="replace")).name != program):
+            continue
+        if any(marker.encode() in a for a in argv):
             pids.append(int(entry.name))
     return pids
+
+
+def _dockerd_pids(marker: str) -> list[int]:
+    return _pids_mentioning(marker, "dockerd")
+
+
+_OWNED = re.compile(rf"^{PREFIX}-?(\d+)")  # the pid of the run that made a name
+
+
+def _owner_gone(name: str) -> bool:
+    """Whether ``name`` (a dir, netns or link of ours) belongs to a run that ended:
+    a live run's things are never touched (runs may overlap)."""
+    m = _OWNED.match(name)
+    return bool(m) and not _alive(int(m.group(1)))
 
 
 def _alive(pid: int) -> bool:
@@ -110,29 +128,31 @@ def _unmount_under(root: Path) -> None:
         sh("umount", "-R", "-l", point, check=False)
 
 
-def _owner_alive(pid_text: str) -> bool:
-    return pid_text.isdigit() and _alive(int(pid_text))
-
-
 def clean_leftovers() -> None:
-    """Remove what an earlier crashed run of this kit left: its dockerds, mounts,
-    namespaces and temp dirs (names starting with ``PREFIX``), but only a run whose
-    process is gone: two runs at once (a benchmark beside the tests) leave each
-    other alone. A namespace's veth goes with it."""
+    """Remove what an earlier crashed run of this kit left (names starting with
+    ``PREFIX`` and the pid of a run that is gone): its dockerds and every process under
+    its dirs (containerd, shims), mounts, namespaces, host-side veths and temp dirs."""
     tmp = Path(tempfile.gettempdir())
     for d in tmp.glob(f"{PREFIX}-*"):
-        owner = (d / "owner").read_text().strip() if (d / "owner").exists() else ""
-        if _owner_alive(owner):
+        if not _owner_gone(d.name):
             continue
-        for pid in _dockerd_pids(f"{d}/"):
+        for pid in _dockerd_pids(str(d)):
             _terminate(pid, 10.0)
+        for pid in _pids_mentioning(str(d)):
+            _terminate(pid, 5.0)
         _unmount_under(d)
         shutil.rmtree(d, ignore_errors=True)
-    for ns in sh("ip", "netns", "list", check=False).stdout.split("\n"):
-        name = ns.split(" ")[0]
-        parts = name.split("-")
-        if name.startswith(PREFIX) and not (len(parts) > 1 and _owner_alive(parts[1])):
+    for name in _own_netns():
+        if _owner_gone(name):
             sh("ip", "netns", "del", name, check=False)
+    for link in _own_links():
+        if _owner_gone(link):
+            sh("ip", "link", "del", link, check=False)
+
+
+def _own_netns() -> list[str]:
+    out = sh("ip", "netns", "list", check=False).stdout
+    return [line.split(" ")[0] for line in out.splitlines() if line.startswith(PREFIX)]
 
 
 def _own_links() -> list[str]:
@@ -142,18 +162,17 @@ def _own_links() -> list[str]:
     return [n for n in names if n.startswith(PREFIX)]
 
 
-def own_leftovers() -> list[str]:
-    """What this process's runs left (namespaces, dockerds): empty after teardown."""
-    me = str(os.getpid())
-    found = [f"netns {line.split(' ')[0]}" for line in
-             sh("ip", "netns", "list", check=False).stdout.splitlines()
-             if line.startswith(f"{PREFIX}-{me}-")]
+def own_leftovers(pid: int | None = None) -> list[str]:
+    """What run ``pid`` (default: this process) still has (namespaces, veths, temp
+    dirs, processes under them): empty after its teardown."""
+    pid = os.getpid() if pid is None else pid
     tmp = Path(tempfile.gettempdir())
-    for d in tmp.glob(f"{PREFIX}-*"):
-        owner = d / "owner"
-        if owner.exists() and owner.read_text().strip() == me:
-            found += [f"dockerd pid {pid}" for pid in _dockerd_pids(f"{d}/")]
-            found.append(f"dir {d}")
+    mine = re.compile(rf"^{PREFIX}-?{pid}\D")
+    found = [f"netns {n}" for n in _own_netns() if mine.match(n)]
+    found += [f"link {n}" for n in _own_links() if mine.match(n)]
+    for d in tmp.glob(f"{PREFIX}-{pid}-*"):
+        found.append(f"dir {d}")
+        found += [f"pid {p}" for p in _pids_mentioning(str(d))]
     return found
 
 
@@ -164,8 +183,8 @@ class Machine:
         self.name = name
         self.k = k
         self.netns = f"{PREFIX}-{tag}-{name}"
-        self.host_veth = f"{PREFIX}{k}h"
-        self.ns_veth = f"{PREFIX}{k}n"
+        self.host_veth = f"{PREFIX}{tag}h{k}"  # at most 15 characters
+        self.ns_veth = f"{PREFIX}{tag}n{k}"
         self.host_ip = f"{SUBNET}.{k}.1"
         self.ip = f"{SUBNET}.{k}.2"
         self.dir = root / name
@@ -266,8 +285,11 @@ class Machine:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait(10)
-        # nsenter execs dockerd (same pid); a dockerd still there is one we lost track of
-        for pid in _dockerd_pids(str(self.data_root)):
+        # nsenter execs dockerd (same pid); a dockerd still there is one we lost track
+        # of, and a shim still there holds a container that outlived its engine
+        for pid in _dockerd_pids(str(self.dir)):
+            _terminate(pid, 5.0)
+        for pid in _pids_mentioning(str(self.dir)):
             _terminate(pid, 5.0)
         self._proc = None
 
@@ -319,9 +341,8 @@ def machines(count: int, image: str | None = IMAGE,
     engines of the machines at the indexes ``image_on``. Torn down on exit, even on
     failure."""
     clean_leftovers()
-    tag = str(os.getpid())
-    root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))
-    (root / "owner").write_text(tag)
+    tag = str(os.getpid())  # whose things these are: clean_leftovers spares live runs
+    root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-{tag}-"))
     taken = _routed_thirds()
     free = [k for k in range(10, 250) if k not in taken][:count]
     if len(free) < count:

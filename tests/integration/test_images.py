@@ -106,6 +106,9 @@ def test_c_fetches_from_a_two_hops_then_runs_it(chain):
     assert events[subjects.image_event("C", "fetch")]["id"] == a_id
     assert events[subjects.image_event("C", "fetch")]["source"] == "A"
     assert events[subjects.image_event("C", "loaded")]["bytes"] == offered["size"]
+    ticks = [d for n, d in seen if n == subjects.image_event("C", "progress")]
+    assert ticks[-1]["bytes"] == ticks[-1]["total"] == offered["size"]
+    assert len(ticks) <= 4 * result["seconds"] + 2  # a few a second, not one a chunk
 
     again = fetch_image(client, "C", IMAGE, "A", timeout=60)
     assert again["already"] is True and again["id"] == a_id and again["bytes"] == 0
@@ -118,10 +121,15 @@ def test_c_fetches_from_a_two_hops_then_runs_it(chain):
 
 def test_an_unknown_image_fails_in_one_line_and_leaves_nothing(chain):
     nodes, client, (a, b, c) = chain
+    failed: list = []
+    client.subscribe(subjects.image_event("C", "failed"),
+                     handler=lambda ev: failed.append(P.loads(ev.data)))
     with pytest.raises(ServiceError) as caught:
         fetch_image(client, "C", "no-such-image:0", "A", timeout=60)
     line = str(caught.value)
     assert "no-such-image:0" in line and "node A" in line and "\n" not in line
+    wait_until(lambda: failed, 10, "C's failed event")
+    assert failed[0]["error"] == line and failed[0]["source"] == "A"
     assert not list(_cache(nodes["C"]).glob(".partial-*"))
     assert not list(_cache(nodes["C"]).glob("*.tar"))
     # The legitimate fetch still works.
