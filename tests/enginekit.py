@@ -110,21 +110,29 @@ def _unmount_under(root: Path) -> None:
         sh("umount", "-R", "-l", point, check=False)
 
 
+def _owner_alive(pid_text: str) -> bool:
+    return pid_text.isdigit() and _alive(int(pid_text))
+
+
 def clean_leftovers() -> None:
     """Remove what an earlier crashed run of this kit left: its dockerds, mounts,
-    namespaces, host-side veths and temp dirs (names starting with ``PREFIX``)."""
+    namespaces and temp dirs (names starting with ``PREFIX``), but only a run whose
+    process is gone: two runs at once (a benchmark beside the tests) leave each
+    other alone. A namespace's veth goes with it."""
     tmp = Path(tempfile.gettempdir())
-    for pid in _dockerd_pids(f"{tmp}/{PREFIX}-"):
-        _terminate(pid, 10.0)
     for d in tmp.glob(f"{PREFIX}-*"):
+        owner = (d / "owner").read_text().strip() if (d / "owner").exists() else ""
+        if _owner_alive(owner):
+            continue
+        for pid in _dockerd_pids(f"{d}/"):
+            _terminate(pid, 10.0)
         _unmount_under(d)
         shutil.rmtree(d, ignore_errors=True)
     for ns in sh("ip", "netns", "list", check=False).stdout.split("\n"):
         name = ns.split(" ")[0]
-        if name.startswith(PREFIX):
+        parts = name.split("-")
+        if name.startswith(PREFIX) and not (len(parts) > 1 and _owner_alive(parts[1])):
             sh("ip", "netns", "del", name, check=False)
-    for link in _own_links():
-        sh("ip", "link", "del", link, check=False)
 
 
 def _own_links() -> list[str]:
@@ -135,13 +143,17 @@ def _own_links() -> list[str]:
 
 
 def own_leftovers() -> list[str]:
-    """What of ours is still there (namespaces, veths, dockerds): empty after teardown."""
-    tmp = Path(tempfile.gettempdir())
+    """What this process's runs left (namespaces, dockerds): empty after teardown."""
+    me = str(os.getpid())
     found = [f"netns {line.split(' ')[0]}" for line in
              sh("ip", "netns", "list", check=False).stdout.splitlines()
-             if line.startswith(PREFIX)]
-    found += [f"link {name}" for name in _own_links()]
-    found += [f"dockerd pid {pid}" for pid in _dockerd_pids(f"{tmp}/{PREFIX}-")]
+             if line.startswith(f"{PREFIX}-{me}-")]
+    tmp = Path(tempfile.gettempdir())
+    for d in tmp.glob(f"{PREFIX}-*"):
+        owner = d / "owner"
+        if owner.exists() and owner.read_text().strip() == me:
+            found += [f"dockerd pid {pid}" for pid in _dockerd_pids(f"{d}/")]
+            found.append(f"dir {d}")
     return found
 
 
@@ -307,8 +319,9 @@ def machines(count: int, image: str | None = IMAGE,
     engines of the machines at the indexes ``image_on``. Torn down on exit, even on
     failure."""
     clean_leftovers()
-    tag = f"{os.getpid() % 100000}"
+    tag = str(os.getpid())
     root = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-"))
+    (root / "owner").write_text(tag)
     taken = _routed_thirds()
     free = [k for k in range(10, 250) if k not in taken][:count]
     if len(free) < count:
