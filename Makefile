@@ -71,6 +71,7 @@ bench: install  ## TreeScale against Redis, NATS, Mosquitto and raw pyzmq, same 
 	$(PY) -m bench.run --install-peers --json $(BENCH_JSON) $(BENCH_ARGS)
 	$(PY) -m bench.tree_failover
 	$(PY) -m bench.silent_link     # root: two network namespaces
+	$(PY) -m bench.services        # root: three Docker machines (a dockerd per namespace)
 	$(PY) -m bench.tree_scale --nodes 100
 	$(PY) -m bench.node_memory     # one node's RSS: default services, services = []
 	$(PY) -m bench.curve           # CURVE on vs off, same run
