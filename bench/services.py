@@ -68,13 +68,14 @@ def until(predicate: Callable[[], Any], timeout: float, what: str,
 
 
 class Watch:
-    """Events a client saw, with their arrival time: node down/root, service events."""
+    """Events a client saw, with their arrival time: node down/root, the service's
+    events, image transfers."""
 
     def __init__(self, client: Client) -> None:
         self.seen: list[tuple[float, str, dict]] = []
         self._lock = threading.Lock()
         for pattern in (subjects.NODE_DOWN, subjects.NODE_ROOT,
-                        subjects.service_events(SERVICE)):
+                        subjects.service_events(SERVICE), subjects.image_events()):
             client.subscribe(pattern, handler=self._on)
 
     def _on(self, ev: Any) -> None:
@@ -234,6 +235,11 @@ def measure_add(f: Fabric, cold: bool, runs: int, verbose: bool, out: list[dict]
                   if at >= t0 and name == subjects.service_event(SERVICE, "started")]
         if starts:
             row["last_started"] = round(max(starts) - t0, 3)
+        loads = [(at, body) for at, name, body in f.watch.seen
+                 if at >= t0 and name.endswith(".loaded")]
+        if loads:  # the image transfers (cold): the slowest, and when it was loaded
+            row["fetch"] = max(float(body.get("seconds") or 0) for _, body in loads)
+            row["last_loaded"] = round(max(at for at, _ in loads) - t0, 3)
         out.append(row)
         if verbose:
             print(row, flush=True)

@@ -248,7 +248,11 @@ class Orchestrator:
                 changed = self.agent.scan() | self.agent.probe()
                 if now >= next_images or changed or self._images_for != self.store.current:
                     self._images_for = self.store.current
+                    had = self.images
                     self._check_images()
+                    # a new spec's image is found here: say so now, not at the next
+                    # report (the scheduler starts no replica before some node does)
+                    changed = changed or self.images != had
                     next_images = now + IMAGES_EVERY
                 if changed or now >= next_report:
                     self._report(now)
