@@ -172,7 +172,7 @@ class Fabric:
 
     def containers(self) -> int:
         """Replica containers of the service in every running engine."""
-        return sum(len(m.client().containers.list(
+        return sum(len(m.client().api.containers(
             all=True, filters={"label": f"treescale.service={SERVICE}"}))
             for m in self.machines.values() if m.engine_running)
 

@@ -93,7 +93,7 @@ class Fabric:
             machine = self.machines[m]
             if not machine.engine_running:
                 continue
-            out[m] = len(machine.client().containers.list(
+            out[m] = len(machine.client().api.containers(
                 filters={"label": f"treescale.service={name}"}))
         return out
 
