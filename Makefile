@@ -72,6 +72,7 @@ bench: install  ## TreeScale against Redis, NATS, Mosquitto and raw pyzmq, same 
 	$(PY) -m bench.tree_failover
 	$(PY) -m bench.silent_link     # root: two network namespaces
 	$(PY) -m bench.services        # root: three Docker machines (a dockerd per namespace)
+	$(PY) -m bench.images          # root: an image streamed two hops vs docker save | docker load
 	$(PY) -m bench.tree_scale --nodes 100
 	$(PY) -m bench.node_memory     # one node's RSS: default services, services = []
 	$(PY) -m bench.curve           # CURVE on vs off, same run
