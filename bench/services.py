@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import ADMIN, NodeProcess, secure
-from tests.dockerkit import httpd_command
+from tests.dockerkit import httpd_command, services_answering
 from tests.enginekit import IMAGE, Machine, machines
 from treescale import Client, subjects
 from treescale import protocol as P
@@ -149,17 +149,7 @@ class Fabric:
         return result["scheduler"] if result else None
 
     def reporting(self) -> set[str]:
-        """Nodes that answer an image_check (their service service runs)."""
-        found = set()
-        for n in self.nodes:
-            try:
-                [r] = call(self.clients["A"], "service", "image_check", {"image": IMAGE},
-                           node=n, timeout=2)
-                if r.ok:
-                    found.add(n)
-            except TimeoutError:
-                pass
-        return found
+        return services_answering(self.clients["A"], self.nodes)
 
     def placed(self, at: str = "A") -> list[str]:
         """Nodes of the ready replicas, once the service has exactly its count."""
@@ -175,6 +165,13 @@ class Fabric:
         return sum(len(m.client().api.containers(
             all=True, filters={"label": f"treescale.service={SERVICE}"}))
             for m in self.machines.values() if m.engine_running)
+
+    def spread_out(self) -> None:
+        """Three replicas, one per node, from whatever runs now."""
+        if not self.spread():
+            self.remove()
+            self.add()
+            until(self.spread, 120, "3 spread")
 
     def spread(self, at: str = "A") -> bool:
         return self.placed(at) == ["A", "B", "C"] and self.containers() == 3
@@ -259,10 +256,7 @@ def _images_seen(f: Fabric, cold: bool) -> bool:
 
 def measure_reschedule(f: Fabric, runs: int, verbose: bool, out: list[dict]) -> None:
     f.make_warm()
-    if not f.spread():
-        f.remove()
-        f.add()
-        until(f.spread, 120, "3 spread")
+    f.spread_out()
     b = f.nodes["B"]
     for i in range(runs):
         t0 = time.monotonic()
@@ -282,10 +276,7 @@ def measure_reschedule(f: Fabric, runs: int, verbose: bool, out: list[dict]) -> 
 
 
 def measure_failover(f: Fabric, runs: int, verbose: bool, out: list[dict]) -> None:
-    if not f.spread():
-        f.remove()
-        f.add()
-        until(f.spread, 120, "3 spread")
+    f.spread_out()
     a = f.nodes["A"]
     for i in range(runs):
         t0 = time.monotonic()

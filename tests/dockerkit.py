@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -80,6 +80,22 @@ def docker_service_answers(client: Any, node: str) -> bool:
     except TimeoutError:
         return False
     return r.ok and r.result["events"]
+
+
+def services_answering(client: Any, nodes: Iterable[str]) -> set[str]:
+    """The nodes whose service orchestrator answers (an image_check round trip)."""
+    from treescale.services.rpc import call
+
+    found = set()
+    for node in nodes:
+        try:
+            [r] = call(client, "service", "image_check", {"image": IMAGE}, node=node,
+                       timeout=2)
+        except TimeoutError:
+            continue
+        if r.ok:
+            found.add(node)
+    return found
 
 
 @pytest.fixture

@@ -12,7 +12,12 @@ import time
 import pytest
 
 from tests.conftest import free_port, secure, wait_until
-from tests.dockerkit import IMAGE, docker_client, httpd_command  # noqa: F401 - fixture
+from tests.dockerkit import (  # noqa: F401 - docker_client: a fixture
+    IMAGE,
+    docker_client,
+    httpd_command,
+    services_answering,
+)
 from tests.enginekit import three_machines  # noqa: F401 - fixture
 from treescale import protocol as P
 from treescale import subjects
@@ -58,17 +63,7 @@ class Fabric:
         return result["scheduler"] if ok else None
 
     def reporting(self, at: str) -> set[str]:
-        """Nodes whose report the scheduler holds, from an image_check round trip."""
-        found = set()
-        for n in self.nodes:
-            try:
-                [r] = call(self.clients[at], "service", "image_check", {"image": IMAGE},
-                           node=n, timeout=2)
-                if r.ok:
-                    found.add(n)
-            except TimeoutError:
-                pass
-        return found
+        return services_answering(self.clients[at], self.nodes)
 
     def service(self, name: str, at: str = "A") -> dict | None:
         try:
