@@ -29,7 +29,6 @@ from treescale.client_durable import MAX_UNCONFIRMED, replay_args, subscribe_arg
 from treescale.client_io import (
     BATCH_EVENTS,
     BYE,
-    HEARTBEAT,
     KEY_REFUSED,
     MAX_QUEUED,
     MONITOR_EVENTS,
@@ -39,6 +38,7 @@ from treescale.client_io import (
     configure_socket,
     pack_many,
     pack_outbox,
+    ping_after,
     token_or_env,
 )
 from treescale.frames import as_views, parse_monitor_message
@@ -432,7 +432,8 @@ class AsyncClient:
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT)
+            await self._is_ready.wait()  # client_timeout comes with the ready
+            await asyncio.sleep(ping_after(self.core.limits))
             if self.core.ready:
                 await self._sock.send_multipart(P.encode_ping(0))
 

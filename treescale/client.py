@@ -46,7 +46,6 @@ from treescale.client_durable_api import DurableSurface
 from treescale.client_io import (
     BYE,
     COMMAND,
-    HEARTBEAT,
     KEY_REFUSED,
     MAX_QUEUED,
     MONITOR_EVENTS,
@@ -55,6 +54,7 @@ from treescale.client_io import (
     Outbox,
     configure_socket,
     pack_outbox,
+    ping_after,
     token_or_env,
 )
 from treescale.frames import (
@@ -398,7 +398,7 @@ class Client(DurableSurface, BatchSurface):
                 self._sleeping = not out and not (core.ready and (
                     self._outbox.names or core.durable.has_work()))
                 if self._sleeping:
-                    timeout = HEARTBEAT * 1000
+                    timeout = ping_after(core.limits) * 1000
                 else:
                     timeout = 0 if core.ready and not out else 50
                 want = POLLIN | POLLOUT if out and core.ready else POLLIN
@@ -431,7 +431,7 @@ class Client(DurableSurface, BatchSurface):
                         self._room.set()
                     if self._closing and bye_sent and not out:
                         break
-                    if time.monotonic() - last_said > HEARTBEAT and not out:
+                    if time.monotonic() - last_said > ping_after(core.limits) and not out:
                         send_frames(sock, P.encode_ping(0), NOBLOCK)
                         last_said = time.monotonic()
                 elif self._closing and not self._outbox.has_events():

@@ -188,7 +188,7 @@ def test_replies_sent_from_several_threads_keep_their_call_order(node, clients):
 def test_a_request_outlives_the_nodes_client_timeout(node_factory, clients):
     """The waiting thread pings, so a slow answer still finds its session; an idle
     session says hello again before its next request."""
-    n = node_factory("n1", {"client_timeout": 3.0})  # clients ping after 2 s of silence
+    n = node_factory("n1", {"client_timeout": 3.0})  # clients ping after 1 s of silence
     held: queue.Queue = queue.Queue()
     svc = clients(n.address, name="slow")
     svc.subscribe("svc.slow", handler=held.put)
@@ -260,6 +260,35 @@ def test_a_client_that_only_receives_is_not_dropped_while_events_flow(node_facto
         if got == sent:
             break
     assert got == sent, f"{sent - got} of {sent} events lost"
+
+
+def test_idle_clients_keep_their_session_past_a_short_client_timeout(node_factory,
+                                                                   clients):
+    """A node may set client_timeout below the clients' longest ping interval: both
+    clients ping at a third of the node's value, so an idle one is never forgotten
+    (its next publish is not refused, and it keeps its client id)."""
+    n = node_factory("n1", {"client_timeout": 1.0})
+    sub = clients(n.address, name="sub")
+    sub.subscribe("idle.*")
+    pub = clients(n.address, name="pub")
+    pub.flush(5)
+    first = pub.core.client_id
+
+    async def idle_async() -> tuple[str, str]:
+        async with AsyncClient(n.address, name="apub") as apub:
+            before = apub.core.client_id
+            await asyncio.sleep(3.0)  # three client_timeouts of silence: the point
+            await apub.publish("idle.async", b"a")
+            await apub.flush(5)
+            return before, apub.core.client_id
+
+    async_ids = asyncio.run(idle_async())  # the threaded client idles meanwhile too
+    pub.publish("idle.thread", b"t")
+    pub.flush(5)
+    got = {ev.name: bytes(ev.data) for ev in _take(sub, 2)}
+    assert got == {"idle.async": b"a", "idle.thread": b"t"}
+    assert pub.core.client_id == first and async_ids[0] == async_ids[1]
+    assert not pub.errors and not sub.errors
 
 
 def test_large_payloads_reach_both_clients_uncopied_and_small_ones_as_bytes(node, clients):
