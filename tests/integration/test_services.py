@@ -245,6 +245,24 @@ def test_scale_from_zero_on_a_request_and_culled_when_idle(fabric):
     assert fabric.service("lazy")["desired"] == 0
 
 
+def test_a_service_just_added_is_known_on_every_node_at_once(fabric):
+    """The spec reaches the other nodes a moment after ``add`` answers; a request
+    arriving at one of them in that moment asks the scheduler rather than saying
+    "no service". (Held 0.5 s: what is checked is that the service is known.)"""
+    for i in range(4):
+        name = f"fresh{i}"
+        fabric.ok("add", {**web(0, minimum=0, maximum=1, idle=60, hold=0.5), "name": name})
+        for at in "BC":
+            answer = fabric.clients[at].request(subjects.service_request(name), HTTP_GET,
+                                                timeout=10)
+            error = answer.headers.get("error", "")
+            assert "no service" not in error, (at, error)
+        fabric.ok("rm", {"name": name})
+    answer = fabric.clients["B"].request(subjects.service_request("never-added"), HTTP_GET,
+                                         timeout=10)
+    assert answer.headers["error"] == "no service 'never-added' (tsctl service ls)"
+
+
 def test_scale_from_zero_on_a_connection(fabric):
     vip_port = free_port()
     fabric.ok("add", {**web(0, minimum=0, maximum=1, vip=f"127.0.0.1:{vip_port}",

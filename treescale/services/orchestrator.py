@@ -67,6 +67,7 @@ IMAGES_EVERY = 5.0
 ENDPOINTS_EVERY = 0.5
 FORWARD_TIMEOUT = 15.0
 CHECK_TIMEOUT = 3.0
+CATCH_UP_EVERY = 1.0  # a request for an unknown service asks the holder at most this often
 LEADING = (ROOT, ACTING_ROOT)
 USER_OPS = ("add", "ls", "info", "scale", "rm", "logs", "wake")
 
@@ -86,6 +87,9 @@ class Orchestrator:
         self.lease = Lease()
         self._lease_lock = threading.Lock()
         self.leading_since: float | None = None
+        self._heard_order = (0, 0)  # the newest spec set a lease announcement named
+        self._catch_up_lock = threading.Lock()
+        self._caught_up_at = -CATCH_UP_EVERY
         self.agent = ReplicaAgent(ctx.node, ctx.config)
         self.scheduler = Scheduler(ctx.node, self.client, lambda: self.store.current,
                                    self.my_lease, self.publish_event)
@@ -95,7 +99,7 @@ class Orchestrator:
         self._report_due = threading.Event()
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._work = ThreadPoolExecutor(4, thread_name_prefix=f"service@{ctx.node}")
-        self.relay = RequestRelay(ctx.node, self.client, self.spec_named,
+        self.relay = RequestRelay(ctx.node, self.client, self.spec_for_request,
                                   self.replicas_of, self._wake_async,
                                   ctx.config.max_payload)
         self.endpoints = EndpointKeeper(ctx.node, self.client, lambda: self.store.current,
@@ -182,6 +186,8 @@ class Orchestrator:
             return
         with self._lease_lock:
             obeyed = self.lease.hear(holder, term, time.monotonic())
+            if obeyed:
+                self._heard_order = max(self._heard_order, order)
         if obeyed and order > self.store.current.order:
             self._tasks.put(("fetch", holder))
 
@@ -208,6 +214,28 @@ class Orchestrator:
 
     def spec_named(self, name: str) -> ServiceSpec | None:
         return self.store.current.specs.get(name)
+
+    def spec_for_request(self, name: str) -> ServiceSpec | None:
+        """The spec a request names. Unknown here, ask the live lease holder first: a
+        service added a moment ago may not have reached this node yet, and "no such
+        service" must not be said of one the operator was just told exists. At most
+        once a second, unless an announcement named a newer set than this node has."""
+        spec = self.spec_named(name)
+        if spec is not None:
+            return spec
+        with self._catch_up_lock:
+            now = time.monotonic()
+            with self._lease_lock:
+                holder = self.lease.holder if self.lease.live(now) else None
+                behind = self._heard_order > self.store.current.order
+            if holder and holder != self.node and (
+                    behind or now - self._caught_up_at >= CATCH_UP_EVERY):
+                self._caught_up_at = now
+                try:
+                    self._fetch_specs(holder)
+                except Exception as exc:
+                    log.info("node %s: service specs from %s: %s", self.node, holder, exc)
+        return self.spec_named(name)
 
     def replicas_of(self, name: str) -> list[Replica]:
         return [r for rep in self.scheduler.live().values() for r in rep.replicas
