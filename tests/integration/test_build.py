@@ -346,7 +346,8 @@ def test_broken_servers_fail_alone_with_a_clear_reason(built):
     s = summary(proc)
     # the healthy servers took the new tree (it has more nodes) and run it
     for name in PORTS:
-        assert s[name]["ok"] and s[name]["status"] == "built", (s[name], proc.stderr)
+        assert s[name]["ok"] and s[name]["status"] == "built", \
+            (s[name].get("step"), s[name].get("error"), proc.stderr)
         # more nodes: a new tree, and every node's key in authorized/
         assert s[name]["actions"] == ["db", "keys", "restart"]
     assert (s["badpw"]["step"], s["badpw"]["error"]) == \
