@@ -16,6 +16,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -308,6 +309,40 @@ def test_a_stopped_node_is_started_again_and_nothing_else(built):
     pids = node_pids(built.hosts)
     assert pids["t3"] != built.pids["t3"] and pids["t3"] in built.hosts.hosts[2].pids()
     assert {n: pids[n] for n in ("t1", "t2")} == {n: built.pids[n] for n in ("t1", "t2")}
+    built.pids = pids
+
+
+def _started_at(pid: int) -> int:
+    """When process ``pid`` started, in clock ticks since boot (/proc/PID/stat)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def test_children_restart_only_after_their_parent(built):
+    """A changed tree restarts every node. Were a child restarted first, it would link
+    to the old root, and when that root went (a slow one, here: its Python takes 4 s
+    to answer) healing would move it under the heir for good. So a child's restart
+    waits for its parent's build: the new root starts first, and both children join
+    under it."""
+    hosts = built.hosts
+    h1 = hosts.hosts[0]
+    slow_python = Path(h1.dir, "slow-python3")
+    slow_python.write_text("#!/bin/sh\nsleep 4\nexec python3 \"$@\"\n")
+    slow_python.chmod(0o755)
+    files = write_fabric(hosts, None, {"t1": {
+        "host": h1.address, "key_file": str(hosts.key_file), "python": str(slow_python),
+        "install_root": h1.install_root}}, "slow-root")
+    tree = Path(files.split(",")[0])
+    fabric = tomllib.loads(tree.read_text())
+    fabric["tree_node"]["t2"]["groups"] = ["changed"]  # a new tree: every node restarts
+    tree.write_text(to_toml(fabric))
+    proc = built.build(files)
+    assert proc.returncode == 0, proc.stderr
+    s = summary(proc)
+    assert [s[n]["actions"] for n in PORTS] == [["db", "restart"]] * 3
+    assert "joined under t1" in s["t2"]["detail"] and "joined under t1" in s["t3"]["detail"]
+    pids = node_pids(hosts)
+    root_started = _started_at(pids["t1"])
+    assert all(_started_at(pids[n]) >= root_started for n in ("t2", "t3")), pids
     built.pids = pids
 
 

@@ -3,7 +3,8 @@
 For every server of a fabric (tree + ssh targets), in parallel: connect (paramiko, known
 hosts on first use), check the remote Python, compare what is installed with what should
 be (plan.py, pure), then copy the wheelhouse, install a venv, write the compiled tree,
-install a systemd unit or a run script, (re)start the node only if something changed, and
+install a systemd unit or a run script, (re)start the node only if something changed (a
+child only once its parent's build is over: the tree restarts from the root down), and
 wait until the node reports its parent. One server failing never stops the others; each
 result names the step and the reason.
 """
@@ -14,6 +15,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,6 +84,30 @@ def _fixed_wheelhouse(directory: Path) -> Callable[[Any], Wheelhouse]:
     return lambda target: house
 
 
+class _ParentsFirst:
+    """Which builds are over, so that a node restarts after its parent: restarted
+    before, it links to the old parent, and healing moves it under the heir when that
+    parent goes. The jobs start in tree order (root first) and only wait on earlier
+    ones, so a waiting job's parent always holds a worker or is done: no deadlock."""
+
+    def __init__(self, names: list[str], parent_of: Callable[[str], str | None]) -> None:
+        self._done = {name: threading.Event() for name in names}
+        order = {name: i for i, name in enumerate(names)}
+        self._parent = {name: p for name in names
+                        if (p := parent_of(name)) in order and order[p] < order[name]}
+
+    def run(self, name: str, build: Callable[[], ServerResult]) -> ServerResult:
+        try:
+            return build()
+        finally:
+            self._done[name].set()
+
+    def wait(self, name: str) -> None:
+        parent = self._parent.get(name)
+        if parent is not None:
+            self._done[parent].wait()
+
+
 def _run_all(jobs: list[tuple[ServerJob, Callable[[ServerJob], ServerResult]]],
              parallel: int) -> list[ServerResult]:
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
@@ -121,15 +147,17 @@ def build(fabric: Any, *, parallel: int = 8, dry_run: bool = False, wait: bool =
         db_file, db_digest = compile_config(fabric, Path(tmp))
         art = Artifacts(houses, db_file, db_digest, pinned=bool(fabric.version), keys=keys)
         jobs = []
+        parent_built = _ParentsFirst([name for name, _ in targets], fabric.tree.parent)
         for name, target in targets:
             job = ServerJob(name, target, known, lambda step, n=name: report(n, step),
                             connect_timeout)
             spec = fabric.tree.spec(name)
             host = "127.0.0.1" if spec.host in ("0.0.0.0", "*", "::") else spec.host
             node_token = _token_for(fabric.nodes.get(name), token)
-            jobs.append((job, lambda j, s=spec, h=host, t=node_token: j.build(
-                art, fabric.tree.parent(s.name), f"tcp://{h}:{s.port}", t, dry_run, wait,
-                join_timeout, supervisor)))
+            jobs.append((job, lambda j, s=spec, h=host, t=node_token: parent_built.run(
+                j.name, lambda: j.build(
+                    art, fabric.tree.parent(s.name), f"tcp://{h}:{s.port}", t, dry_run,
+                    wait, join_timeout, supervisor, lambda: parent_built.wait(j.name)))))
         return _run_all(jobs, parallel)
 
 

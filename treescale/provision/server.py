@@ -191,13 +191,17 @@ class ServerJob:
 
     def build(self, art: Artifacts, parent: str | None, node_address: str,
               token: str | None, dry_run: bool = False, wait: bool = True,
-              join_timeout: float = 60.0, supervisor: str = "auto") -> ServerResult:
+              join_timeout: float = 60.0, supervisor: str = "auto",
+              parent_built: Callable[[], None] = lambda: None) -> ServerResult:
+        """``parent_built`` returns once the parent's own build is over: this node is
+        (re)started, and its join checked, only then."""
         return self.run(lambda remote: self._build(remote, art, parent, node_address, token,
-                                                   dry_run, wait, join_timeout, supervisor))
+                                                   dry_run, wait, join_timeout, supervisor,
+                                                   parent_built))
 
     def _build(self, remote: Remote, art: Artifacts, parent: str | None, node_address: str,
                token: str | None, dry_run: bool, wait: bool, join_timeout: float,
-               supervisor: str) -> None:
+               supervisor: str, parent_built: Callable[[], None]) -> None:
         lay, res = self.layout, self.result
         self._step("python")
         py = check_python(remote, self.target.python)
@@ -228,10 +232,19 @@ class ServerJob:
         state = dict(found.state, node=self.name, mode=mode)
         if not found.marker:
             remote.check(f"mkdir -p {q(lay.root)} && touch {q(lay.marker)}", "prepare")
-        stopped = []
+        stopped, waited = [], []
+
+        def after_parent() -> None:
+            # A node started while its parent still has to restart links to the old
+            # parent; when that one goes, healing moves it under the heir, for good.
+            if parent is not None and not waited:
+                waited.append(True)
+                self._step("wait for parent")
+                parent_built()
 
         def stop_once() -> None:  # the old node must not run from a venv being replaced
             if P.RESTART in actions and not stopped:
+                after_parent()
                 self._step("stop")
                 self._stop(remote, found)
                 stopped.append(True)
@@ -254,10 +267,12 @@ class ServerJob:
             self._save(remote, state, service=P.digest(service))
         stop_once()
         if P.RESTART in actions or P.START in actions:
+            after_parent()
             self._step("start")
             res.pid = self._start(remote, systemd)
         res.status = "built" if actions else "up to date"
         if wait:
+            after_parent()
             self._step("join")
             joined = self._wait_join(remote, parent, node_address, token, join_timeout)
             res.detail = "; ".join(filter(None, (res.detail, joined)))
