@@ -38,7 +38,6 @@ from treescale.client_io import (
     configure_socket,
     pack_many,
     pack_outbox,
-    ping_after,
     token_or_env,
 )
 from treescale.frames import as_views, parse_monitor_message
@@ -433,7 +432,7 @@ class AsyncClient:
     async def _heartbeat(self) -> None:
         while True:
             await self._is_ready.wait()  # client_timeout comes with the ready
-            await asyncio.sleep(ping_after(self.core.limits))
+            await asyncio.sleep(self.core.ping_every)
             if self.core.ready:
                 await self._sock.send_multipart(P.encode_ping(0))
 

@@ -54,7 +54,6 @@ from treescale.client_io import (
     Outbox,
     configure_socket,
     pack_outbox,
-    ping_after,
     token_or_env,
 )
 from treescale.frames import (
@@ -398,7 +397,7 @@ class Client(DurableSurface, BatchSurface):
                 self._sleeping = not out and not (core.ready and (
                     self._outbox.names or core.durable.has_work()))
                 if self._sleeping:
-                    timeout = ping_after(core.limits) * 1000
+                    timeout = core.ping_every * 1000
                 else:
                     timeout = 0 if core.ready and not out else 50
                 want = POLLIN | POLLOUT if out and core.ready else POLLIN
@@ -431,7 +430,7 @@ class Client(DurableSurface, BatchSurface):
                         self._room.set()
                     if self._closing and bye_sent and not out:
                         break
-                    if time.monotonic() - last_said > ping_after(core.limits) and not out:
+                    if time.monotonic() - last_said > core.ping_every and not out:
                         send_frames(sock, P.encode_ping(0), NOBLOCK)
                         last_said = time.monotonic()
                 elif self._closing and not self._outbox.has_events():

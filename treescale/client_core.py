@@ -320,6 +320,18 @@ PAYLOAD_TYPES: tuple[type, ...] = (bytes, bytearray, memoryview)
 # Subscriptions a hello carries, in bytes of patterns: a node's max_hello_bytes is
 # 64 KiB by default, and the hello's identity needs room too.
 HELLO_SUBS_BYTES = 16 * 1024
+HEARTBEAT = 2.0  # the longest silence before a client pings its node
+
+
+def ping_interval(limits: Mapping) -> float:
+    """Seconds of silence before a client pings: a third of the node's client_timeout
+    (so a slow tick or two cannot get a live idle client forgotten), at most HEARTBEAT.
+    A value that is no positive number (a node's mistake) leaves HEARTBEAT."""
+    timeout = limits.get("client_timeout")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+            or not timeout > 0:
+        return HEARTBEAT
+    return max(0.05, min(HEARTBEAT, timeout / 3))
 
 
 class _Pending:
@@ -377,6 +389,7 @@ class ClientCore:
         self.node = ""
         self.client_id = ""
         self.limits: dict = {}
+        self.ping_every = HEARTBEAT  # seconds of silence before a ping (the node's limits)
         self.inbox_prefix = ""
         self.req_ids = itertools.count(1)
         self.ping_ids = itertools.count(1)
@@ -610,6 +623,7 @@ class ClientCore:
         self.node = msg.node
         self.client_id = msg.client_id
         self.limits = msg.limits
+        self.ping_every = ping_interval(msg.limits)
         self.inbox_prefix = S.inbox_prefix(msg.node, msg.client_id)
         # Before Ready: what is sent on ready must not overtake these subscriptions.
         actions: list = [Send(P.encode_sub(p, q)) for p, q in self.subs_after_ready]

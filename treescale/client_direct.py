@@ -23,7 +23,7 @@ import zmq
 from treescale import client_core as core
 from treescale import protocol as P
 from treescale.client_core import ClientCore, Event, NodeError
-from treescale.client_io import ClientCurve, configure_socket, ping_after
+from treescale.client_io import ClientCurve, configure_socket
 from treescale.frames import NOBLOCK, recv_frames, send_frames
 
 log = logging.getLogger("treescale.client")
@@ -121,7 +121,7 @@ class DirectLink:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            if self.poller.poll(int(min(left, ping_after(self.core.limits)) * 1000) + 1):
+            if self.poller.poll(int(min(left, self.core.ping_every) * 1000) + 1):
                 break
             if self.core.ready:
                 self._send_now(P.encode_ping(0))

@@ -32,7 +32,6 @@ from treescale.keys import Keypair, public_key_of
 BATCH_EVENTS = 4096
 BATCH_BYTES = 1 << 20
 MAX_QUEUED = 200_000  # events waiting in the client before publish() blocks
-HEARTBEAT = 2.0  # the longest silence before the client pings its node
 MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
                   | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 SERVER_KEY_ENV = "TREESCALE_SERVER_KEY"
@@ -43,12 +42,6 @@ PAYLOADS: tuple[type, ...] = (*PAYLOAD_TYPES, zmq.Frame)
 COMMAND = object()  # outbox name slot of a control message (its frames in the data slot)
 ENCODED = object()  # outbox name slot of a PUB batch publish_many encoded already
 BYE = P.encode_bye()[0]
-
-
-def ping_after(limits: dict) -> float:
-    """Seconds of silence before a client pings: a third of the node's client_timeout
-    (so a slow tick or two cannot get a live idle client forgotten), at most HEARTBEAT."""
-    return max(0.05, min(HEARTBEAT, float(limits.get("client_timeout", 15.0)) / 3))
 
 
 def token_or_env(token: str | None) -> str | None:

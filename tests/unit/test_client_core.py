@@ -4,6 +4,8 @@ becomes the right actions, and the core stays free of I/O."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from treescale import client_core
 from treescale import protocol as P
@@ -56,6 +58,24 @@ def test_ready_records_the_session_and_says_so():
     assert core.ready and core.was_ready and core.node == NODE and core.client_id == CID
     assert core.inbox_prefix == S.inbox_prefix(NODE, CID)
     assert core.limits == {"max_payload": 7}
+
+
+@pytest.mark.parametrize(("client_timeout", "ping_every"), [
+    (15, client_core.HEARTBEAT), (3.0, 1.0), (1, 1 / 3), (0.01, 0.05)])
+def test_the_ping_interval_is_a_third_of_the_nodes_client_timeout(client_timeout,
+                                                                  ping_every):
+    core = ClientCore(None, "app")
+    assert core.ping_every == client_core.HEARTBEAT  # before the node said anything
+    core.receive(P.encode_ready(NODE, CID, {"client_timeout": client_timeout}))
+    assert core.ping_every == pytest.approx(ping_every)
+
+
+@given(st.one_of(st.none(), st.booleans(), st.text(max_size=5), st.floats(),
+                 st.integers(-(2**63), 2**64 - 1), st.lists(st.booleans(), max_size=2)))
+def test_any_client_timeout_a_node_sends_gives_a_sane_ping_interval(value):
+    core = ClientCore(None, "app")
+    core.receive(P.encode_ready(NODE, CID, {"client_timeout": value}))
+    assert 0.05 <= core.ping_every <= client_core.HEARTBEAT
 
 
 def test_pong_carries_its_token_and_a_nodes_ping_needs_nothing():
