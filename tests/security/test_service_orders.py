@@ -78,3 +78,27 @@ def test_a_lease_cannot_be_forged_without_sys(node, clients):
                10, "the node to refuse the forged lease")
     result = ls(operator)
     assert result["scheduler"] == "o1" and result["term"] < 10**9
+
+
+def test_the_spec_set_is_read_only_with_the_service_permission(node, clients):
+    """Nodes catch up on a service a request names by asking the scheduler for the spec
+    set (``specs_get``), whose environments may hold secrets: a client without the
+    ``service`` permission can neither read it nor send the request that makes a node
+    ask for it; the operator still can."""
+    operator = clients(node.address, name="operator", token=OPERATOR)
+    viewer = clients(node.address, name="viewer", token=VIEWER)
+    wait_until(lambda: ls(operator) is not None, 20, "o1 to schedule")
+    [r] = call(operator, "service", "add", {"name": "secretive", "image": IMAGE,
+                                            "replicas": 0, "minimum": 0, "maximum": 1,
+                                            "env": {"TOKEN": "s3cret"}},
+               node="o1", timeout=20)
+    assert r.ok, r.error
+    try:
+        with pytest.raises(NodeError, match="permission"):
+            call(viewer, "service", "specs_get", {}, node="o1", timeout=5)
+        with pytest.raises(NodeError, match="permission"):  # nor make a node ask for it
+            viewer.request(subjects.service_request("nothing-here"), b"", timeout=10)
+        [r] = call(operator, "service", "specs_get", {}, node="o1", timeout=5)
+        assert r.ok and "secretive" in str(r.result)
+    finally:
+        call(operator, "service", "rm", {"name": "secretive"}, node="o1", timeout=10)
